@@ -1,0 +1,62 @@
+"""Analysis while training: fixed-prompt samples at step 0 (the reference) and every
+`analysis.every` steps, and the detectors run on the growing history (console warnings,
+optional clean stop)."""
+
+from __future__ import annotations
+
+from policyshift.analysis.detectors import DetectorThresholds, run_detectors
+from policyshift.analysis.probe import sample_fixed_prompts
+from policyshift.models import PolicyAndCritic
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+class LiveAnalysis:
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.samples: list[dict] = []
+        self.reported: set[tuple[str, str]] = set()
+        self.thresholds = DetectorThresholds(kl_budget=trainer.cfg.analysis.kl_budget)
+        self._evaluated_steps: set[int] = set()
+
+    def evaluated(self, step: int) -> bool:
+        return step in self._evaluated_steps
+
+    def evaluate(self, step: int, reference: bool = False) -> None:
+        t = self.trainer
+        if not t.fixed_prompts:
+            return
+        models = PolicyAndCritic(policy=t.ref_policy, critic=t.models.critic, value_head=t.models.value_head) if reference else t.models
+        rows = sample_fixed_prompts(
+            models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.cfg.rollout, t.cfg.data.max_prompt_length,
+            reward=t.reward, gold_reward=t.gold_reward, seed=t.cfg.train.seed + 7,
+        )
+        for row in rows:
+            row["model"] = "reference" if reference else "policy"
+        t.sink.log_samples(rows, step)
+        self.samples.extend({"step": step, **r} for r in rows)
+        self._evaluated_steps.add(step)
+
+    def after_step(self, step: int, evaluate: bool) -> str | None:
+        """Returns a reason to stop (a finding at or above analysis.stop_on), else None."""
+        if evaluate:
+            self.evaluate(step)
+        findings = run_detectors(self.trainer.history, self.samples, self.thresholds)
+        new = [f for f in findings if (f.detector, f.severity) not in self.reported and f.severity != "info"]
+        for f in new:
+            self.reported.add((f.detector, f.severity))
+            colour = "red" if f.severity == "critical" else "yellow"
+            self.trainer_console().print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False)
+        if new:
+            self.trainer.sink.log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
+        stop_on = self.trainer.cfg.analysis.stop_on
+        if stop_on != "none":
+            worst = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[stop_on]]
+            if worst:
+                return f"{worst[0].detector}: {worst[0].message}"
+        return None
+
+    def trainer_console(self):
+        from rich.console import Console
+
+        return Console(stderr=True)

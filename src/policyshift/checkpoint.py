@@ -1,0 +1,88 @@
+"""Checkpoints: `checkpoints/step-N/` holds the policy (+ tokenizer) and the critic in
+`save_pretrained` form (safetensors), the optimizer and scheduler, every RNG state and the trainer
+state as JSON. Written to a temporary directory and renamed, so a kill during a save leaves the
+previous checkpoint whole."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2], "has_gauss": np_state[3], "gauss": np_state[4]},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy") -> None:
+    models.policy.save_pretrained(out / policy_subdir)
+    tokenizer.save_pretrained(out / policy_subdir)
+    if models.critic is not None:
+        models.critic.save_pretrained(out / "critic")
+    else:
+        (out / "critic").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in models.value_head.state_dict().items()}, str(out / "critic" / "value_head.safetensors"))
+
+
+def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict, generator: torch.Generator, keep_last_n: int) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_models(tmp, models, tokenizer)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    torch.save({**rng_state(), "sampler": generator.get_state()}, tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    if final.exists():  # a re-save of the same step (e.g. after resume): replace it whole
+        shutil.rmtree(final)
+    tmp.rename(final)  # atomic on one filesystem: a checkpoint dir either exists complete or not at all
+    for old in list_checkpoints(run_dir)[:-keep_last_n]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def load_value_head(path: Path, head) -> None:
+    head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+
+
+def load_training_state(ckpt: Path) -> tuple[dict, dict, dict]:
+    """(trainer_state, optimizer+scheduler states, rng states) — tensors only, no pickled objects."""
+    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    return trainer_state, optim, rng

@@ -1,0 +1,72 @@
+"""`policyshift` command line. Every user error ends in one line on stderr and exit status 2,
+never a traceback (set POLICYSHIFT_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from policyshift.config import ConfigError
+    from policyshift.data import DataError
+    from policyshift.models import ModelError
+    from policyshift.rewards import RewardError
+    from policyshift.trainer import RunDirError
+
+    return ConfigError, DataError, ModelError, RewardError, RunDirError
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from policyshift.config import PPOConfig, load_yaml, parse_overrides
+    from policyshift.trainer import PPOTrainer
+
+    overrides = parse_overrides(extra)
+    config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
+    PPOTrainer(config).train()
+    print(f"run written to {config.train.output_dir}")
+    return 0
+
+
+def cmd_report(args, extra: list[str]) -> int:
+    from policyshift.analysis.report import build_report
+
+    path = build_report(args.run_dir)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
+                           description="Any config field can be overridden: --section.key value (e.g. --ppo.clip_range 0.1).")
+    train.add_argument("--config", help="YAML config file")
+    train.set_defaults(func=cmd_train)
+    report = sub.add_parser("report", help="write RUN_DIR/report.html")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra)
+    except _user_errors() as exc:
+        if os.environ.get("POLICYSHIFT_DEBUG"):
+            raise
+        print(f"policyshift {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"policyshift {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

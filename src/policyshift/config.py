@@ -1,0 +1,340 @@
+"""Configuration: nested dataclasses, loaded from YAML, overridden with dotted CLI flags
+(`--ppo.clip_range 0.1`), validated with one-line errors.
+
+Defaults follow the literature (Ziegler et al. 2019; Huang et al. 2024 "N+ implementation details of
+RLHF with PPO"; TRL's PPOConfig): clip ε 0.2, value clip 0.2, vf_coef 0.1, γ 1.0, λ 0.95,
+4 PPO epochs, k1 estimator with a fixed β 0.05 in the per-token reward, temperature 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line that names the field and the problem."""
+
+
+@dataclass
+class ModelConfig:
+    policy: str = ""  # from_pretrained path or hub id of the SFT model to fine-tune
+    reference: Optional[str] = None  # default: a frozen copy of the policy
+    critic: Optional[str] = None  # default: reward model's backbone if it shares the policy's tokenizer, else the policy
+    share_critic_backbone: bool = False  # value head on the policy's own backbone (saves memory, couples the losses)
+    tokenizer: Optional[str] = None  # default: the policy's
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    prompts: str = ""  # .jsonl/.json/.txt/.csv/.parquet file, a directory, or a hub dataset id
+    prompt_field: str = "prompt"
+    split: str = "train"
+    max_prompt_length: int = 64  # longer prompts are truncated from the left (the end of a prompt matters most)
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 16  # prompts (= episodes) per PPO step
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # logprobs are taken at this temperature, with no top-k/top-p (unbiased KL)
+    stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
+
+
+@dataclass
+class RewardConfig:
+    model: Optional[str] = None  # HF sequence-classification reward model (may use its own tokenizer)
+    function: Optional[str] = None  # "module:function" or "path/to/file.py:function", f(prompts, responses) -> floats
+    batch_size: int = 32  # reward-model forward batch
+    max_length: int = 512  # reward-model input tokens
+    missing_eos_penalty: Optional[float] = None  # subtracted from the score of responses that never emit EOS
+    normalize: bool = False  # divide scores by a running std and subtract a running mean (Welford over all steps)
+    clip: Optional[float] = None  # clip scores to ±clip after normalization
+
+
+@dataclass
+class KLConfig:
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    beta: float = 0.05
+    controller: Literal["fixed", "adaptive"] = "fixed"
+    target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
+    horizon: int = 10000  # adaptive controller: episodes
+    placement: Literal["reward", "loss"] = "reward"  # in the per-token reward (classic RLHF) or as a loss term (GRPO/verl style)
+
+
+@dataclass
+class PPOHyperparams:
+    epochs: int = 4
+    num_minibatches: int = 1
+    grad_accum_steps: int = 1  # each minibatch is split into this many micro-batches
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    max_grad_norm: Optional[float] = 1.0
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+
+
+@dataclass
+class AnalysisConfig:
+    every: int = 10  # PPO steps between fixed-prompt evaluations (0: only the reference at step 0 and the end)
+    prompts: Optional[str] = None  # file of fixed prompts; default: held-out slice of data.prompts
+    num_prompts: int = 8  # held out from the training prompts when `prompts` is not set
+    gold_reward_model: Optional[str] = None  # measured, never optimized: exposes proxy-vs-gold divergence
+    gold_reward_function: Optional[str] = None
+    kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
+    stop_on: Literal["none", "warning", "critical"] = "none"  # end the run cleanly when a finding this severe fires
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # PPO steps (rollout + update)
+    seed: int = 0
+    output_dir: str = "runs/ppo"
+    save_every: int = 50  # 0: only the final model
+    keep_last_n: int = 2
+    device: str = "auto"  # auto | cpu | cuda | mps
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    overwrite: bool = False
+
+
+@dataclass
+class PPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    ppo: PPOHyperparams = field(default_factory=PPOHyperparams)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict, overrides: dict | None = None) -> "PPOConfig":
+        merged = _deep_merge(data or {}, _nest(overrides or {}))
+        return build_dataclass(cls, merged, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "PPOConfig":
+        return cls.from_dict(load_yaml(path), overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _nest(dotted: dict) -> dict:
+    """{"ppo.clip_range": 0.1} -> {"ppo": {"clip_range": 0.1}}"""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--{key}: '{p}' is a value, not a section")
+        node[leaf] = value
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_dataclass(cls, data: Any, prefix: str):
+    """Build dataclass `cls` from a mapping, coercing and checking each field's type."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - all fields have defaults
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _suggest(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+
+
+def _coerce(value: Any, tp: Any, name: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, name + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{name} must be an integer; got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer; got {value!r}") from None
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            raise ConfigError(f"{name} must be an integer; got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number; got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{name} must be a string; got {value!r}")
+        return str(value)
+    return value
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Value checks that a type cannot express. Runs on every construction."""
+    _check(cfg.rollout.batch_size > 0, "rollout.batch_size must be > 0")
+    _check(cfg.rollout.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
+    _check(math.isfinite(cfg.rollout.temperature) and cfg.rollout.temperature > 0, "rollout.temperature must be > 0")
+    _check(cfg.data.max_prompt_length > 0, "data.max_prompt_length must be > 0")
+    _check(math.isfinite(cfg.kl.beta) and cfg.kl.beta >= 0, f"kl.beta must be >= 0; got {cfg.kl.beta}")
+    _check(cfg.kl.target > 0, "kl.target must be > 0")
+    _check(cfg.kl.horizon > 0, "kl.horizon must be > 0")
+    p = cfg.ppo
+    _check(p.clip_range > 0, f"ppo.clip_range must be > 0; got {p.clip_range}")
+    _check(p.clip_range_value > 0, f"ppo.clip_range_value must be > 0; got {p.clip_range_value}")
+    _check(p.epochs >= 1, "ppo.epochs must be >= 1")
+    _check(p.num_minibatches >= 1, "ppo.num_minibatches must be >= 1")
+    _check(p.grad_accum_steps >= 1, "ppo.grad_accum_steps must be >= 1")
+    _check(
+        cfg.rollout.batch_size % (p.num_minibatches * p.grad_accum_steps) == 0,
+        f"rollout.batch_size ({cfg.rollout.batch_size}) must be divisible by ppo.num_minibatches × ppo.grad_accum_steps "
+        f"({p.num_minibatches} × {p.grad_accum_steps})",
+    )
+    _check(0 <= p.gamma <= 1, "ppo.gamma must be in [0, 1]")
+    _check(0 <= p.lam <= 1, "ppo.lam must be in [0, 1]")
+    _check(p.lr > 0, "ppo.lr must be > 0")
+    _check(p.vf_coef >= 0 and p.ent_coef >= 0, "ppo.vf_coef and ppo.ent_coef must be >= 0")
+    _check(p.max_grad_norm is None or p.max_grad_norm > 0, "ppo.max_grad_norm must be > 0 or null")
+    _check(p.warmup_steps >= 0, "ppo.warmup_steps must be >= 0")
+    _check(cfg.reward.batch_size > 0, "reward.batch_size must be > 0")
+    _check(cfg.reward.clip is None or cfg.reward.clip > 0, "reward.clip must be > 0 or null")
+    _check(cfg.analysis.every >= 0, "analysis.every must be >= 0")
+    _check(cfg.analysis.num_prompts >= 0, "analysis.num_prompts must be >= 0")
+    _check(cfg.train.steps >= 1, "train.steps must be >= 1")
+    _check(cfg.train.save_every >= 0, "train.save_every must be >= 0")
+    _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
+    _check(cfg.train.num_threads >= 0, "train.num_threads must be >= 0")
+
+
+def require_runnable(cfg: PPOConfig, have_policy: bool = False, have_prompts: bool = False, have_reward: bool = False) -> None:
+    """Checks needed to train (not to construct: a config may be built up field by field).
+    `have_*`: the trainer was handed that piece as an object instead of a path."""
+    _check(have_policy or bool(cfg.model.policy), "model.policy is required (a from_pretrained path or hub id)")
+    _check(have_prompts or bool(cfg.data.prompts), "data.prompts is required (a prompt file or dataset id)")
+    _check(
+        have_reward or (cfg.reward.model is None) != (cfg.reward.function is None),
+        "set exactly one of reward.model (an HF sequence-classification model) or reward.function (module:function)",
+    )
+    _check(
+        cfg.analysis.gold_reward_model is None or cfg.analysis.gold_reward_function is None,
+        "set at most one of analysis.gold_reward_model and analysis.gold_reward_function",
+    )
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """['--ppo.clip_range', '0.1', '--kl.beta=0.1'] -> {'ppo.clip_range': 0.1, 'kl.beta': 0.1}.
+    Values are parsed as YAML scalars (so 0.1 is a float, null is None, true is a bool)."""
+    out: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument '{arg}' (overrides look like --section.key value)")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"--{key} needs a value")
+            raw = argv[i + 1]
+            i += 2
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            value = raw
+        out[key] = value
+    return out

@@ -1,0 +1,45 @@
+"""Per-step metrics from a scored rollout (pure: tensors in, floats out). Every mean over tokens is
+masked; sequence quantities sum over a row's real tokens. README "Metrics" documents each key."""
+
+from __future__ import annotations
+
+import torch
+
+from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
+from policyshift.kl import kl_k1, kl_k3
+from policyshift.masked import masked_mean, masked_sum
+
+
+def _stats(prefix: str, x: torch.Tensor) -> dict:
+    x = x.float()
+    return {
+        f"{prefix}_mean": x.mean().item(),
+        f"{prefix}_std": x.std().item() if x.numel() > 1 else 0.0,
+        f"{prefix}_min": x.min().item(),
+        f"{prefix}_max": x.max().item(),
+    }
+
+
+def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rewards: torch.Tensor) -> dict:
+    mask = rollout.response_mask
+    k1 = kl_k1(rollout.logprobs, rollout.ref_logprobs)
+    k3 = kl_k3(rollout.logprobs, rollout.ref_logprobs)
+    token_ids = [ids[: int(n)].tolist() for ids, n in zip(rollout.response_ids, rollout.lengths)]
+    return {
+        "kl/beta": beta,
+        "kl/token_mean": masked_mean(kl_per_token, mask).item(),
+        "kl/seq_mean": masked_sum(kl_per_token, mask, 1).mean().item(),
+        "kl/k1_token_mean": masked_mean(k1, mask).item(),
+        "kl/k3_token_mean": masked_mean(k3, mask).item(),
+        "kl/exact_token_mean": masked_mean(rollout.exact_kl, mask).item(),
+        "kl/exact_seq_mean": masked_sum(rollout.exact_kl, mask, 1).mean().item(),
+        **_stats("reward/score", rollout.scores),
+        "reward/shaped_return_mean": masked_sum(shaped_rewards, mask, 1).mean().item(),
+        "reward/kl_penalty_mean": (beta * masked_sum(kl_per_token, mask, 1)).mean().item(),
+        "response/length_mean": mask.sum(1).mean().item(),
+        "response/eos_rate": rollout.has_eos.float().mean().item(),
+        "response/rep_ngram_rate": sum(repeated_ngram_rate(t, 3) for t in token_ids) / len(token_ids),
+        "response/distinct_2": distinct_n(token_ids, 2),
+        "policy/entropy": masked_mean(rollout.entropy, mask).item(),
+        "value/mean": masked_mean(rollout.values, mask).item(),
+    }

@@ -1,0 +1,192 @@
+"""Loading the policy, reference, critic and tokenizer with `from_pretrained`, and the one forward
+pass every stage shares (logits and values at the response positions)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used; one line naming the path and the problem."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _exists_or_hub_id(path: str) -> None:
+    p = Path(path)
+    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
+    if looks_local and not p.exists():
+        raise ModelError(f"model path not found: {path}")
+
+
+def _zero_dropout_config(config) -> None:
+    # RL needs deterministic forward passes: the logprobs of rollout and update must agree, and
+    # dropout in the reference/critic/RM would add noise to KL, values and scores.
+    for key, value in list(config.to_dict().items()):
+        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+            setattr(config, key, 0.0)
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model.eval()  # eval() also switches off any train-only stochasticity the model has
+
+
+def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
+    from transformers import AutoConfig
+
+    _exists_or_hub_id(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
+    _zero_dropout_config(config)
+    try:
+        model = auto_cls.from_pretrained(path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    except ValueError as exc:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
+        raise ModelError(f"'{path}' is not a {kind} ({str(exc).splitlines()[0][:160]})") from None
+    except OSError as exc:
+        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0]}") from None
+    return disable_dropout(model)
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, path, "causal language model", dtype, trust_remote_code)
+
+
+def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False, kind="sequence-classification model"):
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification, path, kind, dtype, trust_remote_code, num_labels=1)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "left"):
+    """Tokenizer with a pad token. Without one we reuse EOS (or UNK): masks in policyshift come from
+    lengths and the first EOS, never from comparing token ids with the pad id, so the overlap is safe."""
+    from transformers import AutoTokenizer
+
+    _exists_or_hub_id(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load tokenizer from '{path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else (tok.unk_token or tok.convert_ids_to_tokens(0))
+    tok.padding_side = padding_side
+    tok.truncation_side = "left"  # keep the end of a long prompt: it is what the response continues
+    return tok
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.requires_grad_(False)
+    return disable_dropout(model)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left-padded rows must start counting positions at their first real token, exactly as
+    # generation does, or the recomputed logprobs differ from the sampled ones.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    """Logits that predicted each response token: positions P−1 … P+R−2 of [prompt | response]."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=n_response + 1,  # skip the LM head on prompt positions
+        use_cache=False,
+    )
+    return out.logits[:, -(n_response + 1) : -1].float()
+
+
+def _value_head(critic) -> nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(critic, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ModelError(f"critic {type(critic).__name__} has no score/classifier head")
+
+
+def critic_values(critic, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    """Per-token values V(s_t) for the states before each response token. The critic is a
+    sequence-classification model whose scalar head is applied at every position (so it can start
+    from the reward model: values then begin near the final score)."""
+    backbone = getattr(critic, critic.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+    ).last_hidden_state[:, -(n_response + 1) : -1]
+    return _value_head(critic)(hidden).squeeze(-1).float()
+
+
+class SharedValueHead(nn.Module):
+    """Value head on the policy's own last hidden state (model.share_critic_backbone)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden).squeeze(-1)
+
+
+@dataclass
+class PolicyAndCritic:
+    """The trained models. `forward` gives what the PPO update needs from one pass each."""
+
+    policy: nn.Module
+    critic: nn.Module | None = None  # separate critic (sequence-classification model)
+    value_head: SharedValueHead | None = None  # or a head on the policy's backbone
+
+    def parameters(self):
+        yield from self.policy.parameters()
+        yield from (self.critic or self.value_head).parameters()
+
+    def forward(self, input_ids, attention_mask, n_response: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.value_head is None:
+            return response_logits(self.policy, input_ids, attention_mask, n_response), self.values(input_ids, attention_mask, n_response)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        window = slice(-(n_response + 1), -1)
+        return out.logits[:, window].float(), self.value_head(out.hidden_states[-1][:, window]).float()
+
+    def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+        if self.value_head is None:
+            return critic_values(self.critic, input_ids, attention_mask, n_response)
+        return self.forward(input_ids, attention_mask, n_response)[1]
+
+
+def same_vocabulary(tok_a, tok_b) -> bool:
+    return tok_a is tok_b or (len(tok_a) == len(tok_b) and tok_a.get_vocab() == tok_b.get_vocab())
+
+
+def build_critic(policy, policy_path: str, critic_path: str | None, reward_model_path: str | None, shares_vocab_with_rm: bool, dtype: str, trust_remote_code: bool):
+    """Critic source: the user's path; else the reward model's backbone when the RM reads the policy's
+    tokens (a critic must see the same token ids); else the policy's weights."""
+    source = critic_path or (reward_model_path if reward_model_path and shares_vocab_with_rm else policy_path)
+    critic = load_sequence_classifier(source, dtype, trust_remote_code, kind="critic backbone")
+    critic.requires_grad_(True)
+    return critic, source
+
+
+def reference_from(policy, reference_path: str | None, dtype: str, trust_remote_code: bool):
+    """The frozen reference π_ref: a separate checkpoint, or a copy of the policy's initial weights."""
+    ref = load_causal_lm(reference_path, dtype, trust_remote_code) if reference_path else copy.deepcopy(policy)
+    return freeze(ref)

@@ -1,0 +1,31 @@
+"""Console progress: a rich bar with step, reward, KL, β and time per step."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class StepProgress:
+    def __init__(self, total: int, start: int = 0, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]PPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task("ppo", total=total, completed=start, stats="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, m: dict) -> None:
+        stats = (
+            f"reward {m['reward/score_mean']:+.3f}  KL {m['kl/seq_mean']:.3f}  β {m['kl/beta']:.4f}  {m['time/step']:.2f}s/step"
+        )
+        self.progress.update(self.task, completed=step, stats=stats)
+        if not self.console.is_terminal:  # logs and CI get one line per step instead of a redrawn bar
+            self.console.print(f"step {step}: {stats}", highlight=False)

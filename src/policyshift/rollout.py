@@ -1,0 +1,139 @@
+"""Rollout: sample responses with a KV cache, take the policy's logprobs at the sampling
+temperature, and score the same tokens under the reference and the critic.
+
+We sample with our own loop over the model's KV cache rather than `generate`: `generate` fills any
+option we leave unset from the checkpoint's generation_config (a hub model's top_k=50, top_p, a
+repetition penalty...), and any such truncation of the sampling distribution biases the KL estimate
+(TRL #925, #1161). Here the token is drawn from exactly softmax(logits / T), and the logprob we keep
+is log softmax(logits / T) of the drawn token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from policyshift.kl import entropy_from_logits, exact_kl_from_logits, logprobs_from_logits
+from policyshift.models import position_ids_from_mask, response_logits
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One batch of episodes. Shapes: B episodes, P prompt tokens (left-padded), R response tokens
+    (right-padded; a row's real tokens run up to and including its first EOS)."""
+
+    prompts: list[str]
+    responses: list[str]
+    query_ids: torch.Tensor  # (B, P)
+    query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, R)
+    response_mask: torch.Tensor  # (B, R) float, 1 on real response tokens
+    has_eos: torch.Tensor  # (B,) bool
+    logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t) at the sampling temperature
+    ref_logprobs: torch.Tensor  # (B, R) log π_ref(a_t|s_t) at the same temperature
+    values: torch.Tensor  # (B, R) V_old(s_t)
+    exact_kl: torch.Tensor  # (B, R) full-vocabulary KL(π‖π_ref) at each state (logged, never optimized)
+    entropy: torch.Tensor  # (B, R) policy entropy at each state
+    scores: torch.Tensor | None = None  # (B,) reward of each episode, after penalties/normalization
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1).long()
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """Rows `index` (a minibatch), keeping everything aligned."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                picked[f.name] = value[index]
+            elif isinstance(value, list):
+                picked[f.name] = [value[i] for i in index.tolist()]
+            else:
+                picked[f.name] = value
+        return replace(self, **picked)
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int | None, pad_token_id: int):
+    """Mask 1 up to and including the first EOS of each row; later tokens become padding."""
+    B, R = response_ids.shape
+    if eos_token_id is None:
+        return response_ids, response_ids.new_ones(B, R, dtype=torch.float), response_ids.new_zeros(B, dtype=torch.bool)
+    is_eos = response_ids == eos_token_id
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(1), R)  # argmax returns the first maximum
+    mask = (torch.arange(R, device=response_ids.device)[None, :] <= first_eos[:, None]).float()
+    return torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id)), mask, has_eos
+
+
+@torch.no_grad()
+def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None):
+    """Ancestral sampling with a KV cache. Returns (tokens (B, R), logits (B, R, V)) with R ≤ max_new_tokens:
+    raw logits of each step, so logprobs/entropy/KL can be taken at the same temperature."""
+    B = query_ids.shape[0]
+    attention_mask = query_mask.long()
+    out = model(input_ids=query_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=True)
+    next_position = attention_mask.sum(1, keepdim=True)  # each row continues after its own last prompt token
+    tokens, step_logits = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=query_ids.device)
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        probs = torch.softmax(logits / temperature, dim=-1)
+        token = torch.multinomial(probs, 1, generator=generator)
+        tokens.append(token)
+        step_logits.append(logits)
+        if eos_token_id is not None:
+            done |= token.squeeze(1) == eos_token_id
+            if stop_at_eos and bool(done.all()):
+                break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        out = model(input_ids=token, attention_mask=attention_mask, position_ids=next_position, past_key_values=out.past_key_values, use_cache=True)
+        next_position = next_position + 1
+    return torch.cat(tokens, 1), torch.stack(step_logits, 1)
+
+
+@torch.no_grad()
+def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max_prompt_length: int, generator=None) -> Rollout:
+    """Sample one response per prompt and record everything the PPO update and the metrics need.
+    `models` is a PolicyAndCritic; `cfg` a RolloutConfig."""
+    device = next(models.policy.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
+    query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    raw_ids, logits = sample(
+        models.policy, query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id, cfg.stop_at_eos, generator
+    )
+    response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    # Trim columns past the longest real response: no forward pass ever runs on pure padding.
+    R = max(int(response_mask.sum(1).max()), 1)
+    response_ids, response_mask, logits = response_ids[:, :R], response_mask[:, :R], logits[:, :R]
+
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    attention_mask = torch.cat([query_mask, response_mask.long()], 1)
+    ref_logits = response_logits(ref_policy, input_ids, attention_mask, R)
+    T = cfg.temperature
+    return Rollout(
+        prompts=list(prompts),
+        responses=tokenizer.batch_decode(torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id), skip_special_tokens=True),
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        has_eos=has_eos,
+        logprobs=logprobs_from_logits(logits, response_ids, T),
+        ref_logprobs=logprobs_from_logits(ref_logits, response_ids, T),
+        values=models.values(input_ids, attention_mask, R),
+        exact_kl=exact_kl_from_logits(logits, ref_logits, T),
+        entropy=entropy_from_logits(logits, T),
+    )

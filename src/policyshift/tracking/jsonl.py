@@ -1,0 +1,53 @@
+"""The run record: metrics.jsonl (one object per PPO step), distributions.jsonl (per-sample values
+of each step), samples.jsonl (fixed-prompt generations, appended, never overwritten)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+
+def _clean(value):
+    # JSON has no NaN/inf: write null so every reader (browsers included) can parse the line.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_clean(row)) + "\n")
+        f.flush()
+
+
+class JsonlSink:
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_config(self, config: dict) -> None:
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def log_scalars(self, metrics: dict, step: int) -> None:
+        append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **metrics})
+
+    def log_histograms(self, values: dict[str, list], step: int) -> None:
+        append_jsonl(self.run_dir / "distributions.jsonl", {"step": step, **values})
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        for row in rows:
+            append_jsonl(self.run_dir / "samples.jsonl", {"step": step, **row})
+
+    def log_findings(self, findings: list[dict], step: int) -> None:
+        for f in findings:
+            append_jsonl(self.run_dir / "findings.jsonl", {"logged_at_step": step, **f})
+
+    def close(self) -> None:
+        pass

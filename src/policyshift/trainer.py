@@ -1,0 +1,282 @@
+"""PPOTrainer: rollout → rewards + KL → GAE → clipped PPO updates, one step at a time.
+
+Each PPO step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022):
+  1. sample a response y ~ π_θ(·|x) for a batch of prompts x, recording log π_old, log π_ref, V_old;
+  2. score: s = RM(x, y) (or a Python function), minus the missing-EOS penalty, normalized/clipped;
+  3. shape: r_t = −β·KL_t on every response token, + s at the last token;
+  4. advantages: GAE(γ, λ) over the response tokens, whitened over the batch (masked);
+  5. `ppo.epochs` passes over shuffled minibatches: clipped surrogate + clipped value loss;
+  6. the KL controller updates β from the batch's sequence KL.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
+from policyshift.checkpoint import save_checkpoint, save_models
+from policyshift.config import PPOConfig, require_runnable, validate
+from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
+from policyshift.kl import entropy_from_logits, kl_estimate, logprobs_from_logits, make_kl_controller
+from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
+from policyshift.masked import masked_mean, masked_sum
+from policyshift.metrics import rollout_metrics
+from policyshift.models import (
+    PolicyAndCritic,
+    SharedValueHead,
+    build_critic,
+    load_causal_lm,
+    load_tokenizer,
+    reference_from,
+    same_vocabulary,
+)
+from policyshift.rewards import FunctionReward, RewardError, RunningMoments, check_finite, make_reward, postprocess_scores
+from policyshift.rollout import Rollout, generate_rollout
+from policyshift.tracking import JsonlSink
+
+
+class RunDirError(ValueError):
+    """The output directory cannot hold this run."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> None:
+    if (path / "metrics.jsonl").exists() or (path / "checkpoints").exists():
+        if not overwrite:
+            raise RunDirError(f"{path} already holds a run; use --train.overwrite true (or --resume {path}, when supported)")
+        for name in ("metrics.jsonl", "samples.jsonl", "distributions.jsonl", "findings.jsonl"):
+            (path / name).unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"output directory {path} is not writable ({exc.strerror})") from None
+
+
+class PPOTrainer:
+    """`PPOTrainer(PPOConfig(...)).train()`. Models, tokenizer, reward and prompts load from the
+    config; any of them may instead be passed in as objects (a reward as f(prompts, responses))."""
+
+    def __init__(self, config: PPOConfig, *, policy=None, tokenizer=None, reward=None, ref_policy=None, prompts=None):
+        validate(config)
+        require_runnable(config, policy is not None, prompts is not None, reward is not None)
+        self.cfg = cfg = config
+        self.run_dir = Path(cfg.train.output_dir)
+        prepare_run_dir(self.run_dir, cfg.train.overwrite)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.train.seed)
+        self.device = pick_device(cfg.train.device)
+
+        m = cfg.model
+        self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, m.trust_remote_code)
+        policy = policy if policy is not None else load_causal_lm(m.policy, m.dtype, m.trust_remote_code)
+        self.ref_policy = (ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)).to(self.device)
+        self.reward = self._make_reward(reward, cfg.reward.model, cfg.reward.function)
+        self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
+        if m.share_critic_backbone:
+            self.models = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size))
+        else:
+            rm_tok = getattr(self.reward, "tokenizer", None)
+            critic, self.critic_source = build_critic(
+                policy, m.policy, m.critic, cfg.reward.model, rm_tok is not None and same_vocabulary(rm_tok, self.tokenizer), m.dtype, m.trust_remote_code
+            )
+            self.models = PolicyAndCritic(policy=policy, critic=critic)
+        for module in (self.models.policy, self.models.critic, self.models.value_head):
+            if module is not None:
+                module.to(self.device).requires_grad_(True)
+
+        all_prompts = prompts if prompts is not None else load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split)
+        if cfg.analysis.prompts:
+            self.train_prompts, self.fixed_prompts = all_prompts, load_prompts(cfg.analysis.prompts, cfg.data.prompt_field)
+        else:
+            self.train_prompts, self.fixed_prompts = split_fixed_prompts(all_prompts, cfg.analysis.num_prompts, cfg.train.seed)
+        if not self.train_prompts:
+            raise DataError("no training prompts left after holding out the fixed analysis prompts")
+        self.sampler = PromptSampler(self.train_prompts, cfg.rollout.batch_size, cfg.train.seed, cfg.data.shuffle)
+
+        p = cfg.ppo
+        self.optimizer = torch.optim.AdamW(list(self.models.parameters()), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
+        from transformers import get_scheduler
+
+        name = {"constant": "constant_with_warmup"}.get(p.lr_scheduler, p.lr_scheduler)
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=p.warmup_steps, num_training_steps=cfg.train.steps * p.epochs * p.num_minibatches)
+        self.kl_ctl = make_kl_controller(cfg.kl.controller, cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
+        self.moments = RunningMoments() if cfg.reward.normalize else None
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)  # sampling
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # minibatch order
+        self.sink = JsonlSink(self.run_dir)
+        self.step, self.episodes, self.skipped_updates = 0, 0, 0
+        self.history: list[dict] = []
+        self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
+
+    def _make_reward(self, obj, model_path, function_spec):
+        if obj is not None:
+            return obj if hasattr(obj, "tokenizer") or isinstance(obj, FunctionReward) else FunctionReward(obj, "reward callable")
+        if model_path is None and function_spec is None:
+            return None
+        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, self.cfg.reward.batch_size, self.cfg.reward.max_length)
+        if hasattr(r, "model"):
+            r.model.to(self.device)
+        return r
+
+    # ---- one PPO step ---------------------------------------------------------------------------
+    def score(self, rollout: Rollout) -> torch.Tensor:
+        raw = self.reward(rollout.prompts, rollout.responses).to(self.device)
+        check_finite(raw, rollout.prompts, rollout.responses, "reward")
+        r = self.cfg.reward
+        return postprocess_scores(raw, rollout.has_eos, r.missing_eos_penalty, self.moments, r.clip)
+
+    def ppo_step(self) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        prompts = self.sampler.next_batch()
+        rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, cfg.data.max_prompt_length, self.generator)
+        t_gen = time.perf_counter()
+        rollout = replace(rollout, scores=self.score(rollout))
+        gold = self.gold_reward(rollout.prompts, rollout.responses) if self.gold_reward else None
+        t_score = time.perf_counter()
+
+        mask, beta = rollout.response_mask, self.kl_ctl.beta
+        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs)  # per token, estimator as configured
+        in_reward = cfg.kl.placement == "reward"
+        rewards = shape_rewards(rollout.scores, kl, beta if in_reward else 0.0, mask)
+        advantages, returns = compute_gae(rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        if cfg.ppo.whiten_advantages:
+            advantages = whiten_advantages(advantages, mask)
+        update_stats = self.update(rollout, advantages, returns, beta)
+        t_update = time.perf_counter()
+
+        seq_kl = masked_sum(kl, mask, 1)
+        self.kl_ctl.update(seq_kl.mean().item(), len(rollout))  # Ziegler: β follows the sequence KL
+        self.step, self.episodes = self.step + 1, self.episodes + len(rollout)
+        metrics = {
+            "episodes": self.episodes,
+            **rollout_metrics(rollout, kl, beta, rewards),
+            **update_stats,
+            "value/explained_variance": explained_variance(rollout.values, returns, mask).item(),
+            "time/generate": t_gen - t0,
+            "time/score": t_score - t_gen,
+            "time/update": t_update - t_score,
+            "time/step": t_update - t0,
+            "perf/tokens_per_s": (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
+        }
+        if gold is not None:
+            metrics["reward/gold_mean"] = gold.float().mean().item()
+        self.sink.log_scalars(metrics, self.step)
+        self.sink.log_histograms(
+            {"scores": rollout.scores.tolist(), "seq_kl": seq_kl.tolist(), "lengths": rollout.lengths.tolist(),
+             "gold_scores": gold.tolist() if gold is not None else None}, self.step)
+        self.history.append({"step": self.step, **metrics})
+        return metrics
+
+    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor, beta: float) -> dict:
+        p, T = self.cfg.ppo, self.cfg.rollout.temperature
+        minibatch = len(batch) // p.num_minibatches
+        micro = minibatch // p.grad_accum_steps
+        stats, skipped = defaultdict(list), 0
+        for _ in range(p.epochs):
+            for mb_index in torch.randperm(len(batch), generator=self.shuffle_gen).split(minibatch):
+                self.optimizer.zero_grad(set_to_none=True)
+                for index in mb_index.split(micro):
+                    mb = batch.select(index)
+                    R = int(mb.lengths.max().clamp(min=1))  # drop response columns that are padding for every row
+                    mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
+                    input_ids = torch.cat([mb.query_ids, response_ids], 1)
+                    attention_mask = torch.cat([mb.query_mask, mask.long()], 1)
+                    logits, values = self.models.forward(input_ids, attention_mask, R)
+                    new_logprobs = logprobs_from_logits(logits, response_ids, T)
+                    pg_loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[index, :R], mask, p.clip_range)
+                    vf_loss, vf = value_loss(values, mb.values[:, :R], returns[index, :R], mask, p.clip_range_value)
+                    entropy = entropy_bonus(entropy_from_logits(logits, T), mask)
+                    loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy
+                    if self.cfg.kl.placement == "loss":  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
+                        kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
+                        loss = loss + beta * kl_loss
+                        stats["loss/kl"].append(kl_loss.item())
+                    (loss / p.grad_accum_steps).backward()
+                    for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
+                                 "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
+                                 "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
+                        stats[k].append(float(v))
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.models.parameters()), p.max_grad_norm or math.inf)
+                stats["optim/grad_norm"].append(grad_norm.item())
+                if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                self.optimizer.step()
+                self.scheduler.step()
+        self.skipped_updates += skipped
+        out = {k: float(np.nanmean(v)) for k, v in stats.items()}
+        return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        from policyshift.analysis.live import LiveAnalysis
+        from policyshift.progress import StepProgress
+
+        cfg = self.cfg
+        self.sink.log_config(cfg.to_dict())
+        self.analysis = LiveAnalysis(self)
+        self.analysis.evaluate(step=0, reference=True)
+        stop_reason = None
+        with StepProgress(cfg.train.steps, start=self.step) as progress:
+            while self.step < cfg.train.steps and stop_reason is None:
+                metrics = self.ppo_step()
+                progress.update(self.step, metrics)
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
+                    self.save_checkpoint()
+                evaluate_now = cfg.analysis.every and self.step % cfg.analysis.every == 0
+                stop_reason = self.analysis.after_step(self.step, evaluate=bool(evaluate_now) or self.step == cfg.train.steps)
+        if stop_reason:
+            progress.console.print(f"[bold red]stopping at step {self.step}: {stop_reason}[/]")
+            if not self.analysis.evaluated(self.step):
+                self.analysis.evaluate(self.step)
+        self.save_checkpoint()
+        self.save_final()
+        self.sink.close()
+        return self.history
+
+    # ---- outputs ----------------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "episodes": self.episodes,
+            "skipped_updates": self.skipped_updates,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "reward_moments": self.moments.state_dict() if self.moments else None,
+        }
+
+    def save_checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
+                               self.trainer_state(), self.generator, self.cfg.train.keep_last_n)
+
+    def save_final(self) -> Path:
+        """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic."""
+        out = self.run_dir / "final"
+        save_models(out, self.models, self.tokenizer, policy_subdir="")
+        return out
