@@ -89,6 +89,9 @@ class PPOTrainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one to read
         self.device = pick_device(cfg.train.device)
 
         m = cfg.model
@@ -131,6 +134,7 @@ class PPOTrainer:
         self.sink = JsonlSink(self.run_dir)
         self.step, self.episodes, self.skipped_updates = 0, 0, 0
         self.history: list[dict] = []
+        self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
         self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
 
     def _make_reward(self, obj, model_path, function_spec):
@@ -185,10 +189,12 @@ class PPOTrainer:
         }
         if gold is not None:
             metrics["reward/gold_mean"] = gold.float().mean().item()
+            metrics["reward/gold_std"] = gold.float().std().item() if len(gold) > 1 else 0.0
         self.sink.log_scalars(metrics, self.step)
-        self.sink.log_histograms(
-            {"scores": rollout.scores.tolist(), "seq_kl": seq_kl.tolist(), "lengths": rollout.lengths.tolist(),
-             "gold_scores": gold.tolist() if gold is not None else None}, self.step)
+        distribution = {"scores": rollout.scores.tolist(), "seq_kl": seq_kl.tolist(), "lengths": rollout.lengths.tolist(),
+                        "gold_scores": gold.tolist() if gold is not None else None}
+        self.sink.log_histograms(distribution, self.step)
+        self.distributions.append({"step": self.step, **distribution})
         self.history.append({"step": self.step, **metrics})
         return metrics
 
@@ -220,7 +226,7 @@ class PPOTrainer:
                     for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
                                  "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
-                        stats[k].append(float(v))
+                        stats[k].append(float(v.detach()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(self.models.parameters()), p.max_grad_norm or math.inf)
                 stats["optim/grad_norm"].append(grad_norm.item())
                 if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights

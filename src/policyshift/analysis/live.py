@@ -16,7 +16,7 @@ class LiveAnalysis:
         self.trainer = trainer
         self.samples: list[dict] = []
         self.reported: set[tuple[str, str]] = set()
-        self.thresholds = DetectorThresholds(kl_budget=trainer.cfg.analysis.kl_budget)
+        self.thresholds = DetectorThresholds.from_config(trainer.cfg.to_dict())
         self._evaluated_steps: set[int] = set()
 
     def evaluated(self, step: int) -> bool:
@@ -41,7 +41,7 @@ class LiveAnalysis:
         """Returns a reason to stop (a finding at or above analysis.stop_on), else None."""
         if evaluate:
             self.evaluate(step)
-        findings = run_detectors(self.trainer.history, self.samples, self.thresholds)
+        findings = run_detectors(self.trainer.history, self.samples, self.thresholds, distributions=self.trainer.distributions)
         new = [f for f in findings if (f.detector, f.severity) not in self.reported and f.severity != "info"]
         for f in new:
             self.reported.add((f.detector, f.severity))

@@ -1,0 +1,140 @@
+"""Reading a run directory: the single place the report, the detectors' callers and the tests
+load what the trainer wrote.
+
+Everything here tolerates a run that is still going: files may be missing, empty, or end in a
+half-written line; rows may lack keys; NaN may have been written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+DISTRIBUTIONS_FILE = "distributions.jsonl"
+FINDINGS_FILE = "findings.jsonl"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunData:
+    """Everything logged by one run, each list ordered by step."""
+
+    run_dir: Path
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl rows, one per PPO step
+    samples: list[dict] = field(default_factory=list)  # samples.jsonl rows, one per (eval step, prompt)
+    distributions: list[dict] = field(default_factory=list)  # distributions.jsonl rows, one per PPO step
+    findings: list[dict] = field(default_factory=list)  # findings.jsonl as the trainer wrote it
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def last_step(self) -> int:
+        """Latest PPO step logged (0 when no step has finished yet)."""
+        steps = [row["step"] for row in self.history if isinstance(row.get("step"), (int, float))]
+        return int(max(steps)) if steps else 0
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines file; a missing file reads as no rows.
+
+    Unparseable lines are skipped rather than raised: the trainer may be in the middle of appending
+    the last line when the report reads the file, and one torn line must not hide the rest of a run.
+    Non-object lines are skipped too (every row in policyshift's logs is an object).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)  # accepts NaN/Infinity literals as written by json.dumps
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def read_config(path: str | Path) -> dict:
+    """The resolved config as a dict; {} when missing or unreadable (the report must still render)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _by_step(rows: list[dict]) -> list[dict]:
+    """Rows with an integer-like step, sorted by it; a step logged twice (a resumed run) keeps the
+    last row written, which is the one the resumed run actually trained on."""
+    latest: dict[int, dict] = {}
+    for row in rows:
+        step = row.get("step")
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
+            latest[int(step)] = row
+    return [latest[step] for step in sorted(latest)]
+
+
+def _samples_sorted(rows: list[dict]) -> list[dict]:
+    usable = [row for row in rows if isinstance(row.get("step"), (int, float))]
+    return sorted(usable, key=lambda row: (int(row["step"]), row.get("model") != "reference", row.get("prompt_id", 0)))
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Load a run directory (any subset of its files may be missing)."""
+    run_dir = Path(run_dir)
+    return RunData(
+        run_dir=run_dir,
+        config=read_config(run_dir / CONFIG_FILE),
+        history=_by_step(read_jsonl(run_dir / METRICS_FILE)),
+        samples=_samples_sorted(read_jsonl(run_dir / SAMPLES_FILE)),
+        distributions=_by_step(read_jsonl(run_dir / DISTRIBUTIONS_FILE)),
+        findings=read_jsonl(run_dir / FINDINGS_FILE),
+    )
+
+
+def as_float(value: Any) -> float:
+    """A logged number as float; None, strings, bools and other junk become NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def metric_series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one metric over the history, dropping rows where it is missing/NaN."""
+    steps, values = [], []
+    for row in history:
+        value = as_float(row.get(key))
+        step = as_float(row.get("step"))
+        if math.isfinite(value) and math.isfinite(step):
+            steps.append(step)
+            values.append(value)
+    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def config_get(config: dict, dotted_key: str, default: Any = None) -> Any:
+    """config_get(cfg, "kl.estimator") without KeyErrors on a partial/old config."""
+    node: Any = config
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node

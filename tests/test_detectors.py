@@ -1,0 +1,280 @@
+"""Detectors on synthetic runs whose answer is known: a healthy run fires nothing, and each
+pathology fires its own detector (and only the ones it should)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from policyshift.analysis.detectors import DetectorThresholds, Finding, run_detectors, sort_findings
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon".split()
+
+# Healthy PPO-RLHF, as a function of training progress p ∈ [0, 1]: reward up ~1σ, KL bounded and
+# rising slowly (~1.6 nats per sequence at the end), length/entropy/diversity stable-ish.
+HEALTHY = {
+    "reward/score_mean": lambda p: 1.0 * p,
+    "reward/score_std": lambda p: 1.0,
+    "reward/score_min": lambda p: -2.0 + p,
+    "reward/score_max": lambda p: 2.0 + p,
+    "kl/token_mean": lambda p: 0.04 * p,
+    "kl/k1_token_mean": lambda p: 0.04 * p,
+    "kl/k3_token_mean": lambda p: 0.04 * p,
+    "kl/exact_token_mean": lambda p: 0.04 * p,
+    "kl/seq_mean": lambda p: 1.6 * p,
+    "kl/exact_seq_mean": lambda p: 1.6 * p,
+    "kl/beta": lambda p: 0.05,
+    "response/length_mean": lambda p: 40.0,
+    "response/eos_rate": lambda p: 0.9,
+    "response/rep_ngram_rate": lambda p: 0.05,
+    "response/distinct_2": lambda p: 0.6 - 0.05 * p,
+    "policy/entropy": lambda p: 2.0 - 0.4 * p,
+    "ppo/approx_kl": lambda p: 0.005,
+    "ppo/clip_frac": lambda p: 0.05,
+    "ppo/ratio_var": lambda p: 0.005,
+    "value/explained_variance": lambda p: 0.3 + 0.3 * p,
+}
+# Per-step noise (std) of each batch statistic.
+NOISE = {
+    "reward/score_mean": 0.12, "kl/token_mean": 0.004, "kl/k1_token_mean": 0.004, "kl/k3_token_mean": 0.002,
+    "kl/seq_mean": 0.15, "response/length_mean": 1.5, "response/eos_rate": 0.03, "response/rep_ngram_rate": 0.01,
+    "response/distinct_2": 0.01, "policy/entropy": 0.03, "ppo/clip_frac": 0.01, "ppo/ratio_var": 0.001,
+    "value/explained_variance": 0.1, "reward/gold_mean": 0.1,
+}
+
+
+def make_history(n=60, seed=0, **overrides):
+    """n metric rows (steps 1..n) from HEALTHY with `overrides` ({metric key with '/'→'__': fn(p)})."""
+    curves = {**HEALTHY, **{key.replace("__", "/"): fn for key, fn in overrides.items()}}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(1, n + 1):
+        p = (step - 1) / max(n - 1, 1)
+        row = {"step": step}
+        for key, fn in curves.items():
+            if fn is None:
+                continue
+            row[key] = float(fn(p) + rng.normal(0, NOISE.get(key, 0.0)))
+        rows.append(row)
+    return rows
+
+
+def make_samples(eval_steps=(0, 20, 40, 60), n_prompts=6, seed=0, response=None, gold=None, ref_logprob=None):
+    """Fixed-prompt eval rows. response(step, prompt_id, rng) -> str; gold/ref_logprob(step, prompt_id, rng) -> float."""
+    rng = np.random.default_rng(seed)
+    last = max(max(eval_steps), 1)
+    response = response or (lambda step, pid, r: " ".join(r.choice(WORDS, size=25)))
+    rows = []
+    for step in eval_steps:
+        for pid in range(n_prompts):
+            text = response(step, pid, rng)
+            tokens = text.split(" ")
+            row = {
+                "step": step, "model": "reference" if step == 0 else "policy", "prompt_id": pid, "prompt": f"prompt {pid}",
+                "response": text, "tokens": tokens, "token_log_ratio": [0.0] * len(tokens), "score": float(rng.normal(step / last, 1)),
+                "gold_score": gold(step / last, pid, rng) if gold else None, "seq_kl": 0.0, "length": len(tokens), "eos": True,
+                "ref_logprob_mean": ref_logprob(step / last, pid, rng) if ref_logprob else float(-2.0 - 0.04 * step / last + rng.normal(0, 0.1)),
+                "rep_ngram_rate": 0.0,
+            }
+            rows.append(row)
+    return rows
+
+
+def make_distributions(history, seed=0, batch=32, length_weight=0.0):
+    """Per-step samples consistent with the history's means; scores depend on length by length_weight/token."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for row in history:
+        lengths = rng.normal(row["response/length_mean"], 6, batch)
+        noise_sd = math.sqrt(max(1.0 - (length_weight * 6) ** 2, 0.05))
+        scores = row["reward/score_mean"] + length_weight * (lengths - lengths.mean()) + rng.normal(0, noise_sd, batch)
+        rows.append({"step": row["step"], "scores": scores.tolist(), "seq_kl": [row["kl/seq_mean"]] * batch, "lengths": lengths.round().tolist(), "gold_scores": None})
+    return rows
+
+
+def detectors_fired(findings):
+    return {f.detector for f in findings}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_healthy_run_fires_nothing(seed):
+    history = make_history(seed=seed, reward__gold_mean=lambda p: 0.8 * p, reward__gold_std=lambda p: 1.0)
+    samples = make_samples(seed=seed, gold=lambda p, pid, r: float(0.8 * p + r.normal(0, 1)))
+    findings = run_detectors(history, samples, distributions=make_distributions(history, seed=seed))
+    assert findings == [], [f.message for f in findings]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_short_runs_fire_nothing(n):
+    # even a pathological looking start must not be judged on 1-3 steps
+    history = make_history(n=n, kl__k1_token_mean=lambda p: -0.5, policy__entropy=lambda p: 2.0 - 1.9 * p,
+                           response__length_mean=lambda p: 40 + 100 * p, ppo__clip_frac=lambda p: 0.9)
+    samples = make_samples(eval_steps=(0,) if n == 0 else (0, n))
+    assert run_detectors(history, samples) == []
+
+
+def test_empty_inputs():
+    assert run_detectors([], []) == []
+    assert run_detectors(None, None) == []
+
+
+def test_kl_negative():
+    history = make_history(kl__k1_token_mean=lambda p: -0.05, kl__token_mean=lambda p: -0.05)
+    findings = run_detectors(history, [])
+    assert detectors_fired(findings) == {"kl_negative"}
+    assert findings[0].severity == "warning" and "-0.05" in findings[0].message
+    severe = run_detectors(make_history(kl__k1_token_mean=lambda p: -0.3, kl__token_mean=lambda p: -0.3), [])
+    assert [(f.detector, f.severity) for f in severe] == [("kl_negative", "critical")]
+
+
+def test_kl_flat_when_not_learning():
+    flat = dict(kl__token_mean=lambda p: 1e-4, kl__k1_token_mean=lambda p: 1e-4, kl__k3_token_mean=lambda p: 1e-4,
+                kl__exact_token_mean=lambda p: 1e-4, kl__seq_mean=lambda p: 4e-3, kl__exact_seq_mean=lambda p: 4e-3,
+                reward__score_mean=lambda p: 0.0, policy__entropy=lambda p: 2.0, response__distinct_2=lambda p: 0.6)
+    findings = run_detectors(make_history(**flat), [])
+    assert detectors_fired(findings) == {"kl_flat"}
+    assert findings[0].severity == "warning"
+    # the same numbers over too short a run are normal early training
+    assert run_detectors(make_history(n=12, **flat), []) == []
+
+
+def test_kl_far_past_budget_with_stagnant_reward_is_critical():
+    history = make_history(kl__seq_mean=lambda p: 50 * p, kl__exact_seq_mean=lambda p: 50 * p,
+                           reward__score_mean=lambda p: min(p, 0.5) * 2)
+    findings = run_detectors(history, [])
+    assert [(f.detector, f.severity) for f in findings] == [("kl_runaway", "critical")]
+    assert findings[0].evidence["kl_end"] > 30
+    assert 1 < findings[0].step < 60  # the onset: when the budget was crossed
+
+
+def test_kl_past_budget_honours_configured_budget():
+    history = make_history(kl__seq_mean=lambda p: 50 * p, reward__score_mean=lambda p: min(p, 0.5) * 2)
+    thresholds = DetectorThresholds.from_config({"analysis": {"kl_budget": 100.0}})
+    assert thresholds.kl_budget == 100.0
+    assert run_detectors(history, [], thresholds) == []
+    over = run_detectors(history, [], DetectorThresholds.from_config({"analysis": {"kl_budget": 30.0}}))
+    assert [(f.detector, f.severity) for f in over] == [("kl_runaway", "warning")]
+
+
+def test_kl_over_budget_while_reward_rising_is_only_info():
+    findings = run_detectors(make_history(kl__seq_mean=lambda p: 15 * p, reward__score_mean=lambda p: 2 * p), [])
+    assert [(f.detector, f.severity) for f in findings] == [("kl_runaway", "info")]
+
+
+def test_kl_accelerating_while_reward_stagnates():
+    history = make_history(kl__seq_mean=lambda p: 8 * p**4, reward__score_mean=lambda p: min(p, 0.5))
+    findings = run_detectors(history, [])
+    assert [(f.detector, f.severity) for f in findings] == [("kl_runaway", "warning")]
+    assert "accelerating" in findings[0].message
+
+
+def test_reward_hacking_gold_peaks_then_falls():
+    history = make_history(reward__score_mean=lambda p: 3 * p, reward__gold_mean=lambda p: 1.0 * p - 2.5 * max(p - 0.4, 0) ** 1.5,
+                           reward__gold_std=lambda p: 1.0)
+    findings = run_detectors(history, [])
+    assert [(f.detector, f.severity) for f in findings] == [("reward_hacking", "critical")]
+    assert findings[0].evidence["source"] == "history reward/gold_mean"
+
+
+def test_reward_hacking_gold_flat_is_warning():
+    history = make_history(reward__score_mean=lambda p: 2 * p, reward__gold_mean=lambda p: 0.0, reward__gold_std=lambda p: 1.0)
+    findings = run_detectors(history, [])
+    assert [(f.detector, f.severity) for f in findings] == [("reward_hacking", "warning")]
+
+
+def test_reward_hacking_from_eval_gold_scores():
+    samples = make_samples(eval_steps=(0, 15, 30, 45, 60), n_prompts=16, gold=lambda p, pid, r: float(-2.0 * p + r.normal(0, 1)))
+    findings = run_detectors(make_history(reward__score_mean=lambda p: 2 * p), samples)
+    assert [(f.detector, f.severity) for f in findings] == [("reward_hacking", "critical")]
+    assert findings[0].evidence["source"] == "eval samples gold_score"
+
+
+def test_reward_hacking_reference_logprob_collapse():
+    samples = make_samples(ref_logprob=lambda p, pid, r: float(-2.0 - 2.5 * p + r.normal(0, 0.1)))
+    findings = run_detectors(make_history(reward__score_mean=lambda p: 2 * p), samples)
+    assert [(f.detector, f.severity) for f in findings] == [("reward_hacking", "critical")]
+    assert "perplexity" in findings[0].message
+
+
+def test_reward_hacking_explained_by_length():
+    history = make_history(response__length_mean=lambda p: 40 + 30 * p, reward__score_mean=lambda p: 0.04 * 30 * p)
+    distributions = make_distributions(history, length_weight=0.1)
+    findings = run_detectors(history, [], distributions=distributions)
+    assert detectors_fired(findings) == {"reward_hacking", "length_drift"}
+    hacking = next(f for f in findings if f.detector == "reward_hacking")
+    assert hacking.evidence["corr_score_length"] > 0.5 and hacking.evidence["explained_fraction"] > 0.5
+    # the same length growth with length-independent scores is drift, not hacking
+    honest = run_detectors(history, [], distributions=make_distributions(history, length_weight=0.0))
+    assert detectors_fired(honest) == {"length_drift"}
+
+
+def test_length_drift_and_eos_collapse():
+    findings = run_detectors(make_history(response__length_mean=lambda p: 40 + 60 * p), [])
+    assert [(f.detector, f.severity) for f in findings] == [("length_drift", "warning")]
+    shrink = run_detectors(make_history(response__length_mean=lambda p: 40 - 30 * p), [])
+    assert [(f.detector, f.severity) for f in shrink] == [("length_drift", "critical")]
+    eos = run_detectors(make_history(response__eos_rate=lambda p: max(0.9 - 1.5 * p, 0.0)), [])
+    assert [(f.detector, f.severity) for f in eos] == [("length_drift", "critical")]
+    assert "EOS" in eos[0].message
+
+
+def test_repetition_rise():
+    findings = run_detectors(make_history(response__rep_ngram_rate=lambda p: 0.05 + 0.4 * p, response__distinct_2=lambda p: 0.6 - 0.4 * p), [])
+    assert detectors_fired(findings) == {"repetition_rise"}
+    assert [f.severity for f in findings] == ["critical", "warning"]
+
+
+def test_entropy_collapse():
+    findings = run_detectors(make_history(policy__entropy=lambda p: 2.0 * (1 - 0.97 * p)), [])
+    assert [(f.detector, f.severity) for f in findings] == [("entropy_collapse", "critical")]
+    assert findings[0].step > 30  # onset, not the start of the run
+    mild = run_detectors(make_history(policy__entropy=lambda p: 2.0 * (1 - 0.8 * p)), [])
+    assert [(f.detector, f.severity) for f in mild] == [("entropy_collapse", "warning")]
+
+
+def test_mode_collapse():
+    collapsed_text = "I am a helpful assistant and I love to help you with anything"
+
+    def response(step, pid, rng):
+        return collapsed_text if step >= 40 else " ".join(rng.choice(WORDS, size=25))
+
+    findings = run_detectors(make_history(), make_samples(response=response))
+    assert [(f.detector, f.severity) for f in findings] == [("mode_collapse", "critical")]
+    assert findings[0].step == 40 and findings[0].evidence["reference_score"] < 0.2
+
+
+def test_no_mode_collapse_when_the_reference_was_already_templated():
+    template = "Sure, here is the answer to your question:"
+    samples = make_samples(response=lambda step, pid, rng: template + " " + " ".join(rng.choice(WORDS, size=5)))
+    assert run_detectors(make_history(), samples) == []
+
+
+def test_ppo_instability():
+    unstable = make_history(ppo__clip_frac=lambda p: 0.05 if p < 0.8 else 0.5, ppo__ratio_var=lambda p: 0.005 if p < 0.8 else 0.4)
+    findings = run_detectors(unstable, [])
+    assert [(f.detector, f.severity) for f in findings] == [("ppo_instability", "critical")]
+    value_only = run_detectors(make_history(value__explained_variance=lambda p: -1.5), [])
+    assert [(f.detector, f.severity) for f in value_only] == [("ppo_instability", "warning")]
+
+
+def test_findings_sorted_worst_first_and_serialisable():
+    history = make_history(policy__entropy=lambda p: 2.0 * (1 - 0.8 * p), response__length_mean=lambda p: 40 - 30 * p,
+                           value__explained_variance=lambda p: -1.5)
+    findings = run_detectors(history, [])
+    ranks = [{"critical": 0, "warning": 1, "info": 2}[f.severity] for f in findings]
+    assert ranks == sorted(ranks) and len(findings) >= 3
+    for f in findings:
+        assert isinstance(f, Finding) and f.message.endswith(".")
+        json.dumps(f.to_dict())
+    assert sort_findings(reversed(findings)) == findings
+
+
+def test_missing_and_null_metrics_are_tolerated():
+    history = make_history()
+    for i, row in enumerate(history):
+        if i % 3 == 0:
+            row["reward/score_mean"] = None
+        row.pop("policy/entropy", None) if i % 2 else None
+    history[-1] = {"step": 61}
+    assert run_detectors(history, [{"step": 0, "response": None}, {"bad": 1}]) == []

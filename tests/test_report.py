@@ -1,0 +1,174 @@
+"""The HTML report: built from synthetic run directories (a multi-step run, a 1-step run with no
+samples, an empty directory), checked for its panels, self-containment and escaping."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from policyshift.analysis.report import build_report, render_sample_columns, render_tokens, token_color
+from policyshift.analysis.runlog import load_run, metric_series, read_jsonl
+
+PANEL_IDS = [f"panel-{i}" for i in range(1, 8)]
+CONFIG = {"kl": {"estimator": "k3", "beta": 0.05, "controller": "adaptive", "target": 6.0},
+          "train": {"steps": 40}, "model": {"policy": "sshleifer/tiny-gpt2"}, "analysis": {"every": 10, "kl_budget": 10.0}}
+
+
+def write_jsonl(path, rows, trailing=""):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + trailing)
+
+
+def metrics_row(step, n_steps, rng):
+    p = step / n_steps
+    kl_token = 0.05 * p + rng.normal(0, 0.003)
+    return {
+        "step": step, "episodes": step * 32, "kl/beta": 0.05 + 0.01 * p, "kl/token_mean": abs(kl_token),
+        "kl/seq_mean": 40 * kl_token, "kl/k1_token_mean": kl_token, "kl/k3_token_mean": abs(kl_token),
+        "kl/exact_token_mean": 0.05 * p, "kl/exact_seq_mean": 2.0 * p, "reward/score_mean": 3 * math.sqrt(p) - p,
+        "reward/score_std": 1.0, "reward/score_min": -2 + p, "reward/score_max": 3 + p, "reward/gold_mean": 2 * p - 2 * p * p,
+        "response/length_mean": 40 + 10 * p, "response/eos_rate": 0.9, "response/rep_ngram_rate": 0.05,
+        "response/distinct_2": 0.6, "policy/entropy": 2.0 - 0.5 * p, "ppo/approx_kl": 0.01, "ppo/clip_frac": 0.05,
+        "ppo/ratio_var": 0.01, "value/explained_variance": 0.4, "loss/policy": -0.01, "loss/value": 0.2, "optim/lr": 1e-5,
+        "time/step": 1.2, "perf/tokens_per_s": 500.0,
+    }
+
+
+def sample_row(step, prompt_id, rng):
+    tokens = ["Hello", " <b>world</b>", " &amp;", "\n", " \"quoted\"", " </script>"] + [f" w{rng.integers(100)}" for _ in range(6)]
+    ratios = [float(x) for x in rng.normal(0, 1, len(tokens))]
+    return {
+        "step": step, "model": "reference" if step == 0 else "policy", "prompt_id": prompt_id, "prompt": f"Prompt <{prompt_id}> & 'friends'",
+        "response": "".join(tokens), "tokens": tokens, "token_log_ratio": ratios, "score": float(rng.normal()), "gold_score": float(rng.normal()),
+        "seq_kl": float(sum(ratios)), "length": len(tokens), "eos": True, "ref_logprob_mean": -2.0 - step / 100, "rep_ngram_rate": 0.0,
+    }
+
+
+def make_run(run_dir, n_steps=40, n_prompts=3, every=10, with_samples=True, torn_tail=True):
+    rng = np.random.default_rng(0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    history = [metrics_row(step, n_steps, rng) for step in range(1, n_steps + 1)]
+    if n_steps > 3:
+        history[3]["reward/score_mean"] = None  # NaN logged as null
+    write_jsonl(run_dir / "metrics.jsonl", history, trailing='{"step": 41, "kl/tok' if torn_tail else "")
+    eval_steps = [0] + list(range(every, n_steps + 1, every))
+    samples = [sample_row(s, pid, rng) for s in eval_steps for pid in range(n_prompts)] if with_samples else []
+    write_jsonl(run_dir / "samples.jsonl", samples)
+    distributions = [
+        {"step": row["step"], "scores": rng.normal(row["reward/score_mean"] or 0, 1, 32).tolist(), "seq_kl": rng.normal(2, 1, 32).tolist(),
+         "lengths": rng.integers(20, 60, 32).tolist(), "gold_scores": None}
+        for row in history
+    ]
+    write_jsonl(run_dir / "distributions.jsonl", distributions)
+    return run_dir
+
+
+def panel_html(page, panel_id):
+    match = re.search(rf'<section class="panel" id="{panel_id}">(.*?)</section>', page, re.S)
+    assert match, f"{panel_id} missing"
+    return match.group(1)
+
+
+def assert_self_contained(page):
+    for panel_id in PANEL_IDS:
+        assert f'id="{panel_id}"' in page
+    assert not re.search(r"<script[^>]+src\s*=", page), "scripts must be inline"
+    assert not re.search(r"<link[^>]+href\s*=\s*[\"']?https?://", page)
+    assert page.count("Plotly.newPlot") >= 1
+    assert page.count("* plotly.js v") <= 1  # plotly.js embedded at most once
+
+
+def test_load_run_tolerates_torn_tail_and_nulls(tmp_path):
+    run = load_run(make_run(tmp_path / "run"))
+    assert run.last_step == 40 and len(run.history) == 40
+    steps, values = metric_series(run.history, "reward/score_mean")
+    assert len(values) == 39 and 4 not in steps
+    assert run.config["kl"]["estimator"] == "k3"
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_multi_step_report(tmp_path):
+    run_dir = make_run(tmp_path / "my-run")
+    out = build_report(run_dir)
+    assert out == run_dir / "report.html"
+    page = out.read_text(encoding="utf-8")
+    assert_self_contained(page)
+    assert "my-run" in page and "k3" in page
+    assert "sampled k3 (token mean)" in page and "exact full-vocab KL (token mean)" in page
+    for i in (1, 2, 3, 4):
+        assert 'class="figure"' in panel_html(page, f"panel-{i}")
+    assert "p95" in panel_html(page, "panel-3")
+    assert "proxy reward: fit on" in panel_html(page, "panel-4") and "gold reward: fit on" in panel_html(page, "panel-4")
+    assert "fig-shape-ppl" in panel_html(page, "panel-5")
+    assert "<tr" in panel_html(page, "panel-6")
+    samples = panel_html(page, "panel-7")
+    assert samples.count('class="sample-col"') == 3 * 5  # reference + 4 eval steps, for 3 prompts
+    # everything from the logs is escaped: no raw markup from tokens or prompts gets through
+    assert "<b>world</b>" not in page and "&lt;b&gt;world&lt;/b&gt;" in samples
+    assert "Prompt &lt;0&gt; &amp; &#x27;friends&#x27;" in samples
+    assert page.count("</script>") == page.count("<script")  # a token's "</script>" did not end a script
+    assert not list(tmp_path.glob("my-run/.report-*"))  # the temporary file was renamed into place
+
+
+def test_single_step_run_with_empty_samples(tmp_path):
+    run_dir = make_run(tmp_path / "early", n_steps=1, with_samples=False, torn_tail=False)
+    page = build_report(run_dir, tmp_path / "out" / "r.html").read_text(encoding="utf-8")
+    assert_self_contained(page)
+    assert "No data yet" in panel_html(page, "panel-7")
+    assert "Too early to judge" in page
+    assert "no fit" in panel_html(page, "panel-4")
+
+
+def test_empty_run_dir_renders_no_data_notes(tmp_path):
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    for panel_id in PANEL_IDS:
+        assert f'id="{panel_id}"' in page
+    for i in (1, 2, 3, 4, 5, 7):
+        assert "No data yet" in panel_html(page, f"panel-{i}")
+
+
+def test_findings_panel_lists_detector_output(tmp_path):
+    run_dir = make_run(tmp_path / "collapse")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for row in rows:
+        row["policy/entropy"] = 2.0 * (1 - 0.97 * row["step"] / 40)
+    write_jsonl(run_dir / "metrics.jsonl", rows)
+    page = build_report(run_dir).read_text(encoding="utf-8")
+    findings = panel_html(page, "panel-6")
+    assert "entropy_collapse" in findings and "critical" in findings
+    assert 'class="health health-critical"' in page
+
+
+def test_render_tokens_colours_and_titles():
+    html = render_tokens(["a", "<b>", "c"], [-3.0, 0.0, 0.5])
+    assert html.count('<span class="tok"') == 3
+    assert "&lt;b&gt;" in html and "<b>" not in html
+    assert 'title="log π/π_ref = -3.000"' in html and 'title="log π/π_ref = +0.500"' in html
+    assert token_color(0.0) == "#ffffff"
+    blue, red = token_color(-5.0), token_color(5.0)
+    assert int(blue[5:7], 16) > int(blue[1:3], 16)  # more blue than red
+    assert int(red[1:3], 16) > int(red[5:7], 16)
+    assert "n/a" in render_tokens(["x", "y"], [0.1])  # a missing ratio renders, greyed
+
+
+def test_render_sample_columns():
+    columns = [
+        {"label": "ckpt A", "tokens": ["x"], "log_ratios": [0.2], "score": 1.5, "gold_score": None, "seq_kl": 0.2},
+        {"label": "ckpt <B>", "tokens": [], "log_ratios": [], "score": 2.0, "gold_score": 0.7, "seq_kl": 3.1, "response": "plain <text>"},
+    ]
+    html = render_sample_columns("the <prompt>", columns)
+    assert html.count('class="sample-col"') == 2
+    assert "the &lt;prompt&gt;" in html and "ckpt &lt;B&gt;" in html and "plain &lt;text&gt;" in html
+    assert "gold 0.7" in html and "score 1.5" in html and "seq KL 3.1" in html
+    assert html.count("gold ") == 1  # no gold score shown for the column without one
+
+
+@pytest.mark.parametrize("bad_line", ['{"step": 2, "kl/token_mean": ', "not json", "[1, 2]", ""])
+def test_read_jsonl_skips_unparseable_lines(tmp_path, bad_line):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1, "x": NaN}\n' + bad_line)
+    rows = read_jsonl(path)
+    assert len(rows) == 1 and math.isnan(rows[0]["x"])
