@@ -105,3 +105,13 @@ def test_kl_as_loss_and_adaptive_controller(tiny_world, tmp_path):
     betas = [r["kl/beta"] for r in h]
     assert betas[1] < betas[0]  # KL below target at the start: β shrinks (e = −0.2, ×(1 − 0.2·16/100))
     assert betas[1] == pytest.approx(betas[0] * (1 - 0.2 * 16 / 100))
+
+
+def test_report_builds_from_the_real_run(small_beta_run):
+    from policyshift.analysis.report import build_report
+
+    out, _ = small_beta_run
+    html = build_report(out).read_text()
+    for n in range(1, 8):
+        assert f'id="panel-{n}"' in html
+    assert "reference (step 0)" in html and "step 30" in html  # the sample browser has both ends of the run

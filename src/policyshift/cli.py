@@ -37,6 +37,20 @@ def cmd_report(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_compare(args, extra: list[str]) -> int:
+    from policyshift.analysis.compare import compare_checkpoints
+
+    out = args.out or "compare_out"
+    r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
+                            args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field)
+    kl = r["kl_b_from_a"]
+    print(f"KL(B‖A) per sequence: k1 {kl['k1_seq_mean']:.4f}  k3 {kl['k3_seq_mean']:.4f}  exact {kl['exact_seq_mean']:.4f} nats")
+    if r["reward"]:
+        print(f"reward mean: A {r['reward']['a_mean']:.4f}  B {r['reward']['b_mean']:.4f}")
+    print(f"written: {out}/compare.html, {out}/compare.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,11 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.html")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="KL and side-by-side samples of two checkpoints (e.g. SFT vs RL)")
+    compare.add_argument("a", help="reference checkpoint (e.g. the SFT model)")
+    compare.add_argument("b", help="checkpoint to compare (e.g. the RL model)")
+    compare.add_argument("--prompts", required=True)
+    compare.add_argument("--prompt-field", default="prompt")
+    reward = compare.add_mutually_exclusive_group()
+    reward.add_argument("--reward", dest="reward_model", help="HF sequence-classification reward model")
+    reward.add_argument("--reward-function", help="module:function or file.py:function")
+    compare.add_argument("--out", help="output directory (default compare_out)")
+    compare.add_argument("--max-new-tokens", type=int, default=48)
+    compare.add_argument("--temperature", type=float, default=1.0)
+    compare.add_argument("--batch-size", type=int, default=16)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if os.getcwd() not in sys.path:  # `--reward.function my_rewards:score` finds my_rewards.py here, as `python -m` would
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":

@@ -42,6 +42,9 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 
 def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars drown our own console output
 
     _exists_or_hub_id(path)
     try:
@@ -152,7 +155,9 @@ class PolicyAndCritic:
 
     def parameters(self):
         yield from self.policy.parameters()
-        yield from (self.critic or self.value_head).parameters()
+        for module in (self.critic, self.value_head):
+            if module is not None:
+                yield from module.parameters()
 
     def forward(self, input_ids, attention_mask, n_response: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_head is None:
@@ -168,6 +173,8 @@ class PolicyAndCritic:
         return out.logits[:, window].float(), self.value_head(out.hidden_states[-1][:, window]).float()
 
     def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+        if self.critic is None and self.value_head is None:  # a bare policy (compare, probes): no critic to ask
+            return torch.zeros(input_ids.shape[0], n_response, device=input_ids.device)
         if self.value_head is None:
             return critic_values(self.critic, input_ids, attention_mask, n_response)
         return self.forward(input_ids, attention_mask, n_response)[1]

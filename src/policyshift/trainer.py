@@ -89,9 +89,6 @@ class PPOTrainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own progress bar is the one to read
         self.device = pick_device(cfg.train.device)
 
         m = cfg.model
