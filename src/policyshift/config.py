@@ -23,6 +23,10 @@ import yaml
 class ConfigError(ValueError):
     """A bad configuration; the message is one line that names the field and the problem."""
 
+    def __init__(self, message: str):
+        # Keys and values are echoed back to the user and may hold newlines; the CLI promises one line.
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 @dataclass
 class ModelConfig:
@@ -133,6 +137,8 @@ class PPOConfig:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict, overrides: dict | None = None) -> "PPOConfig":
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
         merged = _deep_merge(data or {}, _nest(overrides or {}))
         return build_dataclass(cls, merged, "")
 
@@ -152,11 +158,18 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the YAML
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        problem = f": {exc.problem}" if getattr(exc, "problem", None) else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -188,13 +201,15 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def build_dataclass(cls, data: Any, prefix: str):
     """Build dataclass `cls` from a mapping, coercing and checking each field's type."""
     where = prefix.rstrip(".") or "config"
+    if data is None and prefix:  # a YAML section whose keys are all commented out: keep its defaults
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix, cls)}")
     kwargs = {}
     for name in names:
         if name in data:
@@ -205,9 +220,39 @@ def build_dataclass(cls, data: Any, prefix: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _suggest(key: str, names: list[str], prefix: str) -> str:
+def _suggest(key: str, names: list[str], prefix: str, cls=None) -> str:
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    # A right key in the wrong section (`ppo.beta`, or `clip_range` at the top): point to its home.
+    # Only within PPOConfig: build_dataclass also builds other (flat) configs.
+    in_ppo_config = cls is PPOConfig or cls in typing.get_type_hints(PPOConfig).values()
+    elsewhere = [k for k in _dotted_keys(PPOConfig) if k.rsplit(".", 1)[-1] == key] if in_ppo_config else []
+    if elsewhere:
+        return f"; did you mean '{elsewhere[0]}'?"
+    return f"; valid keys: {', '.join(names)}"
+
+
+def _dotted_keys(cls, prefix: str = "") -> list[str]:
+    """Every leaf field of a config dataclass as 'section.key'."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _field_type(dotted: str):
+    """The annotated type of 'section.key', or None when there is no such field."""
+    tp: Any = PPOConfig
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
 
 
 def _coerce(value: Any, tp: Any, name: str):
@@ -224,36 +269,59 @@ def _coerce(value: Any, tp: Any, name: str):
         return _coerce(value, inner[0], name)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {_short(value)}")
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{name} must be true or false; got {value!r}")
+        raise ConfigError(f"{name} must be true or false; got {_short(value)}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise ConfigError(f"{name} must be an integer; got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer; got {value!r}") from None
-        if not math.isfinite(as_float) or as_float != int(as_float):
-            raise ConfigError(f"{name} must be an integer; got {value!r}")
-        return int(as_float)
+        return _to_int(value, name)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{name} must be a number; got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number; got {value!r}") from None
+        return _to_float(value, name)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{name} must be a string; got {value!r}")
+            raise ConfigError(f"{name} must be a string; got {_short(value)}")
         return str(value)
     return value
+
+
+def _to_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+        raise ConfigError(f"{name} must be an integer; got {_short(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)  # "12345678901234567891" must not round through a float
+        except ValueError:
+            pass
+    try:
+        as_float = float(value)  # "1e3" and 4.0 are integers too
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer; got {_short(value)}") from None
+    if not math.isfinite(as_float) or as_float != int(as_float):
+        raise ConfigError(f"{name} must be an integer; got {_short(value)}")
+    return int(as_float)
+
+
+def _to_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{name} must be a number; got {_short(value)}")
+    try:
+        out = float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int beyond float range
+        raise ConfigError(f"{name} must be a number; got {_short(value)}") from None
+    if math.isnan(out):  # every comparison with NaN is False, so it would slip past the range checks
+        raise ConfigError(f"{name} must be a number; got {_short(value)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check(ok: bool, message: str) -> None:
@@ -271,8 +339,8 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.kl.target > 0, "kl.target must be > 0")
     _check(cfg.kl.horizon > 0, "kl.horizon must be > 0")
     p = cfg.ppo
-    _check(p.clip_range > 0, f"ppo.clip_range must be > 0; got {p.clip_range}")
-    _check(p.clip_range_value > 0, f"ppo.clip_range_value must be > 0; got {p.clip_range_value}")
+    _check(math.isfinite(p.clip_range) and p.clip_range > 0, f"ppo.clip_range must be > 0; got {p.clip_range}")
+    _check(math.isfinite(p.clip_range_value) and p.clip_range_value > 0, f"ppo.clip_range_value must be > 0; got {p.clip_range_value}")
     _check(p.epochs >= 1, "ppo.epochs must be >= 1")
     _check(p.num_minibatches >= 1, "ppo.num_minibatches must be >= 1")
     _check(p.grad_accum_steps >= 1, "ppo.grad_accum_steps must be >= 1")
@@ -283,14 +351,23 @@ def validate(cfg: PPOConfig) -> None:
     )
     _check(0 <= p.gamma <= 1, "ppo.gamma must be in [0, 1]")
     _check(0 <= p.lam <= 1, "ppo.lam must be in [0, 1]")
-    _check(p.lr > 0, "ppo.lr must be > 0")
-    _check(p.vf_coef >= 0 and p.ent_coef >= 0, "ppo.vf_coef and ppo.ent_coef must be >= 0")
+    _check(math.isfinite(p.lr) and p.lr > 0, f"ppo.lr must be > 0; got {p.lr}")
+    _check(math.isfinite(p.adam_eps) and p.adam_eps > 0, f"ppo.adam_eps must be > 0; got {p.adam_eps}")
+    _check(math.isfinite(p.weight_decay) and p.weight_decay >= 0, f"ppo.weight_decay must be >= 0; got {p.weight_decay}")
+    _check(math.isfinite(p.vf_coef) and math.isfinite(p.ent_coef) and p.vf_coef >= 0 and p.ent_coef >= 0,
+           "ppo.vf_coef and ppo.ent_coef must be >= 0")
     _check(p.max_grad_norm is None or p.max_grad_norm > 0, "ppo.max_grad_norm must be > 0 or null")
     _check(p.warmup_steps >= 0, "ppo.warmup_steps must be >= 0")
     _check(cfg.reward.batch_size > 0, "reward.batch_size must be > 0")
+    _check(cfg.reward.max_length > 0, "reward.max_length must be > 0")
+    _check(
+        cfg.reward.missing_eos_penalty is None or math.isfinite(cfg.reward.missing_eos_penalty),
+        "reward.missing_eos_penalty must be a finite number or null",
+    )
     _check(cfg.reward.clip is None or cfg.reward.clip > 0, "reward.clip must be > 0 or null")
     _check(cfg.analysis.every >= 0, "analysis.every must be >= 0")
     _check(cfg.analysis.num_prompts >= 0, "analysis.num_prompts must be >= 0")
+    _check(cfg.analysis.kl_budget > 0, "analysis.kl_budget must be > 0")
     _check(cfg.train.steps >= 1, "train.steps must be >= 1")
     _check(cfg.train.save_every >= 0, "train.save_every must be >= 0")
     _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
@@ -314,7 +391,9 @@ def require_runnable(cfg: PPOConfig, have_policy: bool = False, have_prompts: bo
 
 def parse_overrides(argv: list[str]) -> dict:
     """['--ppo.clip_range', '0.1', '--kl.beta=0.1'] -> {'ppo.clip_range': 0.1, 'kl.beta': 0.1}.
-    Values are parsed as YAML scalars (so 0.1 is a float, null is None, true is a bool)."""
+    Values are parsed as YAML scalars (so 0.1 is a float, null is None, true is a bool), except for
+    string fields, which keep the text as typed (YAML 1.1 would turn `--train.output_dir 0100` into 64
+    and `--data.prompt_field yes` into True)."""
     out: dict = {}
     i = 0
     while i < len(argv):
@@ -330,11 +409,18 @@ def parse_overrides(argv: list[str]) -> dict:
                 raise ConfigError(f"--{key} needs a value")
             raw = argv[i + 1]
             i += 2
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (dict, list)):
-            value = raw
-        out[key] = value
+        out[key] = raw if _is_text_field(key) else _parse_scalar(raw)
     return out
+
+
+def _is_text_field(dotted: str) -> bool:
+    tp = _field_type(dotted)
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
+def _parse_scalar(raw: str):
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, (dict, list)) else value

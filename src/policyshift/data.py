@@ -11,6 +11,16 @@ from pathlib import Path
 class DataError(ValueError):
     """A bad prompt source; the message is one line naming the file, line and problem."""
 
+    def __init__(self, message: str):
+        # Field names and parser messages come from the user's file and may hold newlines.
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+OUR_FORMATS = (".jsonl", ".json", ".txt")  # parsed here, for line-numbered errors
+DATASETS_FORMATS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # read through `datasets`
+# utf-8-sig: Windows editors start files with a BOM, which json.loads rejects as "malformed JSON".
+ENCODING = "utf-8-sig"
+
 
 def _prompt_from(record, field: str, where: str) -> str:
     if isinstance(record, str):
@@ -29,25 +39,33 @@ def _prompt_from(record, field: str, where: str) -> str:
     return text
 
 
+def _parse_json(text: str, where: str, name_line: bool = False):
+    """json.loads with every failure as a DataError; `name_line` adds the line of a syntax error
+    (a whole .json file; a .jsonl `where` already names its line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = f":{exc.lineno}" if name_line else ""
+        raise DataError(f"{where}{line}: malformed JSON ({exc.msg})") from None
+    except ValueError as exc:  # json's own limits: an integer of more than 4300 digits
+        raise DataError(f"{where}: malformed JSON ({exc})") from None
+    except RecursionError:  # "[[[[..." deeper than the interpreter's stack
+        raise DataError(f"{where}: malformed JSON (nested too deeply)") from None
+
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     prompts = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=ENCODING) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            prompts.append(_prompt_from(record, field, f"{path}:{lineno}"))
+            where = f"{path}:{lineno}"
+            prompts.append(_prompt_from(_parse_json(line, where), field, where))
     return prompts
 
 
 def _read_json(path: Path, field: str) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = _parse_json(path.read_text(encoding=ENCODING), str(path), name_line=True)
     if isinstance(data, dict) and isinstance(data.get(field), list):
         data = data[field]
     if not isinstance(data, list):
@@ -56,14 +74,15 @@ def _read_json(path: Path, field: str) -> list[str]:
 
 
 def _read_txt(path: Path) -> list[str]:
-    return [line.rstrip("\n") for line in path.open(encoding="utf-8") if line.strip()]
+    with path.open(encoding=ENCODING) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
 
 
 def _read_with_datasets(source: str, field: str, split: str) -> list[str]:
     import datasets
 
     path = Path(source)
-    kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
+    kind = DATASETS_FORMATS.get(path.suffix.lower()) if path.is_file() else None
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split=split) if kind else datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)
@@ -74,18 +93,27 @@ def _read_with_datasets(source: str, field: str, split: str) -> list[str]:
 
 
 def load_prompts(source: str, field: str = "prompt", split: str = "train") -> list[str]:
-    """Prompts from a .jsonl/.json/.txt file, a .csv/.parquet file or a hub dataset id (via `datasets`)."""
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json", ".txt") or path.exists():
+    """Prompts from a .jsonl/.json/.txt file, a .csv/.parquet file, a directory of data files or a
+    hub dataset id (via `datasets`)."""
+    if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
+        raise DataError("no prompt source given (data.prompts is empty)")
+    # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion.
+    path = Path(source).expanduser()
+    if str(source).startswith("~"):
+        source = str(path)
+    suffix = path.suffix.lower()  # PROMPTS.JSONL is JSONL, not one JSON text per prompt
+    if path.is_dir():
+        prompts = _read_with_datasets(source, field, split)
+    elif suffix in OUR_FORMATS or suffix in DATASETS_FORMATS or path.exists():
         if not path.is_file():
             raise DataError(f"prompt file not found: {source}")
         try:
-            if path.suffix == ".jsonl":
+            if suffix == ".jsonl":
                 prompts = _read_jsonl(path, field)
-            elif path.suffix == ".json":
+            elif suffix == ".json":
                 prompts = _read_json(path, field)
-            elif path.suffix in (".csv", ".parquet", ".arrow"):
-                prompts = _read_with_datasets(source, field, "train")
+            elif suffix in DATASETS_FORMATS:
+                prompts = _read_with_datasets(source, field, "train")  # data_files load as one "train" split
             else:
                 prompts = _read_txt(path)
         except UnicodeDecodeError:
@@ -100,15 +128,22 @@ def load_prompts(source: str, field: str = "prompt", split: str = "train") -> li
 
 
 def split_fixed_prompts(prompts: list[str], n_fixed: int, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out `n_fixed` prompts (a seeded choice) that the policy never trains on."""
+    """Hold out `n_fixed` prompts (a seeded choice) that the policy never trains on.
+    The choice is among distinct texts, and every copy of a held-out text leaves the training set:
+    a duplicated prompt would otherwise be both trained on and "held out"."""
+    if n_fixed < 0:
+        raise DataError(f"analysis.num_prompts must be >= 0; got {n_fixed}")
     if n_fixed == 0:
-        return prompts, []
-    if n_fixed >= len(prompts):
-        raise DataError(f"analysis.num_prompts ({n_fixed}) must be smaller than the number of prompts ({len(prompts)})")
-    order = list(range(len(prompts)))
+        return list(prompts), []
+    distinct = list(dict.fromkeys(prompts))  # first occurrences, in order
+    if n_fixed >= len(distinct):
+        raise DataError(
+            f"analysis.num_prompts ({n_fixed}) must be smaller than the number of distinct prompts ({len(distinct)})"
+        )
+    order = list(range(len(distinct)))
     random.Random(seed).shuffle(order)
-    held = set(order[:n_fixed])
-    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held)]
+    held = {distinct[i] for i in order[:n_fixed]}
+    return [p for p in prompts if p not in held], [p for p in distinct if p in held]
 
 
 class PromptSampler:
@@ -116,6 +151,8 @@ class PromptSampler:
     position (epoch, index) alone restores the stream on resume."""
 
     def __init__(self, prompts: list[str], batch_size: int, seed: int, shuffle: bool = True):
+        if not prompts:  # next_batch would index an empty order
+            raise DataError("no prompts to sample from")
         self.prompts, self.batch_size, self.seed, self.shuffle = prompts, batch_size, seed, shuffle
         self.epoch, self.index = 0, 0
         self._order = self._order_for(0)

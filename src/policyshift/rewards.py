@@ -10,11 +10,17 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 
 class RewardError(ValueError):
     """A reward that cannot be loaded or returned something unusable; one line."""
+
+    def __init__(self, message: str):
+        # Exception texts from user code (tracebacks of import errors, multi-line messages) are
+        # echoed back; the CLI promises a single line.
+        super().__init__(" ".join(str(message).splitlines()))
 
 
 def load_reward_function(spec: str) -> Callable:
@@ -23,7 +29,7 @@ def load_reward_function(spec: str) -> Callable:
     if not sep:
         target, name = spec, ""
     if target.endswith(".py"):
-        path = Path(target)
+        path = Path(target).expanduser()  # YAML values and `--x=~/r.py` get no shell ~ expansion
         if not path.is_file():
             raise RewardError(f"reward function file not found: {target}")
         module_name = f"policyshift_user_reward_{abs(hash(str(path.resolve())))}"
@@ -32,7 +38,8 @@ def load_reward_function(spec: str) -> Callable:
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: a script that runs argparse or sys.exit() on import
+            sys.modules.pop(module_name, None)  # no half-initialized module left behind
             raise RewardError(f"cannot import reward file {target}: {type(exc).__name__}: {exc}") from None
         name = name or "reward"
     else:
@@ -40,7 +47,7 @@ def load_reward_function(spec: str) -> Callable:
             raise RewardError(f"reward function '{spec}' must look like 'module:function' or 'file.py:function'")
         try:
             module = importlib.import_module(target)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise RewardError(f"cannot import reward module '{target}': {type(exc).__name__}: {exc}") from None
     fn = getattr(module, name, None)
     if fn is None:
@@ -50,16 +57,36 @@ def load_reward_function(spec: str) -> Callable:
     return fn
 
 
-def _as_scores(values, n: int, source: str) -> torch.Tensor:
+def _as_scores(values, n: int, source: str, prompts=None, responses=None) -> torch.Tensor:
+    """One float per response from a list, tuple, tensor or ndarray (shape (n,) or (n, 1))."""
     if isinstance(values, torch.Tensor):
         values = values.detach().float().cpu().reshape(-1).tolist()
+    elif isinstance(values, np.ndarray):  # float() of a length-1 row is an error in numpy 2
+        values = values.reshape(-1).tolist()
+    if isinstance(values, (str, bytes, dict)):  # iterable, but "123" is not three scores
+        raise RewardError(f"{source} must return a list of {n} numbers; got {type(values).__name__}")
     try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
+        values = list(values)
+    except TypeError:
         raise RewardError(f"{source} must return a list of {n} numbers; got {type(values).__name__}") from None
     if len(values) != n:
         raise RewardError(f"{source} returned {len(values)} values for {n} responses")
-    return torch.tensor(values, dtype=torch.float32)
+    return torch.tensor([_as_float(v, i, source, prompts, responses) for i, v in enumerate(values)], dtype=torch.float32)
+
+
+def _as_float(value, i: int, source: str, prompts, responses) -> float:
+    try:
+        if isinstance(value, (str, bytes)):  # a numeric string is a bug in the reward, not a score
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        which = f" for prompt {prompts[i][:60]!r} / response {responses[i][:60]!r}" if prompts is not None else ""
+        raise RewardError(f"{source} returned {_short(value)} (type {type(value).__name__}), not a usable number, at index {i}{which}") from None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class FunctionReward:
@@ -71,7 +98,7 @@ class FunctionReward:
             out = self.fn(list(prompts), list(responses))
         except Exception as exc:
             raise RewardError(f"{self.name} raised {type(exc).__name__}: {exc}") from None
-        return _as_scores(out, len(prompts), self.name)
+        return _as_scores(out, len(prompts), self.name, prompts, responses)
 
 
 class ModelReward:
@@ -79,9 +106,15 @@ class ModelReward:
     policy need not share a vocabulary (TRL #3595)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int = 512, name: str = "reward model"):
-        self.model, self.tokenizer, self.batch_size, self.max_length, self.name = model, tokenizer, batch_size, max_length, name
-        if model.config.pad_token_id is None:  # seq-cls models find the last real token through pad_token_id
+        self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
+        # Seq-cls models score the last token that is not config.pad_token_id. It must be the id this
+        # tokenizer pads with, or padded rows are scored at a pad position (scores then depend on
+        # the batch). A checkpoint's own pad id can differ from the one load_tokenizer picked.
+        if tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        # Inputs longer than the position table crash the forward pass (a 512-position RM asked for 1024).
+        positions = getattr(model.config, "max_position_embeddings", None)
+        self.max_length = min(max_length, positions) if isinstance(positions, int) and positions > 0 else max_length
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False, **kwargs) -> "ModelReward":
@@ -94,13 +127,19 @@ class ModelReward:
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
         texts = [p + r for p, r in zip(prompts, responses)]
-        scores = []
-        for i in range(0, len(texts), self.batch_size):
-            # Keep the end of the text if it is too long: the response is what is being judged.
-            self.tokenizer.truncation_side = "left"
-            enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
-            logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits
-            scores.append(logits[:, 0].float().cpu())
+        scores = [torch.zeros(0)]
+        # Keep the end of the text if it is too long: the response is what is being judged. Pad on the
+        # right so that real tokens keep positions 0..L-1. The tokenizer may be shared (the policy's,
+        # left-padded): restore its settings afterwards.
+        saved_side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
+        try:
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, padding_side="right",
+                                     truncation=True, max_length=self.max_length)
+                logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits
+                scores.append(logits[:, 0].float().cpu())
+        finally:
+            self.tokenizer.truncation_side = saved_side
         return torch.cat(scores)
 
 
@@ -126,6 +165,9 @@ class RunningMoments:
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
     def update(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:  # an empty batch would make the merge 0/0
+            return
+        x = x.detach().cpu().double()  # float32 sums lose digits the running merge keeps (and MPS has no float64)
         n, mean, var = x.numel(), x.mean().item(), x.var(unbiased=False).item()
         total = self.count + n
         delta = mean - self.mean
@@ -149,7 +191,7 @@ def postprocess_scores(scores, has_eos, missing_eos_penalty=None, moments: Runni
     with running moments when normalizing; then clip to ±clip."""
     scores = scores.clone()
     if missing_eos_penalty is not None:
-        scores = torch.where(has_eos.to(scores.device), scores, scores - missing_eos_penalty)
+        scores = torch.where(torch.as_tensor(has_eos, device=scores.device).bool(), scores, scores - missing_eos_penalty)
     if moments is not None:
         moments.update(scores)
         scores = (scores - moments.mean) / max(moments.std, 1e-8)
