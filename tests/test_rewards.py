@@ -249,8 +249,16 @@ def test_an_empty_model_dir_is_a_model_error(tmp_path):
         ModelReward.from_pretrained(str(tmp_path / "empty"))
 
 
-@pytest.mark.xfail(strict=False, reason="models.load_causal_lm loads a *ForSequenceClassification checkpoint as a causal LM "
-                                        "(transformers keeps the body, drops `score`, and a GPT-2 head is tied to the embeddings)")
 def test_a_sequence_classifier_is_not_a_causal_lm(reward_model_dir):
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match="not a causal language model"):
         load_causal_lm(str(reward_model_dir))
+
+
+def test_a_multi_label_classifier_is_not_a_reward_model(tiny_world, tmp_path):
+    import tiny
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tok = tiny.make_tokenizer(tmp_path / "clf")
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=2)).save_pretrained(tmp_path / "clf")
+    with pytest.raises(ModelError, match="2 output labels"):
+        ModelReward.from_pretrained(str(tmp_path / "clf"))

@@ -30,8 +30,13 @@ def cmd_train(args, extra: list[str]) -> int:
 
 
 def cmd_report(args, extra: list[str]) -> int:
-    from policyshift.analysis.report import build_report
+    from pathlib import Path
 
+    from policyshift.analysis.report import build_report
+    from policyshift.data import DataError
+
+    if not (Path(args.run_dir) / "metrics.jsonl").is_file() and not (Path(args.run_dir) / "config.yaml").is_file():
+        raise DataError(f"{args.run_dir} is not a policyshift run directory (no metrics.jsonl or config.yaml)")
     path = build_report(args.run_dir)
     print(path)
     return 0
@@ -48,6 +53,42 @@ def cmd_compare(args, extra: list[str]) -> int:
     if r["reward"]:
         print(f"reward mean: A {r['reward']['a_mean']:.4f}  B {r['reward']['b_mean']:.4f}")
     print(f"written: {out}/compare.html, {out}/compare.json")
+    return 0
+
+
+def _stage_config(cls, args, extra: list[str]):
+    """A flat stage config from --config YAML and --field value flags (checked like the PPO config)."""
+    from policyshift.config import ConfigError, build_dataclass, load_yaml, parse_overrides
+
+    values = {**(load_yaml(args.config) if args.config else {}), **parse_overrides(extra)}
+    import dataclasses
+
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+    if missing:
+        raise ConfigError(f"missing required option(s): {', '.join('--' + m for m in missing)}")
+    return build_dataclass(cls, values, "")
+
+
+def cmd_sft(args, extra: list[str]) -> int:
+    from policyshift.stages.sft import SFTConfig, run_sft
+
+    metrics = run_sft(_stage_config(SFTConfig, args, extra))
+    print(f"SFT model written; held-out loss {metrics.get('eval_loss') or float('nan'):.4f}")
+    return 0
+
+
+def cmd_reward_model(args, extra: list[str]) -> int:
+    from policyshift.stages.reward_model import RewardModelConfig, run_reward_model
+
+    metrics = run_reward_model(_stage_config(RewardModelConfig, args, extra))
+    print(f"reward model written; held-out pairwise accuracy {metrics.get('eval_accuracy') or float('nan'):.3f}")
+    return 0
+
+
+def cmd_demo(args, extra: list[str]) -> int:
+    from policyshift.demo.pipeline import run_demo
+
+    run_demo(args.out, seed=args.seed, quick=args.quick)
     return 0
 
 
@@ -75,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--batch-size", type=int, default=16)
     compare.add_argument("--seed", type=int, default=0)
     compare.set_defaults(func=cmd_compare)
+    for name, func, what in (("sft", cmd_sft, "supervised fine-tuning: --data texts.jsonl --output_dir DIR [--model PATH] [--steps N ...]"),
+                             ("reward-model", cmd_reward_model, "Bradley–Terry reward model: --pairs pairs.jsonl --base_model PATH --output_dir DIR")):
+        stage = sub.add_parser(name, help=what.split(":")[0], description=what + " (any config field as --field value)")
+        stage.add_argument("--config", help="YAML file of the stage's fields")
+        stage.set_defaults(func=func)
+    demo = sub.add_parser("demo", help="the whole pipeline on generated data: SFT, reward model, healthy and over-optimized PPO, reports")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster version (under 2 minutes)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -84,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in ("train", "sft", "reward-model"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra)

@@ -4,6 +4,7 @@ pass every stage shares (logits and values at the response positions)."""
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,16 @@ class ModelError(ValueError):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _exists_or_hub_id(path: str) -> None:
-    p = Path(path)
-    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
-    if looks_local and not p.exists():
+def _exists_or_hub_id(path: str) -> str:
+    """The expanded local path, or the hub id. A path that cannot be a hub id ('./x', '/x', '~/x',
+    'a/b/c', or 'x' with no slash while offline) fails fast instead of retrying the hub."""
+    expanded = os.path.expanduser(path)
+    p = Path(expanded)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or (offline and "/" not in path)
+    if not p.exists() and (looks_local or offline):
         raise ModelError(f"model path not found: {path}")
+    return expanded
 
 
 def _zero_dropout_config(config) -> None:
@@ -45,19 +51,26 @@ def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, *
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars drown our own console output
-
-    _exists_or_hub_id(path)
+    local = _exists_or_hub_id(path)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
+    architectures = config.architectures or []
+    if auto_cls.__name__ == "AutoModelForCausalLM" and architectures and all(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
+        raise ModelError(f"'{path}' is a {architectures[0]}, not a causal language model")
+    is_classifier = architectures and all(a.endswith("ForSequenceClassification") for a in architectures)
+    if "num_labels" in kwargs and is_classifier and config.num_labels != kwargs["num_labels"]:
+        raise ModelError(f"'{path}' has {config.num_labels} output labels; a {kind} needs a single-logit head (num_labels=1)")
+    for key, value in kwargs.items():
+        setattr(config, key, value)
     _zero_dropout_config(config)
     try:
-        model = auto_cls.from_pretrained(path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = auto_cls.from_pretrained(local, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except ValueError as exc:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
         raise ModelError(f"'{path}' is not a {kind} ({str(exc).splitlines()[0][:160]})") from None
-    except OSError as exc:
-        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0]}") from None
+    except (OSError, RuntimeError) as exc:  # missing weight files; shape mismatches
+        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0][:200]}") from None
     return disable_dropout(model)
 
 
@@ -78,9 +91,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     lengths and the first EOS, never from comparing token ids with the pad id, so the overlap is safe."""
     from transformers import AutoTokenizer
 
-    _exists_or_hub_id(path)
+    local = _exists_or_hub_id(path)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load tokenizer from '{path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if tok.pad_token is None:

@@ -20,6 +20,8 @@ class StepProgress:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:  # an error is on its way out: leave its one line alone on the console
+            self.progress.live.transient = True
         return self.progress.__exit__(*exc)
 
     def update(self, step: int, m: dict) -> None:
