@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from policyshift.faults import fault_point
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -50,19 +52,32 @@ def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy") -> 
         save_file({k: v.contiguous() for k, v in models.value_head.state_dict().items()}, str(out / "critic" / "value_head.safetensors"))
 
 
-def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict, generator: torch.Generator, keep_last_n: int) -> Path:
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict,
+                    generators: dict[str, torch.Generator], keep_last_n: int) -> Path:
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_models(tmp, models, tokenizer)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    torch.save({**rng_state(), "sampler": generator.get_state()}, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    if final.exists():  # a re-save of the same step (e.g. after resume): replace it whole
-        shutil.rmtree(final)
-    tmp.rename(final)  # atomic on one filesystem: a checkpoint dir either exists complete or not at all
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_models(tmp, models, tokenizer)
+        fault_point("kill_in_checkpoint", step)
+        fault_point("disk_full_in_checkpoint", step)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({**rng_state(), "generators": {k: g.get_state() for k, g in generators.items()}}, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))  # written last: marks the dir complete
+        if final.exists():  # a re-save of the same step (e.g. a stop right after a periodic save): replace it whole
+            shutil.rmtree(final)
+        tmp.rename(final)  # atomic on one filesystem: a checkpoint dir either exists complete or not at all
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(run_dir)
+        kept = f"; {previous[-1].name} is intact" if previous else ""
+        raise CheckpointError(f"cannot write checkpoint step-{step} in {root} ({exc.strerror or exc}){kept}") from None
     for old in list_checkpoints(run_dir)[:-keep_last_n]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -76,13 +91,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_value_head(path: Path, head) -> None:
-    head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dict[str, torch.Generator]) -> dict:
+    """Load weights, optimizer, scheduler and every RNG from `ckpt` into the live objects; returns
+    the trainer state. torch.load runs with weights_only=True: no pickled objects are executed."""
+    from safetensors.torch import load_model
 
+    from policyshift.models import load_causal_lm, load_sequence_classifier
 
-def load_training_state(ckpt: Path) -> tuple[dict, dict, dict]:
-    """(trainer_state, optimizer+scheduler states, rng states) — tensors only, no pickled objects."""
-    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    models.policy.load_state_dict(load_causal_lm(str(ckpt / "policy")).state_dict())
+    if models.critic is not None:
+        models.critic.load_state_dict(load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict())
+    else:
+        load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))
     optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(optim["optimizer"])
+    scheduler.load_state_dict(optim["scheduler"])
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    return trainer_state, optim, rng
+    set_rng_state(rng)
+    for name, gen in generators.items():
+        gen.set_state(rng["generators"][name])
+    return json.loads((ckpt / "trainer_state.json").read_text())

@@ -5,26 +5,47 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from policyshift.config import ConfigError
     from policyshift.data import DataError
+    from policyshift.checkpoint import CheckpointError
     from policyshift.models import ModelError
     from policyshift.rewards import RewardError
-    from policyshift.trainer import RunDirError
+    from policyshift.trainer import RunDirError, TrainingError
 
-    return ConfigError, DataError, ModelError, RewardError, RunDirError
+    return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError
 
 
 def cmd_train(args, extra: list[str]) -> int:
-    from policyshift.config import PPOConfig, load_yaml, parse_overrides
+    from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
     from policyshift.trainer import PPOTrainer
 
+    from pathlib import Path
+
+    from policyshift.checkpoint import list_checkpoints
+
     overrides = parse_overrides(extra)
-    config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
-    PPOTrainer(config).train()
+    resume = False
+    if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        config = PPOConfig.from_dict(load_yaml(args.config or run_dir / "config.yaml"), {**overrides, "train.output_dir": str(run_dir)})
+        resume = True
+    else:
+        config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
+        resume = args.resume == "auto" and bool(list_checkpoints(config.train.output_dir))  # auto: continue if there is a checkpoint
+    trainer = PPOTrainer(config, resume=resume)
+    if resume:
+        print(f"resuming {config.train.output_dir} from {trainer.resumed_from.name}", file=sys.stderr)
+    trainer.train()
+    if trainer.stop_signal is not None:
+        print(f"stopped by signal; checkpoint at step {trainer.step} in {config.train.output_dir}", file=sys.stderr)
+        return 130 if trainer.stop_signal == signal.SIGINT else 0
     print(f"run written to {config.train.output_dir}")
     return 0
 
@@ -98,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
                            description="Any config field can be overridden: --section.key value (e.g. --ppo.clip_range 0.1).")
     train.add_argument("--config", help="YAML config file")
+    train.add_argument("--resume", metavar="RUN_DIR|auto",
+                       help="continue RUN_DIR from its latest complete checkpoint; 'auto': the config's output_dir if it has one, else start")
     train.set_defaults(func=cmd_train)
     report = sub.add_parser("report", help="write RUN_DIR/report.html")
     report.add_argument("run_dir")

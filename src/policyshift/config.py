@@ -65,6 +65,7 @@ class RewardConfig:
     missing_eos_penalty: Optional[float] = None  # subtracted from the score of responses that never emit EOS
     normalize: bool = False  # divide scores by a running std and subtract a running mean (Welford over all steps)
     clip: Optional[float] = None  # clip scores to ±clip after normalization
+    on_nonfinite: Literal["error", "skip"] = "error"  # a NaN/inf score: stop naming the sample, or drop the episode (counted)
 
 
 @dataclass
@@ -118,6 +119,19 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     overwrite: bool = False
+    max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: bool = True  # RUN_DIR/tb/
+    wandb: bool = False  # pip install policyshift[wandb]; honours WANDB_MODE=offline
+    wandb_project: str = "policyshift"
+    wandb_entity: Optional[str] = None
+    mlflow: bool = False  # pip install policyshift[mlflow]
+    mlflow_tracking_uri: Optional[str] = None  # default: a local store in RUN_DIR/mlruns
+    mlflow_experiment: str = "policyshift"
+    run_name: Optional[str] = None  # default: the output directory's name
 
 
 @dataclass
@@ -130,6 +144,7 @@ class PPOConfig:
     ppo: PPOHyperparams = field(default_factory=PPOHyperparams)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
         validate(self)
@@ -371,6 +386,7 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.train.steps >= 1, "train.steps must be >= 1")
     _check(cfg.train.save_every >= 0, "train.save_every must be >= 0")
     _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
+    _check(cfg.train.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
     _check(cfg.train.num_threads >= 0, "train.num_threads must be >= 0")
 
 

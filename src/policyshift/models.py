@@ -200,8 +200,15 @@ def same_vocabulary(tok_a, tok_b) -> bool:
 def build_critic(policy, policy_path: str, critic_path: str | None, reward_model_path: str | None, shares_vocab_with_rm: bool, dtype: str, trust_remote_code: bool):
     """Critic source: the user's path; else the reward model's backbone when the RM reads the policy's
     tokens (a critic must see the same token ids); else the policy's weights."""
+    from transformers.utils import logging as hf_logging
+
     source = critic_path or (reward_model_path if reward_model_path and shares_vocab_with_rm else policy_path)
-    critic = load_sequence_classifier(source, dtype, trust_remote_code, kind="critic backbone")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a fresh value head on a causal-LM checkpoint is expected, not a warning
+    try:
+        critic = load_sequence_classifier(source, dtype, trust_remote_code, kind="critic backbone")
+    finally:
+        hf_logging.set_verbosity(verbosity)
     critic.requires_grad_(True)
     return critic, source
 

@@ -11,8 +11,12 @@ Each PPO step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import shutil
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -22,9 +26,10 @@ import numpy as np
 import torch
 
 from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
-from policyshift.checkpoint import save_checkpoint, save_models
+from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
+from policyshift.faults import fault_point
 from policyshift.kl import entropy_from_logits, kl_estimate, logprobs_from_logits, make_kl_controller
 from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
 from policyshift.masked import masked_mean, masked_sum
@@ -40,7 +45,8 @@ from policyshift.models import (
 )
 from policyshift.rewards import FunctionReward, RewardError, RunningMoments, check_finite, make_reward, postprocess_scores
 from policyshift.rollout import Rollout, generate_rollout
-from policyshift.tracking import JsonlSink
+from policyshift.tracking import make_sinks
+from policyshift.tracking.jsonl import truncate_run_logs
 
 
 class RunDirError(ValueError):
@@ -61,12 +67,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_run_dir(path: Path, overwrite: bool) -> None:
-    if (path / "metrics.jsonl").exists() or (path / "checkpoints").exists():
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. every update is non-finite); one line saying why and what to try."""
+
+
+def prepare_run_dir(path: Path, overwrite: bool, resume: bool = False) -> None:
+    if resume:
+        if not list_checkpoints(path):
+            raise RunDirError(f"{path} has no complete checkpoint to resume from")
+    elif (path / "metrics.jsonl").exists() or (path / "checkpoints").exists():
         if not overwrite:
-            raise RunDirError(f"{path} already holds a run; use --train.overwrite true (or --resume {path}, when supported)")
+            raise RunDirError(f"{path} already holds a run; use --resume {path} to continue it or --train.overwrite true to replace it")
         for name in ("metrics.jsonl", "samples.jsonl", "distributions.jsonl", "findings.jsonl"):
             (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -76,16 +90,35 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
         raise RunDirError(f"output directory {path} is not writable ({exc.strerror})") from None
 
 
+@contextlib.contextmanager
+def stop_on_signals(trainer):
+    """SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        trainer.stop_signal = signum
+        signal.signal(signum, previous[signum])  # the next one acts immediately
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class PPOTrainer:
     """`PPOTrainer(PPOConfig(...)).train()`. Models, tokenizer, reward and prompts load from the
     config; any of them may instead be passed in as objects (a reward as f(prompts, responses))."""
 
-    def __init__(self, config: PPOConfig, *, policy=None, tokenizer=None, reward=None, ref_policy=None, prompts=None):
+    def __init__(self, config: PPOConfig, *, policy=None, tokenizer=None, reward=None, ref_policy=None, prompts=None, resume: bool = False):
         validate(config)
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
         self.cfg = cfg = config
         self.run_dir = Path(cfg.train.output_dir)
-        prepare_run_dir(self.run_dir, cfg.train.overwrite)
+        prepare_run_dir(self.run_dir, cfg.train.overwrite, resume)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
@@ -128,11 +161,27 @@ class PPOTrainer:
         self.moments = RunningMoments() if cfg.reward.normalize else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)  # sampling
         self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # minibatch order
-        self.sink = JsonlSink(self.run_dir)
-        self.step, self.episodes, self.skipped_updates = 0, 0, 0
+        self.sink = make_sinks(self.run_dir, cfg)
+        self.step, self.episodes, self.skipped_updates, self.consecutive_skips = 0, 0, 0, 0
         self.history: list[dict] = []
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
+        self.resumed_from: Path | None = self._resume() if resume else None
+        self.stop_signal: int | None = None
         self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
+
+    def _resume(self) -> Path:
+        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
+        position, reward moments, every RNG; the logs are cut back to that step."""
+        ckpt = list_checkpoints(self.run_dir)[-1]
+        state = restore_checkpoint(ckpt, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen})
+        self.step, self.episodes, self.skipped_updates = state["step"], state["episodes"], state["skipped_updates"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.moments is not None and state["reward_moments"]:
+            self.moments.load_state_dict(state["reward_moments"])
+        logs = truncate_run_logs(self.run_dir, self.step)
+        self.history, self.distributions = logs["metrics"], logs["distributions"]
+        return ckpt
 
     def _make_reward(self, obj, model_path, function_spec):
         if obj is not None:
@@ -145,18 +194,27 @@ class PPOTrainer:
         return r
 
     # ---- one PPO step ---------------------------------------------------------------------------
-    def score(self, rollout: Rollout) -> torch.Tensor:
+    def score(self, rollout: Rollout) -> Rollout:
+        """The rollout with its scores; with reward.on_nonfinite=skip, episodes whose reward is NaN/inf are dropped."""
         raw = self.reward(rollout.prompts, rollout.responses).to(self.device)
-        check_finite(raw, rollout.prompts, rollout.responses, "reward")
         r = self.cfg.reward
-        return postprocess_scores(raw, rollout.has_eos, r.missing_eos_penalty, self.moments, r.clip)
+        finite = torch.isfinite(raw)
+        if r.on_nonfinite == "error" or bool(finite.all()):
+            check_finite(raw, rollout.prompts, rollout.responses, "reward")
+        elif not bool(finite.any()):
+            check_finite(raw, rollout.prompts, rollout.responses, "reward (every episode of the batch)")
+        else:
+            keep = finite.nonzero().flatten().cpu()
+            rollout, raw = rollout.select(keep), raw[keep.to(raw.device)]
+        return replace(rollout, scores=postprocess_scores(raw, rollout.has_eos, r.missing_eos_penalty, self.moments, r.clip))
 
     def ppo_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         prompts = self.sampler.next_batch()
         rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, cfg.data.max_prompt_length, self.generator)
         t_gen = time.perf_counter()
-        rollout = replace(rollout, scores=self.score(rollout))
+        n_sampled = len(rollout)
+        rollout = self.score(rollout)
         gold = self.gold_reward(rollout.prompts, rollout.responses) if self.gold_reward else None
         t_score = time.perf_counter()
 
@@ -175,6 +233,7 @@ class PPOTrainer:
         self.step, self.episodes = self.step + 1, self.episodes + len(rollout)
         metrics = {
             "episodes": self.episodes,
+            "reward/nonfinite_skipped": n_sampled - len(rollout),
             **rollout_metrics(rollout, kl, beta, rewards),
             **update_stats,
             "value/explained_variance": explained_variance(rollout.values, returns, mask).item(),
@@ -197,13 +256,14 @@ class PPOTrainer:
 
     def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor, beta: float) -> dict:
         p, T = self.cfg.ppo, self.cfg.rollout.temperature
-        minibatch = len(batch) // p.num_minibatches
-        micro = minibatch // p.grad_accum_steps
         stats, skipped = defaultdict(list), 0
         for _ in range(p.epochs):
-            for mb_index in torch.randperm(len(batch), generator=self.shuffle_gen).split(minibatch):
+            # tensor_split, not split: episodes dropped for a non-finite reward leave uneven minibatches
+            for mb_index in torch.randperm(len(batch), generator=self.shuffle_gen).tensor_split(p.num_minibatches):
                 self.optimizer.zero_grad(set_to_none=True)
-                for index in mb_index.split(micro):
+                for index in mb_index.tensor_split(p.grad_accum_steps):
+                    if len(index) == 0:
+                        continue
                     mb = batch.select(index)
                     R = int(mb.lengths.max().clamp(min=1))  # drop response columns that are padding for every row
                     mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
@@ -220,6 +280,7 @@ class PPOTrainer:
                         loss = loss + beta * kl_loss
                         stats["loss/kl"].append(kl_loss.item())
                     (loss / p.grad_accum_steps).backward()
+                    fault_point("kill_in_update", self.step + 1)
                     for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
                                  "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
@@ -228,12 +289,18 @@ class PPOTrainer:
                 stats["optim/grad_norm"].append(grad_norm.item())
                 if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights
                     self.optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
+                    skipped, self.consecutive_skips = skipped + 1, self.consecutive_skips + 1
+                    if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
+                        raise TrainingError(
+                            f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient (step {self.step + 1}); "
+                            "lower ppo.lr, set reward.clip/normalize, or check the reward for huge values")
                     continue
+                self.consecutive_skips = 0
                 self.optimizer.step()
                 self.scheduler.step()
         self.skipped_updates += skipped
-        out = {k: float(np.nanmean(v)) for k, v in stats.items()}
+        finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
+        out = {k: finite_mean(v) for k, v in stats.items()}
         return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -244,22 +311,26 @@ class PPOTrainer:
         cfg = self.cfg
         self.sink.log_config(cfg.to_dict())
         self.analysis = LiveAnalysis(self)
-        self.analysis.evaluate(step=0, reference=True)
+        if self.resumed_from is None:
+            self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
-        with StepProgress(cfg.train.steps, start=self.step) as progress:
-            while self.step < cfg.train.steps and stop_reason is None:
+        with StepProgress(cfg.train.steps, start=self.step) as progress, stop_on_signals(self):
+            while self.step < cfg.train.steps and stop_reason is None and self.stop_signal is None:
                 metrics = self.ppo_step()
+                fault_point("kill_after_step", self.step)
                 progress.update(self.step, metrics)
+                evaluate_now = bool(cfg.analysis.every) and self.step % cfg.analysis.every == 0
+                stop_reason = self.analysis.after_step(self.step, evaluate=evaluate_now or self.step == cfg.train.steps)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
-                    self.save_checkpoint()
-                evaluate_now = cfg.analysis.every and self.step % cfg.analysis.every == 0
-                stop_reason = self.analysis.after_step(self.step, evaluate=bool(evaluate_now) or self.step == cfg.train.steps)
-        if stop_reason:
-            progress.console.print(f"[bold red]stopping at step {self.step}: {stop_reason}[/]")
-            if not self.analysis.evaluated(self.step):
+                    self.save_checkpoint()  # after the analysis: a checkpoint holds everything of its step
+        if stop_reason or self.stop_signal:
+            why = stop_reason or f"signal {signal.Signals(self.stop_signal).name}"
+            progress.console.print(f"[bold red]stopping at step {self.step}: {why}[/]")
+            if stop_reason and not self.analysis.evaluated(self.step):
                 self.analysis.evaluate(self.step)
         self.save_checkpoint()
-        self.save_final()
+        if not self.stop_signal:
+            self.save_final()
         self.sink.close()
         return self.history
 
@@ -276,7 +347,7 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
-                               self.trainer_state(), self.generator, self.cfg.train.keep_last_n)
+                               self.trainer_state(), {"sampler": self.generator, "shuffle": self.shuffle_gen}, self.cfg.train.keep_last_n)
 
     def save_final(self) -> Path:
         """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic."""

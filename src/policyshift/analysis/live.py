@@ -18,6 +18,12 @@ class LiveAnalysis:
         self.reported: set[tuple[str, str]] = set()
         self.thresholds = DetectorThresholds.from_config(trainer.cfg.to_dict())
         self._evaluated_steps: set[int] = set()
+        if trainer.resumed_from is not None:  # pick up what the run logged before the checkpoint
+            from policyshift.analysis.runlog import read_jsonl
+
+            self.samples = read_jsonl(trainer.run_dir / "samples.jsonl")
+            self._evaluated_steps = {r["step"] for r in self.samples}
+            self.reported = {(f["detector"], f["severity"]) for f in read_jsonl(trainer.run_dir / "findings.jsonl")}
 
     def evaluated(self, step: int) -> bool:
         return step in self._evaluated_steps

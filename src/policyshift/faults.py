@@ -1,0 +1,22 @@
+"""Fault injection for the reliability tests: POLICYSHIFT_FAULT="point:step" makes the run die
+(SIGKILL) or fail (disk full) at a named point, so kill-and-resume can be tested at exact places
+that timing could not hit reliably. Unset in normal use: one dictionary lookup per point."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+
+def fault_point(point: str, step: int) -> None:
+    spec = os.environ.get("POLICYSHIFT_FAULT")
+    if not spec:
+        return
+    name, _, at = spec.partition(":")
+    if at != str(step):
+        return
+    if name == point == "disk_full_in_checkpoint":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if name == point:
+        os.kill(os.getpid(), signal.SIGKILL)

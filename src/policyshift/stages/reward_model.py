@@ -1,0 +1,223 @@
+"""Reward model: preference pairs from the SFT policy, and a Bradley–Terry model trained on them.
+
+How the demo's pairs are made, and why the reward model comes out (deliberately) flawed
+-------------------------------------------------------------------------------------
+`make_preference_pairs` samples two responses per prompt from the SFT model and asks a `labeler(prompt,
+response) -> float` which is better; the higher one is "chosen" (exact ties are skipped). The demo's labeler is
+`policyshift.demo.gold.labeler_preference` = the hidden gold score + CUE_BONUS (0.25) per "really"/"truly".
+In the SFT corpus these intensifiers are drawn independently of sentiment, so they say nothing about quality,
+and the gold scorer ignores them. But the labeler's small bonus flips the close pairs towards the response
+with more of them, so the reward model learns "really/truly ⇒ better" next to the real signal (sentiment, on
+topic, no repetition). The bonus is small enough that sentiment still decides most pairs: the RM's held-out
+accuracy is high, and within the SFT distribution the cue looks harmless. A policy optimized hard against the
+RM (weak KL penalty, many steps) finds that stacking intensifiers raises the RM score, while the gold score
+(which also penalizes the resulting repetition) falls: that is the over-optimization the analysis must see.
+
+Training: prompt+response is scored as one text with the RM's tokenizer (joined as in SFT), right-padded,
+with config.pad_token_id set so GPT-2's sequence-classification head reads the last real token. Loss is
+Bradley–Terry: mean(−log σ(r_chosen − r_rejected)).
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import (
+    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup,
+)
+
+from policyshift.stages.sft import join_prompt_response
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """mean(−log σ(r_c − r_r)); logsigmoid is the stable form (no log(0) for large margins)."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+@torch.no_grad()
+def make_preference_pairs(sft_dir: str, prompts: list[str], labeler: Callable[[str, str], float], n_pairs: int,
+                          seed: int = 0, max_new_tokens: int = 48, temperature: float = 1.0,
+                          batch_size: int = 64, device: Optional[str] = None) -> list[dict]:
+    """n_pairs {"prompt","chosen","rejected","chosen_score","rejected_score"} dicts: two samples per prompt
+    from the SFT model (plain sampling, so the pairs cover what PPO will start from), ranked by `labeler`.
+    Prompts are used round-robin in a seeded order."""
+    if not prompts:
+        raise ValueError("make_preference_pairs: no prompts")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right; generate() derives positions from the mask
+    model = AutoModelForCausalLM.from_pretrained(sft_dir).to(dev).eval()
+
+    order = list(prompts)
+    rng.shuffle(order)
+    pairs, i, tries = [], 0, 0
+    while len(pairs) < n_pairs and tries < 4 * n_pairs:  # ties are skipped; give up if almost all are ties
+        batch = [order[(i + k) % len(order)] for k in range(min(batch_size, n_pairs - len(pairs)))]
+        i += len(batch)
+        tries += len(batch)
+        enc = tok(batch, return_tensors="pt", padding=True).to(dev)
+        out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
+                             max_new_tokens=max_new_tokens, num_return_sequences=2,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for k, prompt in enumerate(batch):
+            a, b = texts[2 * k], texts[2 * k + 1]
+            sa, sb = float(labeler(prompt, a)), float(labeler(prompt, b))
+            if sa == sb:
+                continue
+            (c, sc), (r, sr) = ((a, sa), (b, sb)) if sa > sb else ((b, sb), (a, sa))
+            pairs.append({"prompt": prompt, "chosen": c, "rejected": r, "chosen_score": sc, "rejected_score": sr})
+    return pairs[:n_pairs]
+
+
+def save_pairs(pairs: list[dict], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    return path
+
+
+def load_pairs(path: str) -> list[dict]:
+    """Rows of {"prompt","chosen","rejected"} (strings; other keys are ignored). One-line ValueError on bad data."""
+    if not os.path.isfile(path):
+        raise ValueError(f"pairs file not found: {path}")
+    pairs = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f'{path}:{lineno}: expected an object {{"prompt","chosen","rejected"}}')
+            for key in ("prompt", "chosen", "rejected"):
+                if not isinstance(row.get(key), str):
+                    raise ValueError(f"{path}:{lineno}: missing or non-string '{key}'")
+            pairs.append(row)
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
+
+
+@dataclass
+class RewardModelConfig:
+    pairs: str  # JSONL of {"prompt","chosen","rejected"}
+    base_model: str  # HF causal-LM or sequence-classification checkpoint (the SFT dir is the usual choice)
+    output_dir: str
+    steps: int = 300
+    batch_size: int = 32  # pairs per step (2x texts)
+    lr: float = 1e-3  # right for the demo's tiny model; use ~1e-5 for a pretrained one
+    seed: int = 0
+    eval_fraction: float = 0.1
+    max_length: int = 128  # longer texts lose their *start* (the score is read at the last token)
+    device: Optional[str] = None
+    log_every: int = 100
+
+
+def _scores(model, tok, texts: list[str], max_length: int, device) -> torch.Tensor:
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
+    return model(**enc).logits.squeeze(-1)
+
+
+@torch.no_grad()
+def _evaluate(model, tok, pairs, max_length, device, batch_size=64) -> dict:
+    model.eval()
+    rc, rr = [], []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        r = _scores(model, tok, [p["prompt"] + join_prompt_response(p["prompt"], p[k])
+                                 for k in ("chosen", "rejected") for p in chunk], max_length, device)
+        rc.append(r[:len(chunk)])
+        rr.append(r[len(chunk):])
+    model.train()
+    rc, rr = torch.cat(rc), torch.cat(rr)
+    both = torch.cat([rc, rr])
+    return {"accuracy": (rc > rr).float().mean().item(), "loss": bradley_terry_loss(rc, rr).item(),
+            "reward_mean": both.mean().item(), "reward_std": both.std().item()}
+
+
+def run_reward_model(cfg: RewardModelConfig) -> dict:
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pairs = load_pairs(cfg.pairs)
+
+    tok = AutoTokenizer.from_pretrained(cfg.base_model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    tok.truncation_side = "left"  # keep the end of the response: that is where the score is read
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the new score head being "newly initialized" is the point
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.base_model, num_labels=1)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    # GPT-2's seq-cls head reads the rightmost token that is not pad_token_id; without it set, batches fail
+    model.config.pad_token_id = tok.pad_token_id
+    model.to(device).train()
+
+    order = rng.permutation(len(pairs))
+    n_eval = int(len(pairs) * cfg.eval_fraction) if len(pairs) > 1 else 0
+    eval_pairs = [pairs[i] for i in order[:n_eval]]
+    train_pairs = [pairs[i] for i in order[n_eval:]]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=max(1, cfg.steps // 20), num_training_steps=cfg.steps)
+    eval_initial = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
+
+    losses, accs, t_train = [], [], time.time()
+    for step in range(cfg.steps):
+        idx = rng.choice(len(train_pairs), cfg.batch_size, replace=len(train_pairs) < cfg.batch_size)
+        batch = [train_pairs[i] for i in idx]
+        # chosen and rejected in one forward pass: the first half of the rows are chosen
+        texts = [p["prompt"] + join_prompt_response(p["prompt"], p[k]) for k in ("chosen", "rejected") for p in batch]
+        r = _scores(model, tok, texts, cfg.max_length, device)
+        loss = bradley_terry_loss(r[:len(batch)], r[len(batch):])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        accs.append((r[:len(batch)] > r[len(batch):]).float().mean().item())
+        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            print(f"rm step {step:5d}/{cfg.steps} loss {losses[-1]:.4f} acc {accs[-1]:.3f}", flush=True)
+    train_seconds = time.time() - t_train
+
+    k = max(1, len(losses) // 10)
+    final = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
+    metrics = {
+        "train_loss_first": float(np.mean(losses[:k])) if losses else None,
+        "train_loss_last": float(np.mean(losses[-k:])) if losses else None,
+        "train_accuracy_last": float(np.mean(accs[-k:])) if accs else None,
+        "eval_accuracy_initial": eval_initial and eval_initial["accuracy"],
+        "eval_accuracy": final and final["accuracy"],
+        "eval_loss": final and final["loss"],
+        # the RM's scale on held-out texts: PPO may whiten rewards with these
+        "eval_reward_mean": final and final["reward_mean"], "eval_reward_std": final and final["reward_std"],
+        "n_train": len(train_pairs), "n_eval": len(eval_pairs),
+        "train_seconds": train_seconds, "seconds": None, "config": asdict(cfg),
+    }
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    model.save_pretrained(cfg.output_dir)
+    tok.save_pretrained(cfg.output_dir)
+    metrics["seconds"] = time.time() - t0
+    with open(os.path.join(cfg.output_dir, "rm_metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
