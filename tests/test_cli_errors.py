@@ -85,7 +85,8 @@ def test_output_dir_already_holding_a_run(capsys, tmp_path, tiny_world):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
     message = error_line(capsys, run_args(tiny_world, tmp_path / "run"))
-    assert message.startswith(f"{tmp_path / 'run'} already holds a run; use --train.overwrite true")
+    assert message.startswith(f"{tmp_path / 'run'} already holds a run; use --resume {tmp_path / 'run'} to continue it")
+    assert "--train.overwrite true" in message
 
 
 def test_model_path_missing(capsys, tmp_path, tiny_world):
