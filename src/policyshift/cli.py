@@ -15,9 +15,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from policyshift.checkpoint import CheckpointError
     from policyshift.models import ModelError
     from policyshift.rewards import RewardError
+    from policyshift.tracking import TrackingError
     from policyshift.trainer import RunDirError, TrainingError
 
-    return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError
+    return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError, TrackingError
 
 
 def cmd_train(args, extra: list[str]) -> int:

@@ -129,7 +129,7 @@ class TrackingConfig:
     wandb_project: str = "policyshift"
     wandb_entity: Optional[str] = None
     mlflow: bool = False  # pip install policyshift[mlflow]
-    mlflow_tracking_uri: Optional[str] = None  # default: a local store in RUN_DIR/mlruns
+    mlflow_tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
     mlflow_experiment: str = "policyshift"
     run_name: Optional[str] = None  # default: the output directory's name
 

@@ -161,11 +161,11 @@ class PPOTrainer:
         self.moments = RunningMoments() if cfg.reward.normalize else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)  # sampling
         self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # minibatch order
-        self.sink = make_sinks(self.run_dir, cfg)
         self.step, self.episodes, self.skipped_updates, self.consecutive_skips = 0, 0, 0, 0
         self.history: list[dict] = []
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
         self.resumed_from: Path | None = self._resume() if resume else None
+        self.sink = make_sinks(self.run_dir, cfg, resume_step=self.step if resume else None)
         self.stop_signal: int | None = None
         self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
 
@@ -331,6 +331,9 @@ class PPOTrainer:
         self.save_checkpoint()
         if not self.stop_signal:
             self.save_final()
+        from policyshift.analysis.report import build_report
+
+        build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
         self.sink.close()
         return self.history
 

@@ -51,7 +51,9 @@ def make_sinks(run_dir, config, is_main_process: bool = True, resume_step: int |
         for backend in ("wandb", "mlflow"):
             if getattr(tracking, backend, False):
                 _require(backend)
-    sinks: list = [JsonlSink(run_dir)]
+    jsonl = JsonlSink(run_dir)
+    jsonl.name = "jsonl"  # how the failure warning names it
+    sinks: list = [jsonl]
     try:
         if tracking is not None and tracking.tensorboard:
             from policyshift.tracking.tensorboard import TensorBoardSink
