@@ -420,7 +420,7 @@ def panel_findings(findings: list[Finding], run: RunData, thresholds: DetectorTh
     table = "<table><thead><tr><th>severity</th><th>detector</th><th>step</th><th>finding</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     settings = _esc(json.dumps(_jsonable(vars(thresholds)), indent=1))
     body = table + f"<details><summary>thresholds used</summary><pre class='evidence'>{settings}</pre></details>"
-    caption = "Recomputed from the logs each time the report is built, worst first. See docs/analysis.md for each rule and what to do."
+    caption = "Recomputed from the logs each time the report is built, worst first. The README's \"Reading the analysis\" section gives each rule and what to do."
     return _panel(6, "Findings", body, caption)
 
 
