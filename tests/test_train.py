@@ -115,3 +115,18 @@ def test_report_builds_from_the_real_run(small_beta_run):
     for n in range(1, 8):
         assert f'id="panel-{n}"' in html
     assert "reference (step 0)" in html and "step 30" in html  # the sample browser has both ends of the run
+
+
+def test_shared_critic_backbone(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", model={"share_critic_backbone": True}, train={"steps": 2, "save_every": 1},
+                 analysis={"num_prompts": 0})
+    trainer = PPOTrainer(cfg)
+    assert trainer.models.critic is None and trainer.critic_source.startswith("policy backbone")
+    n_policy = sum(p.numel() for p in trainer.models.policy.parameters())
+    assert sum(p.numel() for p in trainer.models.parameters()) == n_policy + trainer.models.policy.config.hidden_size + 1
+    h = trainer.train()
+    assert len(h) == 2 and all(r["loss/value"] > 0 for r in h)
+    assert (tmp_path / "run" / "final" / "critic" / "value_head.safetensors").is_file()
+    cfg.train.steps = 3
+    resumed = PPOTrainer(cfg, resume=True)
+    assert resumed.step == 2 and torch.equal(resumed.models.value_head.summary.weight, trainer.models.value_head.summary.weight)

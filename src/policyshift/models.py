@@ -197,7 +197,7 @@ def same_vocabulary(tok_a, tok_b) -> bool:
     return tok_a is tok_b or (len(tok_a) == len(tok_b) and tok_a.get_vocab() == tok_b.get_vocab())
 
 
-def build_critic(policy, policy_path: str, critic_path: str | None, reward_model_path: str | None, shares_vocab_with_rm: bool, dtype: str, trust_remote_code: bool):
+def build_critic(policy_path: str, critic_path: str | None, reward_model_path: str | None, shares_vocab_with_rm: bool, dtype: str, trust_remote_code: bool):
     """Critic source: the user's path; else the reward model's backbone when the RM reads the policy's
     tokens (a critic must see the same token ids); else the policy's weights."""
     from transformers.utils import logging as hf_logging

@@ -132,10 +132,11 @@ class PPOTrainer:
         self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
         if m.share_critic_backbone:
             self.models = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size))
+            self.critic_source = "policy backbone (shared)"
         else:
             rm_tok = getattr(self.reward, "tokenizer", None)
             critic, self.critic_source = build_critic(
-                policy, m.policy, m.critic, cfg.reward.model, rm_tok is not None and same_vocabulary(rm_tok, self.tokenizer), m.dtype, m.trust_remote_code
+                m.policy, m.critic, cfg.reward.model, rm_tok is not None and same_vocabulary(rm_tok, self.tokenizer), m.dtype, m.trust_remote_code
             )
             self.models = PolicyAndCritic(policy=policy, critic=critic)
         for module in (self.models.policy, self.models.critic, self.models.value_head):
