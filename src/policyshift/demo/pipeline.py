@@ -79,6 +79,10 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
     from policyshift.stages.sft import SFTConfig, run_sft
     from policyshift.trainer import PPOTrainer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # fresh classification heads on the SFT checkpoint are expected, not news
     console = console or Console(stderr=True)
     preset, mode = (QUICK, "quick") if quick else (FULL, "full")
     out = Path(out_dir)
@@ -90,19 +94,21 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
         return time.perf_counter()
 
     t = stage("1/5 data")
-    data = write_demo_data(out / "data", seed=seed, **preset["data"])
+    data = write_demo_data(out / "data", seed=seed, n_texts=preset["n_texts"], n_prompts=preset["n_prompts"])
     times["data"] = time.perf_counter() - t
 
     t = stage("2/5 SFT")
-    sft = run_sft(SFTConfig(data=data["texts"], output_dir=str(out / "sft"), seed=seed, **preset["sft"]))
+    sft = run_sft(SFTConfig(data=data["texts"], output_dir=str(out / "sft"), **{**preset["sft"], "seed": seed}))
     times["sft"] = time.perf_counter() - t
 
     t = stage("3/5 reward model")
     from policyshift.data import load_prompts
 
-    pairs = make_preference_pairs(str(out / "sft"), load_prompts(data["prompts"]), labeler_preference, seed=seed, **preset["pairs"])
+    pairs = make_preference_pairs(str(out / "sft"), load_prompts(data["prompts"]), labeler_preference, n_pairs=preset["n_pairs"],
+                                  seed=seed, max_new_tokens=preset["max_new_tokens"])
     pairs_path = save_pairs(pairs, str(out / "data" / "pairs.jsonl"))
-    rm = run_reward_model(RewardModelConfig(pairs=pairs_path, base_model=str(out / "sft"), output_dir=str(out / "reward_model"), seed=seed, **preset["rm"]))
+    rm = run_reward_model(RewardModelConfig(pairs=pairs_path, base_model=str(out / "sft"), output_dir=str(out / "reward_model"),
+                                            **{**preset["rm"], "seed": seed}))
     times["reward_model"] = time.perf_counter() - t
 
     paths = {"sft": str(out / "sft"), "prompts": data["prompts"], "reward_model": str(out / "reward_model")}

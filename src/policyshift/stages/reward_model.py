@@ -8,8 +8,10 @@ response) -> float` which is better; the higher one is "chosen" (exact ties are 
 In the SFT corpus these intensifiers are drawn independently of sentiment, so they say nothing about quality,
 and the gold scorer ignores them. But the labeler's small bonus flips the close pairs towards the response
 with more of them, so the reward model learns "really/truly ⇒ better" next to the real signal (sentiment, on
-topic, no repetition). The bonus is small enough that sentiment still decides most pairs: the RM's held-out
-accuracy is high, and within the SFT distribution the cue looks harmless. A policy optimized hard against the
+topic, no repetition). The bonus is small enough that sentiment still decides most pairs (the labeler agrees
+with gold on ~89% of the demo's pairs): the RM's held-out accuracy is high (~0.9), and within the SFT
+distribution the cue looks harmless, yet putting "really" before each adjective raises the RM score of ~all
+cue-free SFT responses by ~0.7 RM standard deviations while their gold score does not rise. A policy optimized hard against the
 RM (weak KL penalty, many steps) finds that stacking intensifiers raises the RM score, while the gold score
 (which also penalizes the resulting repetition) falls: that is the over-optimization the analysis must see.
 
