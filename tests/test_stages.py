@@ -122,7 +122,7 @@ def test_sft_from_an_existing_model_on_prompt_response_data(tmp_path):
 
 
 @pytest.mark.parametrize("lines, match", [
-    (['{"text": "a b c ."}', '{"text": "ok"}', '{"text": broken'], r":3: invalid JSON"),
+    (['{"text": "a b c ."}', '{"text": "ok"}', '{"text": broken'], r":3: malformed JSON"),
     (['{"text": "a"}', '{"prompt": "p"}'], r":2: expected"),
     (['["a list"]'], r":1: expected"),
     (['', '   '], r"no rows"),
@@ -137,7 +137,7 @@ def test_sft_bad_data_errors(tmp_path, lines, match):
 
 @pytest.mark.parametrize("lines, match", [
     (['{"prompt": "p", "chosen": "a", "rejected": "b"}', '{"prompt": "p", "chosen": "a"}'], r":2: missing .*'rejected'"),
-    (['{"prompt": "p", "chosen": "a", "rejected": "b"}', 'nope'], r":2: invalid JSON"),
+    (['{"prompt": "p", "chosen": "a", "rejected": "b"}', 'nope'], r":2: malformed JSON"),
     (['{"prompt": "p", "chosen": 3, "rejected": "b"}'], r":1: missing or non-string 'chosen'"),
     ([''], r"no pairs"),
 ])

@@ -53,15 +53,29 @@ def _parse_json(text: str, where: str, name_line: bool = False):
         raise DataError(f"{where}: malformed JSON (nested too deeply)") from None
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    prompts = []
+def join_prompt_response(prompt: str, response: str) -> str:
+    """The response as it continues the prompt: one space is put between them unless either side already has
+    whitespace at the boundary. SFT, the reward model and PPO must join the two the same way."""
+    if prompt and response and not prompt[-1].isspace() and not response[0].isspace():
+        return " " + response
+    return response
+
+
+def iter_jsonl(path, what: str = "data"):
+    """(where, record) for each non-blank line of a JSONL file, `where` = "path:line" for errors;
+    the one reader of JSONL inputs (prompts, SFT data, preference pairs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
     with path.open(encoding=ENCODING) as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            prompts.append(_prompt_from(_parse_json(line, where), field, where))
-    return prompts
+            if line.strip():
+                where = f"{path}:{lineno}"
+                yield where, _parse_json(line, where)
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    return [_prompt_from(record, field, where) for where, record in iter_jsonl(path, "prompt")]
 
 
 def _read_json(path: Path, field: str) -> list[str]:

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from policyshift.data import join_prompt_response
+
 
 class RewardError(ValueError):
     """A reward that cannot be loaded or returned something unusable; one line."""
@@ -126,7 +128,7 @@ class ModelReward:
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        texts = [p + r for p, r in zip(prompts, responses)]
+        texts = [p + join_prompt_response(p, r) for p, r in zip(prompts, responses)]  # as the RM saw them in training
         scores = [torch.zeros(0)]
         # Keep the end of the text if it is too long: the response is what is being judged. Pad on the
         # right so that real tokens keep positions 0..L-1. The tokenizer may be shared (the policy's,

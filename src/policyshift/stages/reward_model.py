@@ -35,7 +35,8 @@ from transformers import (
     AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup,
 )
 
-from policyshift.stages.sft import join_prompt_response
+from policyshift.data import DataError, iter_jsonl, join_prompt_response
+from policyshift.stages.sft import save_stage_outputs
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -92,26 +93,17 @@ def save_pairs(pairs: list[dict], path: str) -> str:
 
 
 def load_pairs(path: str) -> list[dict]:
-    """Rows of {"prompt","chosen","rejected"} (strings; other keys are ignored). One-line ValueError on bad data."""
-    if not os.path.isfile(path):
-        raise ValueError(f"pairs file not found: {path}")
+    """Rows of {"prompt","chosen","rejected"} (strings; other keys are ignored). One-line DataError (a ValueError) on bad data."""
     pairs = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f'{path}:{lineno}: expected an object {{"prompt","chosen","rejected"}}')
-            for key in ("prompt", "chosen", "rejected"):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{path}:{lineno}: missing or non-string '{key}'")
-            pairs.append(row)
+    for where, row in iter_jsonl(path, "pairs"):
+        if not isinstance(row, dict):
+            raise DataError(f'{where}: expected an object {{"prompt","chosen","rejected"}}')
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(key), str):
+                raise DataError(f"{where}: missing or non-string '{key}'")
+        pairs.append(row)
     if not pairs:
-        raise ValueError(f"{path}: no pairs")
+        raise DataError(f"{path}: no pairs")
     return pairs
 
 
@@ -216,10 +208,4 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
         "n_train": len(train_pairs), "n_eval": len(eval_pairs),
         "train_seconds": train_seconds, "seconds": None, "config": asdict(cfg),
     }
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    model.save_pretrained(cfg.output_dir)
-    tok.save_pretrained(cfg.output_dir)
-    metrics["seconds"] = time.time() - t0
-    with open(os.path.join(cfg.output_dir, "rm_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    return metrics
+    return save_stage_outputs(model, tok, cfg.output_dir, metrics, "rm_metrics.json", t0)

@@ -25,6 +25,8 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from policyshift.data import DataError, iter_jsonl, join_prompt_response  # noqa: F401 (re-exported)
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -42,14 +44,6 @@ def train_tokenizer(texts, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
-
-
-def join_prompt_response(prompt: str, response: str) -> str:
-    """The response as it continues the prompt: one space is put between them unless either side already has
-    whitespace at the boundary. SFT, the reward model and PPO must join the two the same way."""
-    if prompt and response and not prompt[-1].isspace() and not response[0].isspace():
-        return " " + response
-    return response
 
 
 @dataclass
@@ -74,27 +68,17 @@ class SFTConfig:
 
 
 def load_sft_rows(path: str) -> list[tuple[str, str]]:
-    """(prompt, response) pairs; a {"text"} row is ("", text). One-line ValueError on bad data."""
-    if not os.path.isfile(path):
-        raise ValueError(f"SFT data file not found: {path}")
+    """(prompt, response) pairs; a {"text"} row is ("", text). One-line DataError (a ValueError) on bad data."""
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("text"), str):
-                rows.append(("", row["text"]))
-            elif isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-                rows.append((row["prompt"], join_prompt_response(row["prompt"], row["response"])))
-            else:
-                raise ValueError(f'{path}:{lineno}: expected {{"text": str}} or {{"prompt": str, "response": str}}, '
-                                 f"got {line.strip()[:80]}")
+    for where, row in iter_jsonl(path, "SFT data"):
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            rows.append(("", row["text"]))
+        elif isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+            rows.append((row["prompt"], join_prompt_response(row["prompt"], row["response"])))
+        else:
+            raise DataError(f'{where}: expected {{"text": str}} or {{"prompt": str, "response": str}}, got {json.dumps(row)[:80]}')
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows")
     return rows
 
 
@@ -215,10 +199,15 @@ def run_sft(cfg: SFTConfig) -> dict:
     model.generation_config.eos_token_id = tok.eos_token_id  # generate() stops at EOS and pads with PAD
     model.generation_config.pad_token_id = tok.pad_token_id
     model.config.pad_token_id = tok.pad_token_id
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    model.save_pretrained(cfg.output_dir)
-    tok.save_pretrained(cfg.output_dir)
+    return save_stage_outputs(model, tok, cfg.output_dir, metrics, "sft_metrics.json", t0)
+
+
+def save_stage_outputs(model, tok, output_dir: str, metrics: dict, metrics_name: str, t0: float) -> dict:
+    """save_pretrained model + tokenizer, then the metrics (with the stage's total seconds) as JSON."""
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tok.save_pretrained(output_dir)
     metrics["seconds"] = time.time() - t0
-    with open(os.path.join(cfg.output_dir, "sft_metrics.json"), "w") as f:
+    with open(os.path.join(output_dir, metrics_name), "w") as f:
         json.dump(metrics, f, indent=2)
     return metrics
