@@ -130,3 +130,40 @@ def test_shared_critic_backbone(tiny_world, tmp_path):
     cfg.train.steps = 3
     resumed = PPOTrainer(cfg, resume=True)
     assert resumed.step == 2 and torch.equal(resumed.models.value_head.summary.weight, trainer.models.value_head.summary.weight)
+
+
+def test_prompts_are_fitted_to_the_context(tiny_world, tmp_path):
+    # the tiny GPT-2 has a 64-token context
+    cfg = config(tiny_world, tmp_path / "run", data={"max_prompt_length": 60}, rollout={"max_new_tokens": 10},
+                 train={"steps": 1, "save_every": 0}, analysis={"num_prompts": 0})
+    with pytest.warns(UserWarning, match="prompts cut to 54 tokens"):
+        trainer = PPOTrainer(cfg)
+    assert trainer.max_prompt_length == 54
+    cfg = config(tiny_world, tmp_path / "run2", data={"max_prompt_length": 2}, train={"steps": 1, "save_every": 0}, analysis={"num_prompts": 0})
+    with pytest.warns(UserWarning, match=r"of 64 prompts are longer than 2 tokens; they are cut from the left"):
+        trainer = PPOTrainer(cfg)
+    trainer.train()
+    assert (trainer.history[0]["step"], trainer.max_prompt_length) == (1, 2)
+    from policyshift.config import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves no room for a prompt"):
+        PPOTrainer(config(tiny_world, tmp_path / "run3", rollout={"max_new_tokens": 64}, analysis={"num_prompts": 0}))
+
+
+def test_stop_on_critical_ends_the_run_cleanly(tiny_world, tmp_path, capsys):
+    from policyshift.cli import main
+
+    out = tmp_path / "run"
+    # β = 0 and a huge LR: the policy collapses onto 'good' within a few steps (entropy collapse is critical)
+    args = ["train", "--stop-on", "critical", "--model.policy", tiny_world["policy"], "--data.prompts", tiny_world["prompts"],
+            "--reward.function", "tiny:good_fraction", "--kl.beta", "0", "--ppo.lr", "0.01", "--rollout.batch_size", "16",
+            "--rollout.max_new_tokens", "10", "--train.steps", "60", "--train.save_every", "0", "--analysis.num_prompts", "4",
+            "--analysis.every", "5", "--train.output_dir", str(out), "--tracking.tensorboard", "false"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "stopping at step" in err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) < 60
+    assert (out / "checkpoints" / f"step-{steps[-1]}" / "trainer_state.json").is_file()  # the checkpoint is kept
+    findings = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
+    assert any(f["severity"] == "critical" for f in findings)

@@ -30,6 +30,8 @@ def cmd_train(args, extra: list[str]) -> int:
     from policyshift.checkpoint import list_checkpoints
 
     overrides = parse_overrides(extra)
+    if args.stop_on:
+        overrides["analysis.stop_on"] = args.stop_on
     resume = False
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
                            description="Any config field can be overridden: --section.key value (e.g. --ppo.clip_range 0.1).")
     train.add_argument("--config", help="YAML config file")
+    train.add_argument("--stop-on", choices=["none", "warning", "critical"],
+                       help="end the run cleanly (checkpoint kept) when a detector finding this severe fires (= --analysis.stop_on)")
     train.add_argument("--resume", metavar="RUN_DIR|auto",
                        help="continue RUN_DIR from its latest complete checkpoint; 'auto': the config's output_dir if it has one, else start")
     train.set_defaults(func=cmd_train)

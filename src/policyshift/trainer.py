@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 
 from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
-from policyshift.config import PPOConfig, require_runnable, validate
+from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
 from policyshift.faults import fault_point
 from policyshift.kl import entropy_from_logits, kl_estimate, logprobs_from_logits, make_kl_controller
@@ -109,6 +110,23 @@ def stop_on_signals(trainer):
             signal.signal(s, h)
 
 
+def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
+    """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
+    Longer prompts are cut from the left; say how many, once."""
+    context = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
+    budget = max_prompt_length
+    if context is not None and budget + max_new_tokens > context:
+        budget = context - max_new_tokens
+        if budget < 1:
+            raise ConfigError(f"rollout.max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
+        warnings.warn(f"prompts cut to {budget} tokens so that prompt + {max_new_tokens} response tokens fit the {context}-token context", stacklevel=2)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    too_long = sum(n > budget for n in lengths)
+    if too_long:
+        warnings.warn(f"{too_long} of {len(prompts)} prompts are longer than {budget} tokens; they are cut from the left", stacklevel=2)
+    return budget
+
+
 class PPOTrainer:
     """`PPOTrainer(PPOConfig(...)).train()`. Models, tokenizer, reward and prompts load from the
     config; any of them may instead be passed in as objects (a reward as f(prompts, responses))."""
@@ -151,6 +169,7 @@ class PPOTrainer:
         if not self.train_prompts:
             raise DataError("no training prompts left after holding out the fixed analysis prompts")
         self.sampler = PromptSampler(self.train_prompts, cfg.rollout.batch_size, cfg.train.seed, cfg.data.shuffle)
+        self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, all_prompts + self.fixed_prompts, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
 
         p = cfg.ppo
         self.optimizer = torch.optim.AdamW(list(self.models.parameters()), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
@@ -212,7 +231,7 @@ class PPOTrainer:
     def ppo_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         prompts = self.sampler.next_batch()
-        rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, cfg.data.max_prompt_length, self.generator)
+        rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, self.max_prompt_length, self.generator)
         t_gen = time.perf_counter()
         n_sampled = len(rollout)
         rollout = self.score(rollout)
