@@ -80,3 +80,41 @@ def test_responses_stop_at_first_eos_and_text_matches(world):
         assert (real[-1] == eos) == bool(ro.has_eos[i])
         assert ro.responses[i] == tok.decode(real, skip_special_tokens=True)
     assert ro.response_mask.shape[1] == int(ro.lengths.max())  # no all-padding columns
+
+
+def test_kv_cache_sampler_equals_naive_full_recompute(world):
+    """The optimized sampler (KV cache, LM head on the last position only, one preallocated mask, no
+    pass after the last token) draws the same tokens with the same logits as recomputing the whole
+    sequence at every step."""
+    from policyshift.rollout import sample
+
+    tok, models, _ = world
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    tokens, logits = sample(models.policy, enc["input_ids"], enc["attention_mask"], 7, 0.9, None, True, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    naive_tokens, naive_logits = [], []
+    with torch.no_grad():
+        for _ in range(7):
+            step = models.policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+            token = torch.multinomial(torch.softmax(step / 0.9, -1), 1, generator=gen)
+            naive_tokens.append(token)
+            naive_logits.append(step)
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+    assert torch.equal(tokens, torch.cat(naive_tokens, 1))
+    assert torch.allclose(logits, torch.stack(naive_logits, 1), atol=1e-4)
+
+
+def test_shared_log_softmax_paths_equal_the_logits_functions(world):
+    from policyshift.kl import entropy_from_logits, exact_kl_from_logits
+
+    tok, models, ref = world
+    cfg = RolloutConfig(batch_size=4, max_new_tokens=6, temperature=0.8)
+    ro = generate_rollout(models, ref, tok, PROMPTS, cfg, 16, torch.Generator().manual_seed(4))
+    R = ro.response_ids.shape[1]
+    with torch.no_grad():
+        logits = response_logits(models.policy, ro.input_ids, ro.attention_mask, R)
+        ref_logits = response_logits(ref, ro.input_ids, ro.attention_mask, R)
+    m = ro.response_mask.bool()
+    assert torch.allclose(ro.exact_kl[m], exact_kl_from_logits(logits, ref_logits, 0.8)[m], atol=1e-4)
+    assert torch.allclose(ro.entropy[m], entropy_from_logits(logits, 0.8)[m], atol=1e-4)

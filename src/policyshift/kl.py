@@ -60,15 +60,12 @@ def exact_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, tempera
     (..., V), (..., V) → (...). Uses log_softmax: log(softmax(·)) underflows to −inf for
     unlikely tokens and turns the sum into nan.
     """
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    logq = torch.log_softmax(ref_logits / temperature, dim=-1)
-    return _plogp_minus(logp.exp(), logp, logq).sum(-1)
+    return exact_kl_from_logprobs(log_softmax_t(logits, temperature), log_softmax_t(ref_logits, temperature))
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """H(p) = −Σ_v p_v log p_v, p = softmax(logits/T). (..., V) → (...)."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return -_plogp_minus(logp.exp(), logp, torch.zeros_like(logp)).sum(-1)
+    return entropy_from_logprobs(log_softmax_t(logits, temperature))
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -77,8 +74,25 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     The temperature must be the one used for sampling: the logprobs are those of the
     distribution the tokens were actually drawn from (PPO's ratio is wrong otherwise).
     """
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return gather_tokens(log_softmax_t(logits, temperature), tokens)
+
+
+# The same three quantities from log-probabilities already normalized, so one log_softmax over
+# the vocabulary serves them all (the rollout and the update are full-vocabulary-bound on small models).
+def log_softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+
+
+def gather_tokens(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+
+def exact_kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    return _plogp_minus(logp.exp(), logp, logq).sum(-1)
+
+
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    return -_plogp_minus(logp.exp(), logp, torch.zeros_like(logp)).sum(-1)
 
 
 def adaptive_beta(beta: float, kl: float, target: float, horizon: float, n_steps: int) -> float:

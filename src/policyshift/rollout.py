@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from policyshift.kl import entropy_from_logits, exact_kl_from_logits, logprobs_from_logits
+from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
 from policyshift.models import position_ids_from_mask, response_logits
 
 
@@ -82,13 +82,16 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int | None, pad
 def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None):
     """Ancestral sampling with a KV cache. Returns (tokens (B, R), logits (B, R, V)) with R ≤ max_new_tokens:
     raw logits of each step, so logprobs/entropy/KL can be taken at the same temperature."""
-    B = query_ids.shape[0]
-    attention_mask = query_mask.long()
-    out = model(input_ids=query_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=True)
-    next_position = attention_mask.sum(1, keepdim=True)  # each row continues after its own last prompt token
+    B, P = query_ids.shape
+    # One mask for the whole generation, sliced per step (no torch.cat per token).
+    attention_mask = torch.cat([query_mask.long(), query_mask.new_ones(B, max_new_tokens, dtype=torch.long)], dim=1)
+    prompt_mask = attention_mask[:, :P]
+    out = model(input_ids=query_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
+                use_cache=True, logits_to_keep=1)  # the LM head only where the next token is predicted
+    next_position = prompt_mask.sum(1, keepdim=True)  # each row continues after its own last prompt token
     tokens, step_logits = [], []
     done = torch.zeros(B, dtype=torch.bool, device=query_ids.device)
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         probs = torch.softmax(logits / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)
@@ -98,8 +101,10 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
             done |= token.squeeze(1) == eos_token_id
             if stop_at_eos and bool(done.all()):
                 break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-        out = model(input_ids=token, attention_mask=attention_mask, position_ids=next_position, past_key_values=out.past_key_values, use_cache=True)
+        if t == max_new_tokens - 1:
+            break  # the next token's logits would be thrown away
+        out = model(input_ids=token, attention_mask=attention_mask[:, : P + t + 1], position_ids=next_position,
+                    past_key_values=out.past_key_values, use_cache=True)
         next_position = next_position + 1
     return torch.cat(tokens, 1), torch.stack(step_logits, 1)
 
@@ -121,8 +126,9 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
 
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
-    ref_logits = response_logits(ref_policy, input_ids, attention_mask, R)
-    T = cfg.temperature
+    # One log-softmax per model, shared by the logprobs, the exact KL and the entropy.
+    logp = log_softmax_t(logits, cfg.temperature)
+    ref_logp = log_softmax_t(response_logits(ref_policy, input_ids, attention_mask, R), cfg.temperature)
     return Rollout(
         prompts=list(prompts),
         responses=tokenizer.batch_decode(torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id), skip_special_tokens=True),
@@ -131,9 +137,9 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
         response_ids=response_ids,
         response_mask=response_mask,
         has_eos=has_eos,
-        logprobs=logprobs_from_logits(logits, response_ids, T),
-        ref_logprobs=logprobs_from_logits(ref_logits, response_ids, T),
+        logprobs=gather_tokens(logp, response_ids),
+        ref_logprobs=gather_tokens(ref_logp, response_ids),
         values=models.values(input_ids, attention_mask, R),
-        exact_kl=exact_kl_from_logits(logits, ref_logits, T),
-        entropy=entropy_from_logits(logits, T),
+        exact_kl=exact_kl_from_logprobs(logp, ref_logp),
+        entropy=entropy_from_logprobs(logp),
     )
