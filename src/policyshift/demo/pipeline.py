@@ -24,7 +24,7 @@ PPO_SHARED = {
 }
 PPO_RUNS = {
     "healthy": {"kl": {"beta": 0.1}, "ppo": {"lr": 3e-5}},
-    "overoptimized": {"kl": {"beta": 0.0}, "ppo": {"lr": 3e-4}},
+    "overoptimized": {"kl": {"beta": 0.0}, "ppo": {"lr": 6e-4}},
 }
 PPO_STEPS = {"quick": 30, "full": 80}
 
