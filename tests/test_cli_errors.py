@@ -162,3 +162,32 @@ def test_subprocess_stderr_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr == "policyshift train: error: unknown config key 'ppo.clip_rnage'; did you mean 'ppo.clip_range'?\n"
     assert proc.stdout == ""
+
+
+def test_output_dir_not_writable(capsys, tmp_path, tiny_world):
+    (tmp_path / "a-file").write_text("")  # a directory cannot be made inside a file (even as root)
+    message = error_line(capsys, run_args(tiny_world, tmp_path / "a-file" / "run"))
+    assert message.startswith(f"output directory {tmp_path / 'a-file' / 'run'} is not writable")
+
+
+def test_policy_that_is_not_a_causal_lm(capsys, tmp_path, tiny_world):
+    import tiny
+
+    tiny.make_policy(tmp_path / "clf", tiny_world["tokenizer"], head="seq")
+    message = error_line(capsys, run_args(tiny_world, tmp_path / "run", model__policy=str(tmp_path / "clf")))
+    assert message == f"'{tmp_path / 'clf'}' is a GPT2ForSequenceClassification, not a causal language model"
+
+
+def test_reward_model_that_is_not_a_classifier(capsys, tmp_path, tiny_world):
+    message = error_line(capsys, run_args(tiny_world, tmp_path / "run", reward__function=None, reward__model=tiny_world["policy"]))
+    assert "is a GPT2LMHeadModel, not a sequence-classification reward model" in message
+
+
+def test_prompts_that_leave_no_room_for_a_response(capsys, tmp_path, tiny_world):
+    message = error_line(capsys, run_args(tiny_world, tmp_path / "run", rollout__max_new_tokens="64"))
+    assert message == "rollout.max_new_tokens (64) leaves no room for a prompt in the model's 64-token context"
+
+
+def test_resume_of_a_directory_that_is_not_a_run(capsys, tmp_path):
+    message = error_line(capsys, ["train", "--resume", str(tmp_path)])
+    assert message == f"--resume {tmp_path}: not a run directory (no config.yaml)"

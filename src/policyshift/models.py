@@ -53,16 +53,21 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model.eval()  # eval() also switches off any train-only stochasticity the model has
 
 
-def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
+def _load_config(path: str, kind: str, trust_remote_code: bool):
     from transformers import AutoConfig
+
+    local = _exists_or_hub_id(path)
+    try:
+        return local, AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
+
+
+def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars drown our own console output
-    local = _exists_or_hub_id(path)
-    try:
-        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
+    local, config = _load_config(path, kind, trust_remote_code)
     architectures = config.architectures or []
     if auto_cls.__name__ == "AutoModelForCausalLM" and architectures and all(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
         raise ModelError(f"'{path}' is a {architectures[0]}, not a causal language model")
@@ -88,9 +93,16 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return _load(AutoModelForCausalLM, path, "causal language model", dtype, trust_remote_code)
 
 
-def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False, kind="sequence-classification model"):
+def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_code: bool = False, kind="sequence-classification model",
+                             trained_head: bool = False):
+    """`trained_head`: the checkpoint must already be a sequence classifier (a reward model), not a
+    body that would get a random head (fine for a critic, useless as a reward)."""
     from transformers import AutoModelForSequenceClassification
 
+    if trained_head:
+        architectures = _load_config(path, kind, trust_remote_code)[1].architectures or []
+        if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ModelError(f"'{path}' is a {architectures[0]}, not a sequence-classification reward model (its score head would be random)")
     return _load(AutoModelForSequenceClassification, path, kind, dtype, trust_remote_code, num_labels=1)
 
 

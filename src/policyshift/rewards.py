@@ -122,7 +122,7 @@ class ModelReward:
     def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False, **kwargs) -> "ModelReward":
         from policyshift.models import freeze, load_sequence_classifier, load_tokenizer
 
-        model = freeze(load_sequence_classifier(path, dtype, trust_remote_code, kind="sequence-classification reward model"))
+        model = freeze(load_sequence_classifier(path, dtype, trust_remote_code, kind="sequence-classification reward model", trained_head=True))
         return cls(model, load_tokenizer(path, trust_remote_code, padding_side="right"), **kwargs)
 
     @torch.no_grad()
