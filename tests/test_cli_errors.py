@@ -191,3 +191,29 @@ def test_prompts_that_leave_no_room_for_a_response(capsys, tmp_path, tiny_world)
 def test_resume_of_a_directory_that_is_not_a_run(capsys, tmp_path):
     message = error_line(capsys, ["train", "--resume", str(tmp_path)])
     assert message == f"--resume {tmp_path}: not a run directory (no config.yaml)"
+
+
+def test_stage_commands_run_and_fail_in_one_line(capsys, tmp_path):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(f'{{"text": "review of the cat : it is {w} ."}}\n' for w in ["good", "bad", "fine", "great"] * 10))
+    assert main(["sft", "--data", str(texts), "--output_dir", str(tmp_path / "sft"), "--steps", "3", "--n_layer", "1",
+                 "--n_embd", "16", "--n_head", "2", "--vocab_size", "300", "--log_every", "0"]) == 0
+    assert "SFT model written" in capsys.readouterr().out
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p :", "chosen": "good .", "rejected": "bad ."}\n' * 8)
+    assert main(["reward-model", "--pairs", str(pairs), "--base_model", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rm"),
+                 "--steps", "2", "--batch_size", "4", "--log_every", "0"]) == 0
+    assert "held-out pairwise accuracy" in capsys.readouterr().out
+    assert error_line_for(capsys, ["sft", "--data", str(texts), "--output_dir", str(tmp_path / "x"), "--model", str(tmp_path / "nope")],
+                          "sft") == f"model path not found: {tmp_path / 'nope'}"
+    assert error_line_for(capsys, ["sft", "--output_dir", str(tmp_path / "x")], "sft") == "missing required option(s): --data"
+    assert error_line_for(capsys, ["reward-model", "--pairs", str(tmp_path / "none.jsonl"), "--base_model", str(tmp_path / "sft"),
+                                   "--output_dir", str(tmp_path / "y")], "reward-model") == f"pairs file not found: {tmp_path / 'none.jsonl'}"
+
+
+def error_line_for(capsys, argv, command) -> str:
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    prefix = f"policyshift {command}: error: "
+    assert lines[-1].startswith(prefix) and "Traceback" not in "\n".join(lines)
+    return lines[-1][len(prefix):]

@@ -93,10 +93,20 @@ def _stage_config(cls, args, extra: list[str]):
     return build_dataclass(cls, values, "")
 
 
+def _check_model_paths(*paths) -> None:
+    from policyshift.models import _exists_or_hub_id
+
+    for path in paths:
+        if path:
+            _exists_or_hub_id(path)  # ModelError (one line) for a local path that is not there
+
+
 def cmd_sft(args, extra: list[str]) -> int:
     from policyshift.stages.sft import SFTConfig, run_sft
 
-    metrics = run_sft(_stage_config(SFTConfig, args, extra))
+    cfg = _stage_config(SFTConfig, args, extra)
+    _check_model_paths(cfg.model, cfg.tokenizer)
+    metrics = run_sft(cfg)
     print(f"SFT model written; held-out loss {metrics.get('eval_loss') or float('nan'):.4f}")
     return 0
 
@@ -104,7 +114,9 @@ def cmd_sft(args, extra: list[str]) -> int:
 def cmd_reward_model(args, extra: list[str]) -> int:
     from policyshift.stages.reward_model import RewardModelConfig, run_reward_model
 
-    metrics = run_reward_model(_stage_config(RewardModelConfig, args, extra))
+    cfg = _stage_config(RewardModelConfig, args, extra)
+    _check_model_paths(cfg.base_model)
+    metrics = run_reward_model(cfg)
     print(f"reward model written; held-out pairwise accuracy {metrics.get('eval_accuracy') or float('nan'):.3f}")
     return 0
 
