@@ -234,7 +234,6 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, experim
     import torch
 
     import policyshift.rollout as ps_rollout
-    import policyshift.trainer as ps_trainer
     from policyshift.config import PPOConfig
     from policyshift.trainer import PPOTrainer
 

@@ -12,7 +12,6 @@ number of operator calls; then the top operators overall. Set OMP_WAIT_POLICY=PA
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -43,7 +42,6 @@ def main(argv=None):
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import policyshift.models as M
     import policyshift.rollout as R
     import policyshift.trainer as T
     from policyshift.config import PPOConfig

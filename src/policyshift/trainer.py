@@ -44,7 +44,7 @@ from policyshift.models import (
     reference_from,
     same_vocabulary,
 )
-from policyshift.rewards import FunctionReward, RewardError, RunningMoments, check_finite, make_reward, postprocess_scores
+from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from policyshift.data import DataError, iter_jsonl, join_prompt_response
-from policyshift.stages.sft import save_stage_outputs
+from policyshift.stages.sft import save_stage_outputs, start_stage
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -145,10 +145,7 @@ def _evaluate(model, tok, pairs, max_length, device, batch_size=64) -> dict:
 
 
 def run_reward_model(cfg: RewardModelConfig) -> dict:
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0, rng, device = start_stage(cfg.seed, cfg.device)
     pairs = load_pairs(cfg.pairs)
 
     tok = AutoTokenizer.from_pretrained(cfg.base_model)

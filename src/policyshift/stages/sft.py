@@ -123,11 +123,14 @@ def _eval_loss(model, examples, pad_id, device, batch_size=64) -> float:
     return total / max(count, 1)
 
 
+def start_stage(seed: int, device: str | None):
+    """(start time, numpy Generator, device) with torch seeded: the opening of every training stage."""
+    torch.manual_seed(seed)
+    return time.time(), np.random.default_rng(seed), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def run_sft(cfg: SFTConfig) -> dict:
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0, rng, device = start_stage(cfg.seed, cfg.device)
     rows = load_sft_rows(cfg.data)
 
     if cfg.tokenizer is None and cfg.model is None:
