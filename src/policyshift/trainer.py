@@ -287,10 +287,13 @@ class PPOTrainer:
                     if len(index) == 0:
                         continue
                     mb = batch.select(index)
-                    R = int(mb.lengths.max().clamp(min=1))  # drop response columns that are padding for every row
+                    # Drop columns that are padding in every row of this micro-batch: trailing response
+                    # columns and leading prompt columns (positions come from the mask, so this is exact).
+                    R = int(mb.lengths.max().clamp(min=1))
+                    first = int(mb.query_mask.any(0).long().argmax())
                     mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
-                    input_ids = torch.cat([mb.query_ids, response_ids], 1)
-                    attention_mask = torch.cat([mb.query_mask, mask.long()], 1)
+                    input_ids = torch.cat([mb.query_ids[:, first:], response_ids], 1)
+                    attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
                     logits, values = self.models.forward(input_ids, attention_mask, R)
                     logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per minibatch
                     new_logprobs = gather_tokens(logp, response_ids)

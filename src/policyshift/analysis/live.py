@@ -13,7 +13,10 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 class LiveAnalysis:
     def __init__(self, trainer):
+        from rich.console import Console
+
         self.trainer = trainer
+        self.console = Console(stderr=True)
         self.samples: list[dict] = []
         self.reported: set[tuple[str, str]] = set()
         self.thresholds = DetectorThresholds.from_config(trainer.cfg.to_dict())
@@ -52,7 +55,7 @@ class LiveAnalysis:
         for f in new:
             self.reported.add((f.detector, f.severity))
             colour = "red" if f.severity == "critical" else "yellow"
-            self.trainer_console().print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False)
+            self.console.print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False)
         if new:
             self.trainer.sink.log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
         stop_on = self.trainer.cfg.analysis.stop_on
@@ -62,7 +65,3 @@ class LiveAnalysis:
                 return f"{worst[0].detector}: {worst[0].message}"
         return None
 
-    def trainer_console(self):
-        from rich.console import Console
-
-        return Console(stderr=True)

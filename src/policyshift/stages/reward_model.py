@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from policyshift.data import DataError, iter_jsonl, join_prompt_response
-from policyshift.stages.sft import save_stage_outputs, start_stage
+from policyshift.stages.sft import optimizer_step, save_stage_outputs, start_stage
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -180,11 +180,7 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
         texts = [p["prompt"] + join_prompt_response(p["prompt"], p[k]) for k in ("chosen", "rejected") for p in batch]
         r = _scores(model, tok, texts, cfg.max_length, device)
         loss = bradley_terry_loss(r[:len(batch)], r[len(batch):])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched)
         losses.append(loss.item())
         accs.append((r[:len(batch)] > r[len(batch):]).float().mean().item())
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):

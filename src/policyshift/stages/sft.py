@@ -129,6 +129,15 @@ def start_stage(seed: int, device: str | None):
     return time.time(), np.random.default_rng(seed), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def optimizer_step(loss, model, opt, sched, max_grad_norm: float = 1.0) -> None:
+    """One clipped AdamW step with the schedule advanced: the inner step of every training stage."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    sched.step()
+
+
 def run_sft(cfg: SFTConfig) -> dict:
     t0, rng, device = start_stage(cfg.seed, cfg.device)
     rows = load_sft_rows(cfg.data)
@@ -176,11 +185,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     for step in range(cfg.steps):
         idx = rng.choice(len(train_set), cfg.batch_size, replace=len(train_set) < cfg.batch_size)
         loss = model(**_collate([train_set[i] for i in idx], tok.pad_token_id, device)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched)
         losses.append(loss.item())
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             print(f"sft step {step:5d}/{cfg.steps} loss {losses[-1]:.4f} lr {sched.get_last_lr()[0]:.2e}", flush=True)
