@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -178,19 +177,15 @@ class SharedValueHead(nn.Module):
         return self.summary(hidden).squeeze(-1)
 
 
-@dataclass
-class PolicyAndCritic:
-    """The trained models. `forward` gives what the PPO update needs from one pass each."""
+class PolicyAndCritic(nn.Module):
+    """The trained models as one module (what DDP/FSDP/DeepSpeed wrap). `forward` gives what the PPO
+    update needs from one pass each: logits and values at the response positions."""
 
-    policy: nn.Module
-    critic: nn.Module | None = None  # separate critic (sequence-classification model)
-    value_head: SharedValueHead | None = None  # or a head on the policy's backbone
-
-    def parameters(self):
-        yield from self.policy.parameters()
-        for module in (self.critic, self.value_head):
-            if module is not None:
-                yield from module.parameters()
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: SharedValueHead | None = None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic  # separate critic (sequence-classification model)
+        self.value_head = value_head  # or a head on the policy's backbone
 
     def forward(self, input_ids, attention_mask, n_response: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_head is None:
@@ -237,3 +232,19 @@ def reference_from(policy, reference_path: str | None, dtype: str, trust_remote_
     """The frozen reference π_ref: a separate checkpoint, or a copy of the policy's initial weights."""
     ref = load_causal_lm(reference_path, dtype, trust_remote_code) if reference_path else copy.deepcopy(policy)
     return freeze(ref)
+
+
+def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_path, tokenizer) -> tuple[PolicyAndCritic, nn.Module, str]:
+    """The trained PolicyAndCritic, the frozen reference (`ref_policy` if given), and where the critic
+    came from. `model_cfg` is a ModelConfig; `reward` the reward object (its tokenizer decides
+    whether the critic can start from the reward model)."""
+    m = model_cfg
+    ref = ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)
+    if m.share_critic_backbone:
+        models, source = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size)), "policy backbone (shared)"
+    else:
+        rm_tok = getattr(reward, "tokenizer", None)
+        critic, source = build_critic(m.policy, m.critic, reward_model_path, rm_tok is not None and same_vocabulary(rm_tok, tokenizer), m.dtype, m.trust_remote_code)
+        models = PolicyAndCritic(policy=policy, critic=critic)
+    models.requires_grad_(True)
+    return models, ref, source

@@ -35,15 +35,7 @@ from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, lo
 from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
 from policyshift.masked import masked_mean, masked_sum
 from policyshift.metrics import rollout_metrics
-from policyshift.models import (
-    PolicyAndCritic,
-    SharedValueHead,
-    build_critic,
-    load_causal_lm,
-    load_tokenizer,
-    reference_from,
-    same_vocabulary,
-)
+from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
 from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.tracking import make_sinks
@@ -145,21 +137,11 @@ class PPOTrainer:
         m = cfg.model
         self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, m.trust_remote_code)
         policy = policy if policy is not None else load_causal_lm(m.policy, m.dtype, m.trust_remote_code)
-        self.ref_policy = (ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)).to(self.device)
         self.reward = self._make_reward(reward, cfg.reward.model, cfg.reward.function)
         self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
-        if m.share_critic_backbone:
-            self.models = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size))
-            self.critic_source = "policy backbone (shared)"
-        else:
-            rm_tok = getattr(self.reward, "tokenizer", None)
-            critic, self.critic_source = build_critic(
-                m.policy, m.critic, cfg.reward.model, rm_tok is not None and same_vocabulary(rm_tok, self.tokenizer), m.dtype, m.trust_remote_code
-            )
-            self.models = PolicyAndCritic(policy=policy, critic=critic)
-        for module in (self.models.policy, self.models.critic, self.models.value_head):
-            if module is not None:
-                module.to(self.device).requires_grad_(True)
+        self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer)
+        self.models.to(self.device)
+        self.ref_policy.to(self.device)
 
         all_prompts = prompts if prompts is not None else load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split)
         if cfg.analysis.prompts:
@@ -174,7 +156,7 @@ class PPOTrainer:
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(list(self.models.parameters()), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
+        self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
         from transformers import get_scheduler
 
         name = {"constant": "constant_with_warmup"}.get(p.lr_scheduler, p.lr_scheduler)
@@ -214,6 +196,9 @@ class PPOTrainer:
         if hasattr(r, "model"):
             r.model.to(self.device)
         return r
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.models.parameters() if p.requires_grad]
 
     # ---- one PPO step ---------------------------------------------------------------------------
     def score(self, rollout: Rollout) -> Rollout:
@@ -312,7 +297,7 @@ class PPOTrainer:
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
                                  "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
                         stats[k].append(float(v.detach()))
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.models.parameters()), p.max_grad_norm or math.inf, foreach=True)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), p.max_grad_norm or math.inf, foreach=True)
                 stats["optim/grad_norm"].append(grad_norm.item())
                 if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights
                     self.optimizer.zero_grad(set_to_none=True)
