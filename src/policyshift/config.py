@@ -29,6 +29,16 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoRAConfig:
+    r: int = 0  # LoRA rank; 0 trains the full model. With r > 0 the reference is the policy with its adapter off
+    alpha: float = 16.0  # scaling = alpha / r
+    dropout: float = 0.0  # adapter dropout; 0 keeps rollout and update logprobs identical (see "Dropout" in README)
+    target_modules: Optional[list[str]] = None  # module names to adapt; null: peft's default for the architecture
+    critic: bool = False  # the critic gets its own adapter (+ a trained value head) instead of full fine-tuning
+    save_merged: bool = False  # final/merged/: adapter merged into the base weights (a plain from_pretrained model)
+
+
+@dataclass
 class ModelConfig:
     policy: str = ""  # from_pretrained path or hub id of the SFT model to fine-tune
     reference: Optional[str] = None  # default: a frozen copy of the policy
@@ -37,6 +47,8 @@ class ModelConfig:
     tokenizer: Optional[str] = None  # default: the policy's
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass of the update (memory for time)
 
 
 @dataclass
@@ -54,6 +66,8 @@ class RolloutConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0  # logprobs are taken at this temperature, with no top-k/top-p (unbiased KL)
     stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
+    engine: Literal["hf", "vllm"] = "hf"  # vllm: pip install policyshift[vllm], GPU only; logprobs are still the training model's
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take (the training models need the rest)
 
 
 @dataclass
@@ -120,6 +134,7 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     overwrite: bool = False
     max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); `accelerate launch --mixed_precision` wins
 
 
 @dataclass
@@ -296,6 +311,11 @@ def _coerce(value: Any, tp: Any, name: str):
         return _to_int(value, name)
     if tp is float:
         return _to_float(value, name)
+    if origin is list:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{name} must be a non-empty list; got {_short(value)}")
+        return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(items)]
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{name} must be a string; got {_short(value)}")
@@ -388,6 +408,12 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
     _check(cfg.train.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
     _check(cfg.train.num_threads >= 0, "train.num_threads must be >= 0")
+    lora = cfg.model.lora
+    _check(lora.r >= 0, f"model.lora.r must be >= 0; got {lora.r}")
+    _check(math.isfinite(lora.alpha) and lora.alpha > 0, f"model.lora.alpha must be > 0; got {lora.alpha}")
+    _check(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1); got {lora.dropout}")
+    _check(lora.r > 0 or not (lora.critic or lora.save_merged), "model.lora.critic/save_merged need model.lora.r > 0")
+    _check(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
 
 
 def require_runnable(cfg: PPOConfig, have_policy: bool = False, have_prompts: bool = False, have_reward: bool = False) -> None:
@@ -425,8 +451,17 @@ def parse_overrides(argv: list[str]) -> dict:
                 raise ConfigError(f"--{key} needs a value")
             raw = argv[i + 1]
             i += 2
-        out[key] = raw if _is_text_field(key) else _parse_scalar(raw)
+        if _is_text_field(key):
+            out[key] = raw
+        elif typing.get_origin(_field_type(key)) is list or _optional_list(key):
+            out[key] = raw.strip("[]")  # "a,b" or "[a, b]": _coerce splits on commas
+        else:
+            out[key] = _parse_scalar(raw)
     return out
+
+
+def _optional_list(dotted: str) -> bool:
+    return any(typing.get_origin(a) is list for a in typing.get_args(_field_type(dotted)))
 
 
 def _is_text_field(dotted: str) -> bool:
