@@ -57,7 +57,9 @@ class CheckpointError(OSError):
 
 
 def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict,
-                    generators: dict[str, torch.Generator], keep_last_n: int) -> Path:
+                    rank_generators: list[dict[str, torch.Tensor]], keep_last_n: int) -> Path:
+    """`rank_generators`: every process's named generator states (process i at index i); a resume
+    needs the same number of processes."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
     try:
@@ -68,7 +70,7 @@ def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, sche
         fault_point("kill_in_checkpoint", step)
         fault_point("disk_full_in_checkpoint", step)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        torch.save({**rng_state(), "generators": {k: g.get_state() for k, g in generators.items()}}, tmp / "rng.pt")
+        torch.save({**rng_state(), "rank_generators": rank_generators}, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))  # written last: marks the dir complete
         if final.exists():  # a re-save of the same step (e.g. a stop right after a periodic save): replace it whole
             shutil.rmtree(final)
@@ -91,9 +93,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dict[str, torch.Generator]) -> dict:
+def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dict[str, torch.Generator], rank: int = 0, world_size: int = 1) -> dict:
     """Load weights, optimizer, scheduler and every RNG from `ckpt` into the live objects; returns
     the trainer state. torch.load runs with weights_only=True: no pickled objects are executed."""
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    if len(rng["rank_generators"]) != world_size:
+        raise CheckpointError(f"{ckpt} was written by {len(rng['rank_generators'])} process(es); resume it with the same number (this run has {world_size})")
     from safetensors.torch import load_model
 
     from policyshift.models import load_causal_lm, load_sequence_classifier
@@ -106,8 +111,7 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
     optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
     set_rng_state(rng)
     for name, gen in generators.items():
-        gen.set_state(rng["generators"][name])
+        gen.set_state(rng["rank_generators"][rank][name])
     return json.loads((ckpt / "trainer_state.json").read_text())

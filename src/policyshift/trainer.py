@@ -362,7 +362,7 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
-                               self.trainer_state(), {"sampler": self.generator, "shuffle": self.shuffle_gen}, self.cfg.train.keep_last_n)
+                               self.trainer_state(), [{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}], self.cfg.train.keep_last_n)
 
     def save_final(self) -> Path:
         """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic."""
