@@ -70,6 +70,7 @@ def compute_gae(
     return advantages, returns
 
 
-def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(A − mean)/std over the real tokens of the batch; padded entries → 0. (B, T) → (B, T)."""
-    return masked_whiten(advantages, mask)
+def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor, all_sum=None) -> torch.Tensor:
+    """(A − mean)/std over the real tokens of the batch; padded entries → 0. (B, T) → (B, T).
+    `all_sum` sums over processes: the statistics are the whole batch's, not this process's slice."""
+    return masked_whiten(advantages, mask, all_sum=all_sum)

@@ -43,10 +43,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy") -> None:
-    models.policy.save_pretrained(out / policy_subdir)
+    """A LoRA (peft) policy or critic is saved as its adapter (adapter_config.json naming the base +
+    adapter_model.safetensors): the frozen base is already on disk where it was loaded from."""
+    from policyshift.lora import is_peft, save_adapter
+
+    def save(model, path: Path) -> None:
+        if is_peft(model):
+            save_adapter(model, path)
+        else:
+            model.save_pretrained(path)
+
+    save(models.policy, out / policy_subdir)
     tokenizer.save_pretrained(out / policy_subdir)
     if models.critic is not None:
-        models.critic.save_pretrained(out / "critic")
+        save(models.critic, out / "critic")
     else:
         (out / "critic").mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in models.value_head.state_dict().items()}, str(out / "critic" / "value_head.safetensors"))
@@ -101,10 +111,16 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
         raise CheckpointError(f"{ckpt} was written by {len(rng['rank_generators'])} process(es); resume it with the same number (this run has {world_size})")
     from safetensors.torch import load_model
 
+    from policyshift.lora import is_peft, load_adapter
     from policyshift.models import load_causal_lm, load_sequence_classifier
 
-    models.policy.load_state_dict(load_causal_lm(str(ckpt / "policy")).state_dict())
-    if models.critic is not None:
+    if is_peft(models.policy):  # LoRA: only the adapter was trained and saved; the base is the one already loaded
+        load_adapter(models.policy, ckpt / "policy")
+    else:
+        models.policy.load_state_dict(load_causal_lm(str(ckpt / "policy")).state_dict())
+    if models.critic is not None and is_peft(models.critic):
+        load_adapter(models.critic, ckpt / "critic")
+    elif models.critic is not None:
         models.critic.load_state_dict(load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict())
     else:
         load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))

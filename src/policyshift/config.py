@@ -134,7 +134,8 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     overwrite: bool = False
     max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); `accelerate launch --mixed_precision` wins
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); "no" defers to `accelerate launch --mixed_precision`
+    save_rollouts: bool = False  # RUN_DIR/rollouts/step-N.pt: every process's raw episodes (tokens, logprobs, values, scores, advantages)
 
 
 @dataclass

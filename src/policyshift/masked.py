@@ -23,9 +23,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean)/std over the unmasked entries; padded entries come back as 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_sum=None) -> torch.Tensor:
+    """(x − mean)/std over the unmasked entries; padded entries come back as 0. `all_sum`: sums a
+    tensor over processes, so the statistics are the whole batch's (default: this process only)."""
+    all_sum = all_sum or (lambda t: t)
+    n = all_sum(mask.sum())
+    mean = all_sum(masked_sum(x, mask)) / n.clamp(min=1)
+    var = all_sum(masked_sum((x - mean) ** 2, mask)) / n.clamp(min=1)
+    if n > 1:
+        var = var * n / (n - 1)  # Bessel's correction over the real tokens only
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -25,7 +25,7 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rew
     k1 = kl_k1(rollout.logprobs, rollout.ref_logprobs)
     k3 = kl_k3(rollout.logprobs, rollout.ref_logprobs)
     token_ids = [ids[: int(n)].tolist() for ids, n in zip(rollout.response_ids, rollout.lengths)]
-    return {
+    metrics = {
         "kl/beta": beta,
         "kl/token_mean": masked_mean(kl_per_token, mask).item(),
         "kl/seq_mean": masked_sum(kl_per_token, mask, 1).mean().item(),
@@ -42,4 +42,20 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rew
         "response/distinct_2": distinct_n(token_ids, 2),
         "policy/entropy": masked_mean(rollout.entropy, mask).item(),
         "value/mean": masked_mean(rollout.values, mask).item(),
+    }
+    if getattr(rollout, "engine_logprobs", None) is not None:
+        metrics.update(engine_mismatch_metrics(rollout.logprobs, rollout.engine_logprobs, mask))
+    return metrics
+
+
+def engine_mismatch_metrics(train_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How far the rollout engine's logprobs (vLLM) are from the training model's on the same tokens,
+    over real response tokens only. engine_kl_k3: the k3 estimate of KL(π_engine‖π_train) (the tokens
+    were drawn from π_engine), i.e. mean of (r − 1) − log r with r = π_train/π_engine."""
+    real = mask.bool()
+    diff = torch.where(real, (train_logprobs - engine_logprobs).abs(), torch.zeros_like(train_logprobs))
+    return {
+        "rollout/logprob_diff_abs_mean": masked_mean(diff, mask).item(),
+        "rollout/logprob_diff_max": diff.max().item() if bool(real.any()) else 0.0,
+        "rollout/engine_kl_k3": masked_mean(kl_k3(engine_logprobs, train_logprobs), mask).item(),
     }

@@ -237,14 +237,31 @@ def reference_from(policy, reference_path: str | None, dtype: str, trust_remote_
 def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_path, tokenizer) -> tuple[PolicyAndCritic, nn.Module, str]:
     """The trained PolicyAndCritic, the frozen reference (`ref_policy` if given), and where the critic
     came from. `model_cfg` is a ModelConfig; `reward` the reward object (its tokenizer decides
-    whether the critic can start from the reward model)."""
+    whether the critic can start from the reward model). With `model_cfg.lora.r > 0` the policy (and
+    with lora.critic the critic) is a peft LoRA model and the reference is the policy with its adapter off."""
     m = model_cfg
-    ref = ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)
+    lora = m.lora.r > 0
+    if lora:
+        from policyshift.config import ConfigError
+        from policyshift.lora import AdapterOffReference, apply_lora
+
+        if ref_policy is not None or m.reference:
+            raise ConfigError("model.lora: the reference is the policy with its adapter off; drop model.reference/ref_policy or set model.lora.r 0")
+        if m.lora.critic and m.share_critic_backbone:
+            raise ConfigError("model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
+        policy = apply_lora(policy, m.lora, "causal")
+        ref = AdapterOffReference(policy)  # shares every base weight with the policy: no second copy
+    else:
+        ref = ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)
     if m.share_critic_backbone:
         models, source = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size)), "policy backbone (shared)"
     else:
         rm_tok = getattr(reward, "tokenizer", None)
         critic, source = build_critic(m.policy, m.critic, reward_model_path, rm_tok is not None and same_vocabulary(rm_tok, tokenizer), m.dtype, m.trust_remote_code)
+        if lora and m.lora.critic:
+            critic = apply_lora(critic.requires_grad_(False), m.lora, "critic")
         models = PolicyAndCritic(policy=policy, critic=critic)
-    models.requires_grad_(True)
+    if not lora:
+        models.requires_grad_(True)
+    # With LoRA the frozen bases stay frozen: peft left only the adapters (and the value heads) trainable.
     return models, ref, source

@@ -36,6 +36,9 @@ class Rollout:
     exact_kl: torch.Tensor  # (B, R) full-vocabulary KL(π‖π_ref) at each state (logged, never optimized)
     entropy: torch.Tensor  # (B, R) policy entropy at each state
     scores: torch.Tensor | None = None  # (B,) reward of each episode, after penalties/normalization
+    # (B, R) log π_engine(a_t|s_t) from a rollout engine with its own copy of the weights (vLLM): the
+    # logprobs above are then the training model's, and these only measure the mismatch. None otherwise.
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -110,22 +113,39 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
 
 
 @torch.no_grad()
-def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max_prompt_length: int, generator=None) -> Rollout:
+def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max_prompt_length: int, generator=None, *, engine=None) -> Rollout:
     """Sample one response per prompt and record everything the PPO update and the metrics need.
-    `models` is a PolicyAndCritic; `cfg` a RolloutConfig."""
+    `models` is a PolicyAndCritic; `cfg` a RolloutConfig; `engine` (policyshift.engines) draws the tokens:
+    None or one sharing the training weights samples with the policy itself and reuses its step logits;
+    an engine with its own weights (vLLM) only supplies tokens, and the policy's logits are recomputed
+    here by the training model (its logprobs are the ones PPO uses; the engine's are kept in
+    `engine_logprobs` to measure the mismatch)."""
     device = next(models.policy.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    raw_ids, logits = sample(
-        models.policy, query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id, cfg.stop_at_eos, generator
-    )
+    args = (query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id, cfg.stop_at_eos, generator)
+    own_weights = engine is not None and not engine.shares_training_weights
+    if engine is None:
+        raw_ids, logits = sample(models.policy, *args)
+        engine_lp = None
+    else:
+        raw_ids, logits, engine_lp = engine.generate(*args)
+        raw_ids = raw_ids.to(device)
+        if not own_weights:
+            engine_lp = None  # the step logits are the training model's: nothing to compare
     response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     # Trim columns past the longest real response: no forward pass ever runs on pure padding.
     R = max(int(response_mask.sum(1).max()), 1)
-    response_ids, response_mask, logits = response_ids[:, :R], response_mask[:, :R], logits[:, :R]
+    response_ids, response_mask = response_ids[:, :R], response_mask[:, :R]
 
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
+    if own_weights:  # the training model scores the engine's tokens: one full forward pass
+        logits = response_logits(models.policy, input_ids, attention_mask, R)
+        if engine_lp is not None:
+            engine_lp = torch.where(response_mask.bool(), engine_lp[:, :R].to(device).float(), 0.0)
+    else:
+        logits = logits[:, :R]
     # One log-softmax per model, shared by the logprobs, the exact KL and the entropy.
     logp = log_softmax_t(logits, cfg.temperature)
     ref_logp = log_softmax_t(response_logits(ref_policy, input_ids, attention_mask, R), cfg.temperature)
@@ -142,4 +162,5 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
         values=models.values(input_ids, attention_mask, R),
         exact_kl=exact_kl_from_logprobs(logp, ref_logp),
         entropy=entropy_from_logprobs(logp),
+        engine_logprobs=engine_lp,
     )

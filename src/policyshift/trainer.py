@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
+from policyshift.distributed import ProcessGroup, gather_rollout, make_accelerator
+from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
 from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
@@ -52,14 +54,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. every update is non-finite); one line saying why and what to try."""
 
@@ -74,6 +68,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool = False) -> None:
         for name in ("metrics.jsonl", "samples.jsonl", "distributions.jsonl", "findings.jsonl"):
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(path / "rollouts", ignore_errors=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -102,6 +97,21 @@ def stop_on_signals(trainer):
             signal.signal(s, h)
 
 
+def check_world_size(cfg: PPOConfig, world_size: int) -> None:
+    """Under `accelerate launch` every process gets rollout.batch_size / W episodes and the same number
+    of minibatches and micro-batches (collectives must line up)."""
+    if world_size == 1:
+        return
+    b, p = cfg.rollout.batch_size, cfg.ppo
+    if b % world_size or (b // world_size) % (p.num_minibatches * p.grad_accum_steps):
+        raise ConfigError(f"rollout.batch_size ({b}) must split into {world_size} processes × ppo.num_minibatches ({p.num_minibatches}) "
+                          f"× ppo.grad_accum_steps ({p.grad_accum_steps})")
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine=vllm runs inside a single training process; use rollout.engine=hf under accelerate launch")
+    if cfg.reward.on_nonfinite == "skip":
+        raise ConfigError("reward.on_nonfinite=skip needs a single process (dropped episodes would unbalance the processes); use error")
+
+
 def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
     """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
     Longer prompts are cut from the left; say how many, once."""
@@ -127,12 +137,18 @@ class PPOTrainer:
         validate(config)
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
         self.cfg = cfg = config
+        self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision)
+        self.group = group = ProcessGroup(self.accelerator)  # one process: every collective is the identity
+        check_world_size(cfg, group.world_size)
         self.run_dir = Path(cfg.train.output_dir)
-        prepare_run_dir(self.run_dir, cfg.train.overwrite, resume)
+        if group.is_main:
+            prepare_run_dir(self.run_dir, cfg.train.overwrite, resume)
+        group.barrier()
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
-        self.device = pick_device(cfg.train.device)
+        explicit = cfg.train.device not in ("auto", "cpu") and group.world_size == 1
+        self.device = torch.device(cfg.train.device) if explicit else self.accelerator.device
 
         m = cfg.model
         self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, m.trust_remote_code)
@@ -142,6 +158,10 @@ class PPOTrainer:
         self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
+        if m.gradient_checkpointing:
+            for module in (self.models.policy, self.models.critic):
+                if module is not None:
+                    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         all_prompts = prompts if prompts is not None else load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split)
         if cfg.analysis.prompts:
@@ -156,20 +176,27 @@ class PPOTrainer:
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
+        # `train_model` is what the update calls (DDP/FSDP/DeepSpeed-wrapped under `accelerate launch`;
+        # the same module with one process); rollouts and analysis use the unwrapped `self.models`.
+        self.train_model, self.optimizer = self.accelerator.prepare(self.models, optimizer)
         from transformers import get_scheduler
 
         name = {"constant": "constant_with_warmup"}.get(p.lr_scheduler, p.lr_scheduler)
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=p.warmup_steps, num_training_steps=cfg.train.steps * p.epochs * p.num_minibatches)
         self.kl_ctl = make_kl_controller(cfg.kl.controller, cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
         self.moments = RunningMoments() if cfg.reward.normalize else None
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)  # sampling
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + group.rank)  # sampling: each process its own episodes
         self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # minibatch order
         self.step, self.episodes, self.skipped_updates, self.consecutive_skips = 0, 0, 0, 0
         self.history: list[dict] = []
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
         self.resumed_from: Path | None = self._resume() if resume else None
-        self.sink = make_sinks(self.run_dir, cfg, resume_step=self.step if resume else None)
+        # The sampler: the training policy itself (hf), or vLLM synced after every update; built after a
+        # resume so it starts from the restored weights.
+        self.engine = make_engine(cfg.rollout, self.models.policy, self.tokenizer, seed=cfg.train.seed,
+                                  max_model_len=self.max_prompt_length + cfg.rollout.max_new_tokens, trust_remote_code=m.trust_remote_code)
+        self.sink = make_sinks(self.run_dir, cfg, is_main_process=group.is_main, resume_step=self.step if resume else None)
         self.stop_signal: int | None = None
         self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
 
@@ -177,13 +204,15 @@ class PPOTrainer:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
         position, reward moments, every RNG; the logs are cut back to that step."""
         ckpt = list_checkpoints(self.run_dir)[-1]
-        state = restore_checkpoint(ckpt, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen})
+        state = restore_checkpoint(ckpt, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen},
+                                   self.group.rank, self.group.world_size)
         self.step, self.episodes, self.skipped_updates = state["step"], state["episodes"], state["skipped_updates"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
         if self.moments is not None and state["reward_moments"]:
             self.moments.load_state_dict(state["reward_moments"])
-        logs = truncate_run_logs(self.run_dir, self.step)
+        logs = truncate_run_logs(self.run_dir, self.step, write=self.group.is_main)
+        self.group.barrier()  # every process reads the logs the main one has cut back
         self.history, self.distributions = logs["metrics"], logs["distributions"]
         return ckpt
 
@@ -206,19 +235,24 @@ class PPOTrainer:
         raw = self.reward(rollout.prompts, rollout.responses).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
-        if r.on_nonfinite == "error" or bool(finite.all()):
-            check_finite(raw, rollout.prompts, rollout.responses, "reward")
-        elif not bool(finite.any()):
-            check_finite(raw, rollout.prompts, rollout.responses, "reward (every episode of the batch)")
-        else:
+        if self.group.any(not bool(finite.all())):
+            if r.on_nonfinite == "error" or self.group.world_size > 1:  # (skip needs one process: check_world_size)
+                check_finite(raw, rollout.prompts, rollout.responses, "reward")
+                raise TrainingError("the reward was non-finite on another process; its error names the episode")
+            if not bool(finite.any()):
+                check_finite(raw, rollout.prompts, rollout.responses, "reward (every episode of the batch)")
             keep = finite.nonzero().flatten().cpu()
             rollout, raw = rollout.select(keep), raw[keep.to(raw.device)]
-        return replace(rollout, scores=postprocess_scores(raw, rollout.has_eos, r.missing_eos_penalty, self.moments, r.clip))
+        # Normalization statistics are the whole batch's: every process post-processes all scores, keeps its own.
+        scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(rollout.has_eos), r.missing_eos_penalty, self.moments, r.clip)
+        return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)])
 
     def ppo_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
-        prompts = self.sampler.next_batch()
-        rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, self.max_prompt_length, self.generator)
+        prompts = self.group.local_slice(self.sampler.next_batch())  # every process draws the same batch, keeps its slice
+        with self.accelerator.autocast():  # the precision of the update's forward passes, so ratios start at 1
+            rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, self.max_prompt_length,
+                                       self.generator, engine=self.engine)
         t_gen = time.perf_counter()
         n_sampled = len(rollout)
         rollout = self.score(rollout)
@@ -231,10 +265,18 @@ class PPOTrainer:
         rewards = shape_rewards(rollout.scores, kl, beta if in_reward else 0.0, mask)
         advantages, returns = compute_gae(rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
         if cfg.ppo.whiten_advantages:
-            advantages = whiten_advantages(advantages, mask)
+            advantages = whiten_advantages(advantages, mask, all_sum=self.group.sum)
         update_stats = self.update(rollout, advantages, returns, beta)
+        self.engine.sync_weights(self.models.policy)  # a separate engine samples the next batch from the new weights
         t_update = time.perf_counter()
+        if cfg.train.save_rollouts:
+            self.save_rollouts(rollout, kl, advantages, returns)
 
+        # Metrics and the KL controller see the whole batch: every process's episodes, gathered.
+        g = self.group
+        rollout, kl, rewards, returns = gather_rollout(rollout, g), g.gather_rows(kl), g.gather_rows(rewards), g.gather_rows(returns)
+        gold = g.gather_rows(gold.to(self.device)) if gold is not None else None
+        mask = rollout.response_mask
         seq_kl = masked_sum(kl, mask, 1)
         self.kl_ctl.update(seq_kl.mean().item(), len(rollout))  # Ziegler: β follows the sequence KL
         self.step, self.episodes = self.step + 1, self.episodes + len(rollout)
@@ -249,6 +291,7 @@ class PPOTrainer:
             "time/update": t_update - t_score,
             "time/step": t_update - t0,
             "perf/tokens_per_s": (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
+            **self.replica_check(),
         }
         if gold is not None:
             metrics["reward/gold_mean"] = gold.float().mean().item()
@@ -263,14 +306,15 @@ class PPOTrainer:
 
     def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor, beta: float) -> dict:
         p, T = self.cfg.ppo, self.cfg.rollout.temperature
-        stats, skipped = defaultdict(list), 0
+        stats, skipped, tokens_seen = defaultdict(list), 0, 0
+        if self.cfg.model.gradient_checkpointing:
+            self.models.train()  # HF checkpoints activations only in train mode; dropout is already 0 everywhere
         for _ in range(p.epochs):
             # tensor_split, not split: episodes dropped for a non-finite reward leave uneven minibatches
             for mb_index in torch.randperm(len(batch), generator=self.shuffle_gen).tensor_split(p.num_minibatches):
                 self.optimizer.zero_grad(set_to_none=True)
-                for index in mb_index.tensor_split(p.grad_accum_steps):
-                    if len(index) == 0:
-                        continue
+                micro_batches = [i for i in mb_index.tensor_split(p.grad_accum_steps) if len(i)]
+                for j, index in enumerate(micro_batches):
                     mb = batch.select(index)
                     # Drop columns that are padding in every row of this micro-batch: trailing response
                     # columns and leading prompt columns (positions come from the mask, so this is exact).
@@ -279,25 +323,28 @@ class PPOTrainer:
                     mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
                     input_ids = torch.cat([mb.query_ids[:, first:], response_ids], 1)
                     attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
-                    logits, values = self.models.forward(input_ids, attention_mask, R)
-                    logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per minibatch
-                    new_logprobs = gather_tokens(logp, response_ids)
-                    pg_loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[index, :R], mask, p.clip_range)
-                    vf_loss, vf = value_loss(values, mb.values[:, :R], returns[index, :R], mask, p.clip_range_value)
-                    with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
-                        entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
-                    loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy
-                    if self.cfg.kl.placement == "loss":  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
-                        kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
-                        loss = loss + beta * kl_loss
-                        stats["loss/kl"].append(kl_loss.item())
-                    (loss / p.grad_accum_steps).backward()
+                    last = j == len(micro_batches) - 1  # gradients are all-reduced once, after the last micro-batch
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.train_model):
+                        logits, values = self.train_model(input_ids, attention_mask, R)
+                        logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per minibatch
+                        new_logprobs = gather_tokens(logp, response_ids)
+                        pg_loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[index, :R], mask, p.clip_range)
+                        vf_loss, vf = value_loss(values, mb.values[:, :R], returns[index, :R], mask, p.clip_range_value)
+                        with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
+                            entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
+                        loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy
+                        if self.cfg.kl.placement == "loss":  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
+                            kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
+                            loss = loss + beta * kl_loss
+                            stats["loss/kl"].append(kl_loss.item())
+                        self.accelerator.backward(self.across_processes(loss, mask) / p.grad_accum_steps)
+                    tokens_seen += int(mask.sum())
                     fault_point("kill_in_update", self.step + 1)
                     for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
                                  "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
                         stats[k].append(float(v.detach()))
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), p.max_grad_norm or math.inf, foreach=True)
+                grad_norm = self.clip_gradients(p.max_grad_norm or math.inf)
                 stats["optim/grad_norm"].append(grad_norm.item())
                 if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights
                     self.optimizer.zero_grad(set_to_none=True)
@@ -310,10 +357,59 @@ class PPOTrainer:
                 self.consecutive_skips = 0
                 self.optimizer.step()
                 self.scheduler.step()
+        self.models.eval()
         self.skipped_updates += skipped
         finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
-        out = {k: finite_mean(v) for k, v in stats.items()}
+        out = self.token_weighted({k: finite_mean(v) for k, v in stats.items()}, tokens_seen)
         return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
+
+    def replica_check(self) -> dict:
+        """DDP keeps a full copy of the weights on every process; they must stay identical. Logged as
+        the spread (max − min) of a float64 checksum of the trained weights across processes."""
+        from accelerate.utils import DistributedType
+
+        if self.group.world_size == 1 or self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return {}  # sharded weights: each process holds a different slice
+        checksum = torch.stack([p.detach().double().sum() for p in self.trainable_parameters()]).sum()
+        sums = self.group.gather_rows(checksum.reshape(1))
+        return {"dist/replica_checksum_spread": (sums.max() - sums.min()).item()}
+
+    def save_rollouts(self, rollout: Rollout, kl: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> None:
+        """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order."""
+        local = {f.name: v.detach().cpu() if isinstance(v := getattr(rollout, f.name), torch.Tensor) else v for f in fields(rollout)}
+        local.update(kl=kl.cpu(), advantages=advantages.cpu(), returns=returns.cpu(), rank=self.group.rank)
+        every = self.group.gather_objects([local])
+        if self.group.is_main:
+            out = self.run_dir / "rollouts"
+            out.mkdir(exist_ok=True)
+            torch.save(every, out / f"step-{self.step + 1}.pt")
+
+    def across_processes(self, loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The micro-batch loss whose process-average (what DDP/FSDP/DeepSpeed apply) is the token
+        mean over every process's tokens: scale this process's token mean by n_local·W / n_global."""
+        if self.group.world_size == 1:
+            return loss
+        n_local = mask.sum()
+        return loss * (n_local * self.group.world_size / self.group.sum(n_local.detach()).clamp(min=1))
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP) or self.accelerator.mixed_precision == "fp16":
+            norm = self.accelerator.clip_grad_norm_(self.trainable_parameters(), max_norm)  # sharded grads / unscaling
+            return torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
+        return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm, foreach=True)  # DDP: grads already all-reduced
+
+    def token_weighted(self, means: dict[str, float], tokens: int) -> dict[str, float]:
+        """Per-process update statistics → one value per key, weighted by each process's token count."""
+        if self.group.world_size == 1:
+            return means
+        keys = sorted(means)
+        local = torch.tensor([[means[k] if math.isfinite(means[k]) else 0.0 for k in keys], [float(tokens) * math.isfinite(means[k]) for k in keys]],
+                             dtype=torch.float64, device=self.device)
+        local[0] *= local[1]
+        total = self.group.sum(local)
+        return {k: (total[0, i] / total[1, i]).item() if total[1, i] > 0 else math.nan for i, k in enumerate(keys)}
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self) -> list[dict]:
@@ -326,8 +422,11 @@ class PPOTrainer:
         if self.resumed_from is None:
             self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
-        with StepProgress(cfg.train.steps, start=self.step) as progress, stop_on_signals(self):
-            while self.step < cfg.train.steps and stop_reason is None and self.stop_signal is None:
+        from rich.console import Console
+
+        console = Console(stderr=True, quiet=not self.group.is_main)
+        with StepProgress(cfg.train.steps, start=self.step, console=console) as progress, stop_on_signals(self):
+            while self.step < cfg.train.steps and stop_reason is None and not self.signalled():
                 metrics = self.ppo_step()
                 fault_point("kill_after_step", self.step)
                 progress.update(self.step, metrics)
@@ -341,13 +440,22 @@ class PPOTrainer:
             if stop_reason and not self.analysis.evaluated(self.step):
                 self.analysis.evaluate(self.step)
         self.save_checkpoint()
-        if not self.stop_signal:
-            self.save_final()
-        from policyshift.analysis.report import build_report
+        if self.group.is_main:
+            if not self.stop_signal:
+                self.save_final()
+            from policyshift.analysis.report import build_report
 
-        build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
+            build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
         self.sink.close()
+        self.group.barrier()
         return self.history
+
+    def signalled(self) -> bool:
+        """A SIGINT/SIGTERM reached any process: all of them stop at the same step."""
+        if self.group.any(self.stop_signal is not None):
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+            return True
+        return False
 
     # ---- outputs ----------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -361,11 +469,23 @@ class PPOTrainer:
         }
 
     def save_checkpoint(self) -> Path:
-        return save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
-                               self.trainer_state(), [{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}], self.cfg.train.keep_last_n)
+        """The main process writes it (with every process's generator states); the others wait."""
+        generators = self.group.gather_objects([{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}])
+        path = self.run_dir / "checkpoints" / f"step-{self.step}"
+        if self.group.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
+                                   self.trainer_state(), generators, self.cfg.train.keep_last_n)
+        self.group.barrier()
+        return path
 
     def save_final(self) -> Path:
-        """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic."""
+        """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic.
+        With LoRA final/ holds the adapter (peft format; from_pretrained(final/) loads the base it names and applies
+        it), and with model.lora.save_merged final/merged/ the adapter merged into a plain model."""
         out = self.run_dir / "final"
         save_models(out, self.models, self.tokenizer, policy_subdir="")
+        if self.cfg.model.lora.r > 0 and self.cfg.model.lora.save_merged:
+            from policyshift.lora import save_merged
+
+            save_merged(self.models.policy, self.tokenizer, out / "merged")
         return out

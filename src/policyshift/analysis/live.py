@@ -16,7 +16,7 @@ class LiveAnalysis:
         from rich.console import Console
 
         self.trainer = trainer
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, quiet=not trainer.group.is_main)  # every process runs the analysis; one speaks
         self.samples: list[dict] = []
         self.reported: set[tuple[str, str]] = set()
         self.thresholds = DetectorThresholds.from_config(trainer.cfg.to_dict())
@@ -36,10 +36,11 @@ class LiveAnalysis:
         if not t.fixed_prompts:
             return
         models = PolicyAndCritic(policy=t.ref_policy, critic=t.models.critic, value_head=t.models.value_head) if reference else t.models
-        rows = sample_fixed_prompts(
-            models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.cfg.rollout, t.max_prompt_length,
-            reward=t.reward, gold_reward=t.gold_reward, seed=t.cfg.train.seed + 7,
-        )
+        with t.accelerator.autocast():
+            rows = sample_fixed_prompts(
+                models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.cfg.rollout, t.max_prompt_length,
+                reward=t.reward, gold_reward=t.gold_reward, seed=t.cfg.train.seed + 7,
+            )
         for row in rows:
             row["model"] = "reference" if reference else "policy"
         t.sink.log_samples(rows, step)

@@ -53,17 +53,20 @@ class JsonlSink:
         pass
 
 
-def truncate_run_logs(run_dir: str | Path, step: int) -> dict[str, list[dict]]:
+def truncate_run_logs(run_dir: str | Path, step: int, write: bool = True) -> dict[str, list[dict]]:
     """Cut every log back to `step` (resume from a checkpoint): rows of later steps, and a partial
-    last line left by a kill, are dropped. Returns the kept rows of each log."""
+    last line left by a kill, are dropped. Returns the kept rows of each log; `write=False` only
+    reads (the processes of a distributed run other than the main one)."""
     from policyshift.analysis.runlog import read_jsonl
 
     kept = {}
     for name, key in (("metrics", "step"), ("distributions", "step"), ("samples", "step"), ("findings", "logged_at_step")):
         path = Path(run_dir) / f"{name}.jsonl"
         rows = [r for r in read_jsonl(path) if r.get(key, 0) <= step]
+        kept[name] = rows
+        if not write:
+            continue
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.replace(path)
-        kept[name] = rows
     return kept

@@ -1,0 +1,128 @@
+"""Two processes under `accelerate launch` (gloo on CPU): the batch is split, metrics are those of
+the whole batch (recomputed here from both processes' raw episodes), the replicas stay identical,
+one process writes, and the run resumes under the same number of processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from policyshift.kl import kl_k3
+from policyshift.masked import masked_mean, masked_sum
+
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+STEPS, BATCH = 4, 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(world, path: Path, out: Path) -> Path:
+    cfg = {
+        "model": {"policy": world["policy"]}, "data": {"prompts": world["prompts"]},
+        "reward": {"function": "tiny:good_fraction", "normalize": True},  # normalization over the whole batch
+        "rollout": {"batch_size": BATCH, "max_new_tokens": 8},
+        "ppo": {"lr": 3e-3, "num_minibatches": 2},
+        "kl": {"controller": "adaptive", "target": 1.0, "horizon": 50},  # β from the whole batch's KL
+        "analysis": {"every": 2, "num_prompts": 2},
+        "train": {"steps": STEPS, "save_every": 2, "output_dir": str(out), "save_rollouts": True},
+        "tracking": {"tensorboard": True},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch(*args, processes=2, fault=None):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("POLICYSHIFT_FAULT", None)
+    if fault:
+        env["POLICYSHIFT_FAULT"] = fault
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "policyshift", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    config = write_config(tiny_world, tmp / "config.yaml", tmp / "run")
+    result = launch("--config", str(config))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return config, tmp / "run", result
+
+
+def test_metrics_are_those_of_both_processes_episodes(run):
+    _, out, _ = run
+    metrics = rows(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # one writer: each step logged once
+    for m in metrics:
+        ranks = torch.load(out / "rollouts" / f"step-{m['step']}.pt", weights_only=False)
+        assert [r["rank"] for r in ranks] == [0, 1] and all(len(r["prompts"]) == BATCH // 2 for r in ranks)
+        assert set(ranks[0]["prompts"]).isdisjoint(ranks[1]["prompts"]) or len(set(ranks[0]["prompts"] + ranks[1]["prompts"])) < BATCH
+        width = max(r["response_mask"].shape[1] for r in ranks)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        mask = torch.cat([pad(r["response_mask"]) for r in ranks])
+        kl = torch.cat([pad(r["kl"]) for r in ranks])
+        logp, ref = torch.cat([pad(r["logprobs"]) for r in ranks]), torch.cat([pad(r["ref_logprobs"]) for r in ranks])
+        scores = torch.cat([r["scores"] for r in ranks])
+        # token means weighted by every process's tokens, not a mean of the two per-process means
+        assert m["kl/token_mean"] == pytest.approx(masked_mean(kl, mask).item(), abs=1e-6)
+        assert m["kl/k3_token_mean"] == pytest.approx(masked_mean(kl_k3(logp, ref), mask).item(), abs=1e-6)
+        assert m["kl/seq_mean"] == pytest.approx(masked_sum(kl, mask, 1).mean().item(), abs=1e-5)
+        assert m["policy/entropy"] == pytest.approx(masked_mean(torch.cat([pad(r["entropy"]) for r in ranks]), mask).item(), abs=1e-6)
+        assert m["response/length_mean"] == pytest.approx(mask.sum(1).mean().item())
+        assert m["reward/score_mean"] == pytest.approx(scores.mean().item(), abs=1e-6)
+        assert m["reward/score_std"] == pytest.approx(scores.std().item(), abs=1e-6)
+        assert m["episodes"] == BATCH * m["step"]
+        # whitening used the statistics of all 8 episodes: zero mean / unit variance over both processes
+        adv = torch.cat([pad(r["advantages"]) for r in ranks])
+        assert masked_mean(adv, mask).item() == pytest.approx(0.0, abs=1e-5)
+        assert (masked_sum(adv ** 2, mask) / (mask.sum() - 1)).item() == pytest.approx(1.0, abs=1e-3)
+        assert m["dist/replica_checksum_spread"] == 0.0  # the replicas' weights are identical after every update
+    distributions = rows(out / "distributions.jsonl")
+    assert all(len(d["scores"]) == BATCH for d in distributions)
+
+
+def test_only_the_main_process_writes(run):
+    _, out, result = run
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
+    samples = rows(out / "samples.jsonl")
+    assert len(samples) == len({(s["step"], s["model"], s["prompt"]) for s in samples})  # no line written twice
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert (out / "final" / "config.json").is_file() and (out / "report.html").is_file()
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".tmp*"))
+
+
+def test_resume_with_the_same_number_of_processes(run, tmp_path, tiny_world):
+    config, ref, _ = run
+    out = tmp_path / "run"
+    killed = launch("--config", str(config), "--train.output_dir", str(out), fault="kill_after_step:3")
+    assert killed.returncode != 0
+    resumed = launch("--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    a, b = rows(ref / "metrics.jsonl"), rows(out / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b):
+        for key in x:
+            if not key.startswith(("time/", "perf/")) and x[key] is not None:
+                assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
+    # a different number of processes cannot continue it: each process's sampling stream is in the checkpoint
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run([sys.executable, "-m", "policyshift", "train", "--resume", str(out), "--train.steps", "6"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 2 and "same number" in single.stderr.strip().splitlines()[-1]
