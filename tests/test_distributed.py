@@ -94,6 +94,10 @@ def test_metrics_are_those_of_both_processes_episodes(run):
         assert masked_mean(adv, mask).item() == pytest.approx(0.0, abs=1e-5)
         assert (masked_sum(adv ** 2, mask) / (mask.sum() - 1)).item() == pytest.approx(1.0, abs=1e-3)
         assert m["dist/replica_checksum_spread"] == 0.0  # the replicas' weights are identical after every update
+    # the check above can tell the two apart: per-process means would have given other numbers
+    per_process = [sum(masked_mean(r["kl"], r["response_mask"]).item() for r in torch.load(out / "rollouts" / f"step-{m['step']}.pt", weights_only=False)) / 2
+                   for m in metrics]
+    assert any(abs(p - m["kl/token_mean"]) > 1e-4 for p, m in zip(per_process, metrics))
     distributions = rows(out / "distributions.jsonl")
     assert all(len(d["scores"]) == BATCH for d in distributions)
 
@@ -126,3 +130,40 @@ def test_resume_with_the_same_number_of_processes(run, tmp_path, tiny_world):
     single = subprocess.run([sys.executable, "-m", "policyshift", "train", "--resume", str(out), "--train.steps", "6"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 2 and "same number" in single.stderr.strip().splitlines()[-1]
+
+
+def _token_mean_worker(rank, port, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    from accelerate import Accelerator
+
+    from policyshift.distributed import ProcessGroup
+    from policyshift.trainer import PPOTrainer
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = accelerator.prepare(torch.nn.Linear(3, 1))
+    x, mask = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0.0]])
+    rows_ = slice(0, 1) if rank == 0 else slice(1, 2)  # process 0 holds 5 tokens, process 1 holds 1
+    trainer = type("T", (), {"group": ProcessGroup(accelerator)})()
+    loss = masked_mean(model(x[rows_]).squeeze(-1), mask[rows_])
+    accelerator.backward(PPOTrainer.across_processes(trainer, loss, mask[rows_]))
+    if rank == 0:
+        torch.save(accelerator.unwrap_model(model).weight.grad.clone(), result_path)
+
+
+def test_loss_is_the_token_mean_over_every_process(tmp_path):
+    """DDP averages gradients over processes; with 5 tokens on one process and 1 on the other the
+    scaled losses must give the gradient of the token mean over all 6 tokens."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grad.pt"
+    mp.spawn(_token_mean_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, mask = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0.0]])
+    masked_mean(model(x).squeeze(-1), mask).backward()
+    assert torch.allclose(torch.load(out), model.weight.grad, atol=1e-6)
+    per_process_mean = (model(x[:1]).squeeze(-1).mean() + model(x[1:, :1]).squeeze(-1).mean()) / 2
+    model.zero_grad()
+    per_process_mean.backward()
+    assert not torch.allclose(torch.load(out), model.weight.grad, atol=1e-3)  # what plain DDP averaging would give

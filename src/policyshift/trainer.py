@@ -97,6 +97,15 @@ def stop_on_signals(trainer):
             signal.signal(s, h)
 
 
+def enable_activation_checkpointing(model) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) and DDP; transformers v5 renamed the switch.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def check_world_size(cfg: PPOConfig, world_size: int) -> None:
     """Under `accelerate launch` every process gets rollout.batch_size / W episodes and the same number
     of minibatches and micro-batches (collectives must line up)."""
@@ -161,7 +170,7 @@ class PPOTrainer:
         if m.gradient_checkpointing:
             for module in (self.models.policy, self.models.critic):
                 if module is not None:
-                    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    enable_activation_checkpointing(module)
 
         all_prompts = prompts if prompts is not None else load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split)
         if cfg.analysis.prompts:
