@@ -167,3 +167,15 @@ def test_loss_is_the_token_mean_over_every_process(tmp_path):
     model.zero_grad()
     per_process_mean.backward()
     assert not torch.allclose(torch.load(out), model.weight.grad, atol=1e-3)  # what plain DDP averaging would give
+
+
+def test_lora_under_two_processes(tiny_world, tmp_path):
+    """DDP over a LoRA policy and critic: only the adapters (and the critic's head) are synchronized."""
+    config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "run")
+    result = launch("--config", str(config), "--train.steps", "2", "--train.save_rollouts", "false", "--analysis.every", "0",
+                    "--model.lora.r", "4", "--model.lora.critic", "true", "--tracking.tensorboard", "false")
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = rows(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["dist/replica_checksum_spread"] == 0.0 for m in metrics)
+    assert abs(metrics[0]["kl/k1_token_mean"]) < 1e-5  # the adapter-off reference equals the policy at the start
+    assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()

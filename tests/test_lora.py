@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from policyshift import PPOConfig, PPOTrainer
 from policyshift.config import ConfigError, LoRAConfig, ModelConfig
 from policyshift.kl import gather_tokens, kl_estimate, log_softmax_t
-from policyshift.lora import AdapterOffReference, apply_lora, merged_state_dict
+from policyshift.lora import AdapterOffReference, apply_lora, load_merged_adapter, merged_state_dict
 from policyshift.models import build_training_models, critic_values, load_causal_lm, load_sequence_classifier, response_logits
 
 R, N_LAYER, N_EMBD = 4, 2, 32  # tiny.make_policy: 2 layers, width 32; peft's GPT-2 default target is c_attn (32 → 96)
@@ -110,6 +110,10 @@ def test_final_adapter_and_merged_weights_load(run, tiny_world):
         merged = AutoModelForCausalLM.from_pretrained(final / "merged")  # a plain checkpoint: no peft involved
         assert merged.state_dict().keys() == load_causal_lm(tiny_world["policy"]).state_dict().keys()
         torch.testing.assert_close(response_logits(merged, run["ids"], run["mask"], 3), live, atol=1e-4, rtol=0)
+        merged_again = load_merged_adapter(final, load_causal_lm)  # what `model.policy: RUN/final` or compare could use
+        torch.testing.assert_close(response_logits(merged_again, run["ids"], run["mask"], 3), live, atol=1e-4, rtol=0)
+        via_loader = load_causal_lm(str(final))  # what `policyshift compare` and `model.policy: RUN/final` use
+        torch.testing.assert_close(response_logits(via_loader, run["ids"], run["mask"], 3), live, atol=1e-4, rtol=0)
         critic = PeftModel.from_pretrained(load_sequence_classifier(tiny_world["policy"]), final / "critic")
         torch.testing.assert_close(critic_values(critic, run["ids"], run["mask"], 3), live_values, atol=1e-5, rtol=0)
 
@@ -160,9 +164,11 @@ def test_shared_backbone_and_contradictions(tiny_world):
     models, ref, _ = build(share_critic_backbone=True)
     assert isinstance(ref, AdapterOffReference)
     assert sum(p.numel() for p in models.parameters() if p.requires_grad) == ADAPTER + N_EMBD + 1  # + the shared value head
+    from policyshift import PPOConfig
+
     with pytest.raises(ConfigError, match="adapter off"):
-        build(reference=tiny_world["policy"])
+        PPOConfig.from_dict({"model": {"policy": tiny_world["policy"], "reference": tiny_world["policy"], "lora": {"r": R}}})
     with pytest.raises(ConfigError, match="adapter off"):
         build(ref=load_causal_lm(tiny_world["policy"]))
     with pytest.raises(ConfigError, match="separate critic"):
-        build(share_critic_backbone=True, lora={"critic": True})
+        PPOConfig.from_dict({"model": {"policy": tiny_world["policy"], "share_critic_backbone": True, "lora": {"r": R, "critic": True}}})

@@ -17,8 +17,11 @@ def short(world, out, **sections):
 
 
 def count_block_calls(trainer) -> list:
-    calls = []
-    trainer.models.policy.transformer.h[0].mlp.register_forward_hook  # inside the checkpointed block(lambda *a: calls.append(1))
+    """Calls of an MLP inside a checkpointed block, recomputations included (torch skips forward
+    hooks when it recomputes, so the method itself is wrapped)."""
+    calls, mlp = [], trainer.models.policy.transformer.h[0].mlp
+    forward = mlp.forward
+    mlp.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
     return calls
 
 

@@ -414,6 +414,9 @@ def validate(cfg: PPOConfig) -> None:
     _check(math.isfinite(lora.alpha) and lora.alpha > 0, f"model.lora.alpha must be > 0; got {lora.alpha}")
     _check(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1); got {lora.dropout}")
     _check(lora.r > 0 or not (lora.critic or lora.save_merged), "model.lora.critic/save_merged need model.lora.r > 0")
+    _check(lora.r == 0 or not cfg.model.reference, "model.lora: the reference is the policy with its adapter off; drop model.reference or set model.lora.r 0")
+    _check(not (lora.critic and cfg.model.share_critic_backbone),
+           "model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
     _check(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
 
 

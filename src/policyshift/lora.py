@@ -5,6 +5,8 @@ at zero)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +21,14 @@ ADAPTER_FILE = "adapter_model.safetensors"
 def is_peft(model) -> bool:
     # Without peft imported nothing can be a PeftModel: full fine-tuning never pays for the import.
     return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    with warnings.catch_warnings():
+        # peft asks transformers `is_gradient_checkpointing`, a deprecated name: one FutureWarning per call
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
 
 
 class _UpdateOnlyDropout(nn.Dropout):
@@ -45,12 +55,14 @@ def apply_lora(model: nn.Module, lora_cfg, task: str = "causal"):
         # GPT-2-style Conv1D layers store W as (in, out); saying so up front spares a peft warning per layer.
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks with a deprecated name
+    with _quiet_peft():
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as exc:  # no default target_modules for this architecture; names not found
             raise ModelError(f"model.lora: {str(exc).splitlines()[0][:240]}") from None
+    base_path = peft_model.peft_config["default"].base_model_name_or_path
+    if base_path and Path(base_path).exists():  # saved adapters name their base; make that work from any directory
+        peft_model.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
     for module in peft_model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
@@ -130,8 +142,21 @@ def load_adapter(model, directory: Path) -> None:
     if not path.is_file():
         raise ModelError(f"{directory} holds no LoRA adapter ({ADAPTER_FILE}); was it saved by a run with model.lora.r = 0?")
     result = set_peft_model_state_dict(model, load_file(str(path)))
-    if result.unexpected_keys:
-        raise ModelError(f"adapter in {directory} does not fit this model (unexpected {result.unexpected_keys[0]}, …)")
+    # missing_keys lists every base weight (not in an adapter file, rightly); only adapter weights count
+    misfit = result.unexpected_keys + [k for k in result.missing_keys if ".lora_" in k or ".modules_to_save." in k]
+    if misfit:
+        raise ModelError(f"the adapter in {directory} does not fit this model ({misfit[0]}); was it trained with other model.lora settings?")
+
+
+def load_merged_adapter(directory, load_base):
+    """A plain model from an adapter directory (a LoRA run's final/): the base it names, loaded with
+    `load_base(path)` (so dtype, dropout and the checks of models.py apply), with the adapter merged in."""
+    from peft import PeftModel
+
+    base_path = json.loads((Path(directory) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_base(base_path)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> None:

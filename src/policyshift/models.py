@@ -87,8 +87,13 @@ def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, *
 
 
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """A causal LM; a LoRA adapter directory (a LoRA run's final/) comes back merged into the base it names."""
     from transformers import AutoModelForCausalLM
 
+    if (Path(os.path.expanduser(path)) / "adapter_config.json").is_file():
+        from policyshift.lora import load_merged_adapter
+
+        return load_merged_adapter(os.path.expanduser(path), lambda base: load_causal_lm(base, dtype, trust_remote_code))
     return _load(AutoModelForCausalLM, path, "causal language model", dtype, trust_remote_code)
 
 
@@ -245,10 +250,8 @@ def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_pa
         from policyshift.config import ConfigError
         from policyshift.lora import AdapterOffReference, apply_lora
 
-        if ref_policy is not None or m.reference:
-            raise ConfigError("model.lora: the reference is the policy with its adapter off; drop model.reference/ref_policy or set model.lora.r 0")
-        if m.lora.critic and m.share_critic_backbone:
-            raise ConfigError("model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
+        if ref_policy is not None:  # (model.reference with LoRA is refused by config.validate)
+            raise ConfigError("model.lora: the reference is the policy with its adapter off; drop ref_policy or set model.lora.r 0")
         policy = apply_lora(policy, m.lora, "causal")
         ref = AdapterOffReference(policy)  # shares every base weight with the policy: no second copy
     else:
@@ -259,7 +262,7 @@ def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_pa
         rm_tok = getattr(reward, "tokenizer", None)
         critic, source = build_critic(m.policy, m.critic, reward_model_path, rm_tok is not None and same_vocabulary(rm_tok, tokenizer), m.dtype, m.trust_remote_code)
         if lora and m.lora.critic:
-            critic = apply_lora(critic.requires_grad_(False), m.lora, "critic")
+            critic = apply_lora(critic, m.lora, "critic")  # peft freezes the body, trains adapter + score head
         models = PolicyAndCritic(policy=policy, critic=critic)
     if not lora:
         models.requires_grad_(True)
