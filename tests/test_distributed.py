@@ -48,9 +48,13 @@ def launch(*args, processes=2, fault=None):
     env.pop("POLICYSHIFT_FAULT", None)
     if fault:
         env["POLICYSHIFT_FAULT"] = fault
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "policyshift", "train", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # the shipped example config, as a user would launch it
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(TESTS.parent / "examples" / "accelerate" / "cpu_2proc.yaml"),
+           "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "policyshift", "train", *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if "address already in use" in result.stderr.lower() or "EADDRINUSE" in result.stderr:  # the free port was taken meanwhile
+        return launch(*args, processes=processes, fault=fault)
+    return result
 
 
 def rows(path: Path) -> list[dict]:
