@@ -97,7 +97,7 @@ def test_metrics_are_those_of_both_processes_episodes(run):
         adv = torch.cat([pad(r["advantages"]) for r in ranks])
         assert masked_mean(adv, mask).item() == pytest.approx(0.0, abs=1e-5)
         assert (masked_sum(adv ** 2, mask) / (mask.sum() - 1)).item() == pytest.approx(1.0, abs=1e-3)
-        assert m["dist/replica_checksum_spread"] == 0.0  # the replicas' weights are identical after every update
+        assert m["parallel/replica_checksum_spread"] == 0.0  # the replicas' weights are identical after every update
     # the check above can tell the two apart: per-process means would have given other numbers
     per_process = [sum(masked_mean(r["kl"], r["response_mask"]).item() for r in torch.load(out / "rollouts" / f"step-{m['step']}.pt", weights_only=False)) / 2
                    for m in metrics]
@@ -180,6 +180,6 @@ def test_lora_under_two_processes(tiny_world, tmp_path):
                     "--model.lora.r", "4", "--model.lora.critic", "true", "--tracking.tensorboard", "false")
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = rows(tmp_path / "run" / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2] and all(m["dist/replica_checksum_spread"] == 0.0 for m in metrics)
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["parallel/replica_checksum_spread"] == 0.0 for m in metrics)
     assert abs(metrics[0]["kl/k1_token_mean"]) < 1e-5  # the adapter-off reference equals the policy at the start
     assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()

@@ -381,7 +381,7 @@ class PPOTrainer:
             return {}  # sharded weights: each process holds a different slice
         checksum = torch.stack([p.detach().double().sum() for p in self.trainable_parameters()]).sum()
         sums = self.group.gather_rows(checksum.reshape(1))
-        return {"dist/replica_checksum_spread": (sums.max() - sums.min()).item()}
+        return {"parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
 
     def save_rollouts(self, rollout: Rollout, kl: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> None:
         """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order."""
