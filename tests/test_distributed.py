@@ -153,6 +153,8 @@ def _token_mean_worker(rank, port, result_path):
     accelerator.backward(PPOTrainer.across_processes(trainer, loss, mask[rows_]))
     if rank == 0:
         torch.save(accelerator.unwrap_model(model).weight.grad.clone(), result_path)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # both processes leave the group together (exiting apart aborts gloo)
 
 
 def test_loss_is_the_token_mean_over_every_process(tmp_path):
