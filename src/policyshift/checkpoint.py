@@ -114,14 +114,15 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
     from policyshift.lora import is_peft, load_adapter
     from policyshift.models import load_causal_lm, load_sequence_classifier
 
-    if is_peft(models.policy):  # LoRA: only the adapter was trained and saved; the base is the one already loaded
-        load_adapter(models.policy, ckpt / "policy")
-    else:
-        models.policy.load_state_dict(load_causal_lm(str(ckpt / "policy")).state_dict())
-    if models.critic is not None and is_peft(models.critic):
-        load_adapter(models.critic, ckpt / "critic")
-    elif models.critic is not None:
-        models.critic.load_state_dict(load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict())
+    def restore(model, path: Path, load_full) -> None:  # the counterpart of save_models' save()
+        if is_peft(model):  # LoRA: only the adapter was trained and saved; the base is the one already loaded
+            load_adapter(model, path)
+        else:
+            model.load_state_dict(load_full(str(path)).state_dict())
+
+    restore(models.policy, ckpt / "policy", load_causal_lm)
+    if models.critic is not None:
+        restore(models.critic, ckpt / "critic", lambda p: load_sequence_classifier(p, kind="critic"))
     else:
         load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))
     optim = torch.load(ckpt / "optimizer.pt", weights_only=True)

@@ -44,6 +44,10 @@ class ProcessGroup:
         self.accelerator = accelerator
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.is_main = accelerator.is_main_process
+        from accelerate.utils import DistributedType
+
+        # FSDP / DeepSpeed hold a slice of the weights (and gradients) per process, DDP a full copy
+        self.sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
     def local_slice(self, items: list) -> list:
         """This process's contiguous share of a batch that every process drew identically."""

@@ -29,19 +29,11 @@ import torch
 
 from policyshift.config import ConfigError
 from policyshift.kl import gather_tokens, log_softmax_t
+from policyshift.lora import merged_state_dict  # the policy's weights under plain HF names, LoRA merged in
 from policyshift.rollout import sample
 
 VLLM_MISSING = "rollout.engine=vllm needs vLLM: pip install 'policyshift[vllm]' (GPU only)"
 VLLM_NO_GPU = "rollout.engine=vllm needs a CUDA GPU (none is available); use rollout.engine=hf"
-
-
-def policy_weights(policy) -> dict[str, torch.Tensor]:
-    """The policy's weights under plain Hugging Face names, LoRA adapters merged in."""
-    try:
-        from policyshift.lora import merged_state_dict
-    except ImportError:  # no LoRA support in this build: the plain weights are the merged weights
-        return {k: v.detach() for k, v in policy.state_dict().items()}
-    return {k: v.detach() for k, v in merged_state_dict(policy).items()}
 
 
 class HFEngine:
@@ -67,7 +59,7 @@ class HFEngine:
     def sync_weights(self, policy) -> None:
         if self.shares_training_weights:
             return
-        weights = policy_weights(policy)
+        weights = merged_state_dict(policy)
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         # A missing key is fine only when it is tied to a loaded one (GPT-2's lm_head.weight = wte.weight).
         loaded = {id(p) for name, p in self.model.named_parameters(remove_duplicate=False) if name in weights}
@@ -106,7 +98,7 @@ class VLLMEngine:
         self._dir = tempfile.mkdtemp(prefix="policyshift-vllm-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # a peft wrapper: its base's config
-        base.save_pretrained(self._dir, state_dict=policy_weights(policy))
+        base.save_pretrained(self._dir, state_dict=merged_state_dict(policy))
         tokenizer.save_pretrained(self._dir)
         dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[next(policy.parameters()).dtype]
         self.processed_logprobs = _version_at_least(vllm, "0.10.2")
@@ -165,7 +157,7 @@ class VLLMEngine:
     def sync_weights(self, policy) -> None:
         """Load the policy's current weights into vLLM's model (in place, so CUDA graphs stay valid) and
         drop the prefix cache, whose KV entries were computed with the old weights."""
-        items = list(policy_weights(policy).items())
+        items = list(merged_state_dict(policy).items())
 
         def load(model):  # runs inside vLLM's worker, which is in this process (see __init__)
             model.load_weights(items)  # vLLM's own loader: plain HF names, handles fused/transposed layouts

@@ -124,15 +124,11 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
     enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     args = (query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id, cfg.stop_at_eos, generator)
-    own_weights = engine is not None and not engine.shares_training_weights
     if engine is None:
-        raw_ids, logits = sample(models.policy, *args)
-        engine_lp = None
-    else:
+        raw_ids, logits, engine_lp = *sample(models.policy, *args), None
+    else:  # step logits come back only from an engine that samples with the training weights
         raw_ids, logits, engine_lp = engine.generate(*args)
         raw_ids = raw_ids.to(device)
-        if not own_weights:
-            engine_lp = None  # the step logits are the training model's: nothing to compare
     response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     # Trim columns past the longest real response: no forward pass ever runs on pure padding.
     R = max(int(response_mask.sum(1).max()), 1)
@@ -140,7 +136,7 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
 
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
-    if own_weights:  # the training model scores the engine's tokens: one full forward pass
+    if logits is None:  # an engine with its own weights: the training model scores its tokens in one forward pass
         logits = response_logits(models.policy, input_ids, attention_mask, R)
         if engine_lp is not None:
             engine_lp = torch.where(response_mask.bool(), engine_lp[:, :R].to(device).float(), 0.0)

@@ -245,7 +245,7 @@ class PPOTrainer:
         r = self.cfg.reward
         finite = torch.isfinite(raw)
         if self.group.any(not bool(finite.all())):
-            if r.on_nonfinite == "error" or self.group.world_size > 1:  # (skip needs one process: check_world_size)
+            if r.on_nonfinite == "error":  # (skip runs in one process only: check_world_size)
                 check_finite(raw, rollout.prompts, rollout.responses, "reward")
                 raise TrainingError("the reward was non-finite on another process; its error names the episode")
             if not bool(finite.any()):
@@ -315,7 +315,7 @@ class PPOTrainer:
 
     def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor, beta: float) -> dict:
         p, T = self.cfg.ppo, self.cfg.rollout.temperature
-        stats, skipped, tokens_seen = defaultdict(list), 0, 0
+        stats, skipped = defaultdict(list), 0
         if self.cfg.model.gradient_checkpointing:
             self.models.train()  # HF checkpoints activations only in train mode; dropout is already 0 everywhere
         for _ in range(p.epochs):
@@ -347,7 +347,6 @@ class PPOTrainer:
                             loss = loss + beta * kl_loss
                             stats["loss/kl"].append(kl_loss.item())
                         self.accelerator.backward(self.across_processes(loss, mask) / p.grad_accum_steps)
-                    tokens_seen += int(mask.sum())
                     fault_point("kill_in_update", self.step + 1)
                     for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
@@ -369,15 +368,14 @@ class PPOTrainer:
         self.models.eval()
         self.skipped_updates += skipped
         finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
-        out = self.token_weighted({k: finite_mean(v) for k, v in stats.items()}, tokens_seen)
+        # every epoch visits each episode once: the statistics stand for epochs × this process's tokens
+        out = self.token_weighted({k: finite_mean(v) for k, v in stats.items()}, p.epochs * float(batch.response_mask.sum()))
         return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
 
     def replica_check(self) -> dict:
         """DDP keeps a full copy of the weights on every process; they must stay identical. Logged as
         the spread (max − min) of a float64 checksum of the trained weights across processes."""
-        from accelerate.utils import DistributedType
-
-        if self.group.world_size == 1 or self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        if self.group.world_size == 1 or self.group.sharded:
             return {}  # sharded weights: each process holds a different slice
         checksum = torch.stack([p.detach().double().sum() for p in self.trainable_parameters()]).sum()
         sums = self.group.gather_rows(checksum.reshape(1))
@@ -402,19 +400,17 @@ class PPOTrainer:
         return loss * (n_local * self.group.world_size / self.group.sum(n_local.detach()).clamp(min=1))
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP) or self.accelerator.mixed_precision == "fp16":
+        if self.group.sharded or self.accelerator.mixed_precision == "fp16":
             norm = self.accelerator.clip_grad_norm_(self.trainable_parameters(), max_norm)  # sharded grads / unscaling
             return torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
         return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm, foreach=True)  # DDP: grads already all-reduced
 
-    def token_weighted(self, means: dict[str, float], tokens: int) -> dict[str, float]:
+    def token_weighted(self, means: dict[str, float], tokens: float) -> dict[str, float]:
         """Per-process update statistics → one value per key, weighted by each process's token count."""
         if self.group.world_size == 1:
             return means
         keys = sorted(means)
-        local = torch.tensor([[means[k] if math.isfinite(means[k]) else 0.0 for k in keys], [float(tokens) * math.isfinite(means[k]) for k in keys]],
+        local = torch.tensor([[means[k] if math.isfinite(means[k]) else 0.0 for k in keys], [tokens * math.isfinite(means[k]) for k in keys]],
                              dtype=torch.float64, device=self.device)
         local[0] *= local[1]
         total = self.group.sum(local)
