@@ -53,9 +53,8 @@ def make_preference_pairs(sft_dir: str, prompts: list[str], labeler: Callable[[s
     Prompts are used round-robin in a seeded order."""
     if not prompts:
         raise ValueError("make_preference_pairs: no prompts")
-    torch.manual_seed(seed)
+    _, _, dev = start_stage(seed, device)  # seeds torch, picks the device
     rng = random.Random(seed)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = AutoTokenizer.from_pretrained(sft_dir)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
