@@ -46,7 +46,7 @@ def cmd_train(args, extra: list[str]) -> int:
     if resume:
         print(f"resuming {config.train.output_dir} from {trainer.resumed_from.name}", file=sys.stderr)
     trainer.train()
-    trainer.accelerator.end_training()  # several processes: leave the process group together, not one by one at exit
+    trainer.close()
     if trainer.stop_signal is not None:
         print(f"stopped by signal; checkpoint at step {trainer.step} in {config.train.output_dir}", file=sys.stderr)
         return 130 if trainer.stop_signal == signal.SIGINT else 0

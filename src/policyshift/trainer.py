@@ -455,6 +455,15 @@ class PPOTrainer:
         self.group.barrier()
         return self.history
 
+    def close(self) -> None:
+        """Leave the process group while Python is fully alive. The DDP wrapper (and accelerate's list of
+        prepared objects) hold the gloo/NCCL group: left to interpreter shutdown, its worker threads free
+        tensors after the GIL is gone and the process aborts (SIGABRT) after a finished run."""
+        self.group.barrier()
+        self.train_model = None
+        self.accelerator.free_memory()  # drops accelerate's references to the prepared model/optimizer, runs gc
+        self.accelerator.end_training()  # destroy_process_group
+
     def signalled(self) -> bool:
         """A SIGINT/SIGTERM reached any process: all of them stop at the same step."""
         if self.group.any(self.stop_signal is not None):
