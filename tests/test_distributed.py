@@ -43,17 +43,17 @@ def write_config(world, path: Path, out: Path) -> Path:
     return path
 
 
-def launch(*args, processes=2, fault=None):
+def launch(*args, processes=2, fault=None, script=("-m", "policyshift")):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("POLICYSHIFT_FAULT", None)
     if fault:
         env["POLICYSHIFT_FAULT"] = fault
     # the shipped example config, as a user would launch it
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(TESTS.parent / "examples" / "accelerate" / "cpu_2proc.yaml"),
-           "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "policyshift", "train", *args]
+           "--num_processes", str(processes), "--main_process_port", str(free_port()), *script, "train", *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if "address already in use" in result.stderr.lower() or "EADDRINUSE" in result.stderr:  # the free port was taken meanwhile
-        return launch(*args, processes=processes, fault=fault)
+        return launch(*args, processes=processes, fault=fault, script=script)
     return result
 
 

@@ -42,24 +42,35 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy") -> None:
+def split_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of one submodule (`policy.`, `critic.`, `value_head.`) of a PolicyAndCritic state dict."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", state_dict: dict | None = None) -> None:
     """A LoRA (peft) policy or critic is saved as its adapter (adapter_config.json naming the base +
-    adapter_model.safetensors): the frozen base is already on disk where it was loaded from."""
+    adapter_model.safetensors): the frozen base is already on disk where it was loaded from.
+    `state_dict`: the whole PolicyAndCritic's weights gathered from sharded processes (FSDP, ZeRO-3),
+    whose own modules hold only their slice."""
     from policyshift.lora import is_peft, save_adapter
 
-    def save(model, path: Path) -> None:
+    def weights(prefix: str):
+        return None if state_dict is None else split_state_dict(state_dict, prefix)
+
+    def save(model, path: Path, prefix: str) -> None:
         if is_peft(model):
             save_adapter(model, path)
         else:
-            model.save_pretrained(path)
+            model.save_pretrained(path, state_dict=weights(prefix))
 
-    save(models.policy, out / policy_subdir)
+    save(models.policy, out / policy_subdir, "policy.")
     tokenizer.save_pretrained(out / policy_subdir)
     if models.critic is not None:
-        save(models.critic, out / "critic")
+        save(models.critic, out / "critic", "critic.")
     else:
         (out / "critic").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in models.value_head.state_dict().items()}, str(out / "critic" / "value_head.safetensors"))
+        head = weights("value_head.") or models.value_head.state_dict()
+        save_file({k: v.contiguous() for k, v in head.items()}, str(out / "critic" / "value_head.safetensors"))
 
 
 class CheckpointError(OSError):
@@ -67,19 +78,25 @@ class CheckpointError(OSError):
 
 
 def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict,
-                    rank_generators: list[dict[str, torch.Tensor]], keep_last_n: int) -> Path:
+                    rank_generators: list[dict[str, torch.Tensor]], keep_last_n: int, *, sharded: dict | None = None) -> Path:
     """`rank_generators`: every process's named generator states (process i at index i); a resume
-    needs the same number of processes."""
+    needs the same number of processes. `sharded` (FSDP, DeepSpeed): {"model": the gathered weights,
+    "optimizer": the gathered optimizer state or None, "engine_dir": a directory the engine wrote
+    (DeepSpeed's own per-process checkpoint) moved in as `engine/`}."""
+    sharded = sharded or {}
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_models(tmp, models, tokenizer)
+        save_models(tmp, models, tokenizer, state_dict=sharded.get("model"))
         fault_point("kill_in_checkpoint", step)
         fault_point("disk_full_in_checkpoint", step)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        if sharded.get("engine_dir"):
+            shutil.move(str(sharded["engine_dir"]), str(tmp / "engine"))
+        optim_state = sharded.get("optimizer") if sharded else optimizer.state_dict()
+        torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save({**rng_state(), "rank_generators": rank_generators}, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))  # written last: marks the dir complete
         if final.exists():  # a re-save of the same step (e.g. a stop right after a periodic save): replace it whole
@@ -103,9 +120,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dict[str, torch.Generator], rank: int = 0, world_size: int = 1) -> dict:
+def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dict[str, torch.Generator], rank: int = 0, world_size: int = 1,
+                       load_sharded=None) -> dict:
     """Load weights, optimizer, scheduler and every RNG from `ckpt` into the live objects; returns
-    the trainer state. torch.load runs with weights_only=True: no pickled objects are executed."""
+    the trainer state. torch.load runs with weights_only=True: no pickled objects are executed.
+    `load_sharded(ckpt, full_weights, optimizer_state)` (FSDP, DeepSpeed) puts weights and optimizer
+    state into the sharded engine instead of loading them module by module."""
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
     if len(rng["rank_generators"]) != world_size:
         raise CheckpointError(f"{ckpt} was written by {len(rng['rank_generators'])} process(es); resume it with the same number (this run has {world_size})")
@@ -120,13 +140,23 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
         else:
             model.load_state_dict(load_full(str(path)).state_dict())
 
-    restore(models.policy, ckpt / "policy", load_causal_lm)
-    if models.critic is not None:
-        restore(models.critic, ckpt / "critic", lambda p: load_sequence_classifier(p, kind="critic"))
-    else:
-        load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))
     optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(optim["optimizer"])
+    if load_sharded is not None:
+        from safetensors.torch import load_file
+
+        full = {f"policy.{k}": v for k, v in load_causal_lm(str(ckpt / "policy")).state_dict().items()}
+        if models.critic is not None:
+            full.update({f"critic.{k}": v for k, v in load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict().items()})
+        else:
+            full.update({f"value_head.{k}": v for k, v in load_file(str(ckpt / "critic" / "value_head.safetensors")).items()})
+        load_sharded(ckpt, full, optim["optimizer"])
+    else:
+        restore(models.policy, ckpt / "policy", load_causal_lm)
+        if models.critic is not None:
+            restore(models.critic, ckpt / "critic", lambda p: load_sequence_classifier(p, kind="critic"))
+        else:
+            load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))
+        optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
     set_rng_state(rng)
     for name, gen in generators.items():

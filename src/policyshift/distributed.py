@@ -13,6 +13,7 @@ With one process every function here is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import fields, replace
 
@@ -46,8 +47,12 @@ class ProcessGroup:
         self.is_main = accelerator.is_main_process
         from accelerate.utils import DistributedType
 
-        # FSDP / DeepSpeed hold a slice of the weights (and gradients) per process, DDP a full copy
-        self.sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        kind = accelerator.distributed_type
+        # FSDP / DeepSpeed hold a slice of the gradients (and optimizer state) per process, DDP a full copy
+        self.sharded = kind in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        self.deepspeed = kind == DistributedType.DEEPSPEED
+        # FSDP and ZeRO-3 also slice the weights: sampling and the probes must gather them first
+        self.weights_sharded = kind == DistributedType.FSDP or (self.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3)
 
     def local_slice(self, items: list) -> list:
         """This process's contiguous share of a batch that every process drew identically."""
@@ -99,3 +104,121 @@ def gather_rollout(rollout, group: ProcessGroup):
         elif isinstance(value, list):
             out[f.name] = group.gather_objects(value)
     return replace(rollout, **out)
+
+
+def configure_sharding(accelerator, cfg) -> None:
+    """Checks and settings accelerate's sharded engines need before `prepare` (a one-line ConfigError
+    for what policyshift cannot run)."""
+    from policyshift.config import ConfigError
+
+    state = accelerator.state
+    if accelerator.distributed_type.name == "FSDP" and not accelerator.is_fsdp2:
+        raise ConfigError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config (see examples/accelerate/fsdp.yaml)")
+    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+    if sharded and cfg.model.lora.r > 0:
+        raise ConfigError("model.lora under FSDP/DeepSpeed is not supported: the base is frozen (no gradients or optimizer "
+                          "state to shard); run LoRA with DDP (examples/accelerate/ddp.yaml)")
+    if accelerator.distributed_type.name != "DEEPSPEED":
+        return
+    # DeepSpeed steps its optimizer inside `backward` once every `gradient_accumulation_steps` calls and
+    # divides the loss by that number itself, so its count must be policyshift's micro-batches per
+    # minibatch; it needs the micro-batch size (no dataloader passes through `prepare` to infer it).
+    p, world = cfg.ppo, accelerator.num_processes
+    micro = max(1, cfg.rollout.batch_size // world // p.num_minibatches // p.grad_accum_steps)
+    ds = state.deepspeed_plugin.deepspeed_config
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=p.grad_accum_steps,
+              train_batch_size=micro * p.grad_accum_steps * world, gradient_clipping=p.max_grad_norm or 0.0)
+    # checkpoints and final/ hold whole weights (save_pretrained form): ZeRO-3 must gather them on save
+    ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+    accelerator.gradient_accumulation_steps = p.grad_accum_steps
+
+
+@contextlib.contextmanager
+def whole_model_loading(accelerator):
+    """Under ZeRO-3, transformers partitions every model it loads (deepspeed.zero.Init) — also the
+    reference and reward models, which no DeepSpeed engine would then gather, and a reference deep-copied
+    from a partitioned policy. Load whole models instead: `prepare` partitions the policy and critic;
+    the frozen reference and reward model stay whole on each process."""
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type.name == "DEEPSPEED" else None
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # as accelerate left it
+
+
+@contextlib.contextmanager
+def whole_weights(accelerator, train_model, models):
+    """Whole (unsharded) weights on every process for the duration: sampling, the rollout's forward
+    passes and the probes call the policy and critic submodules directly, token by token, which
+    sharded engines do not expect. DDP / ZeRO-1/2 / one process: nothing to do.
+
+    FSDP2: unshard every FSDP unit once (instead of an all-gather per layer per generated token) and
+    keep the units unsharded after each forward until the end. ZeRO-3: gather every parameter and take
+    DeepSpeed's per-module fetch/release hooks off meanwhile (they would re-partition mid-generation)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        # The root must be initialized as the root before a submodule runs on its own, or FSDP
+        # takes that submodule for the root (torch has no public call for this first step).
+        fully_shard.state(train_model)._lazy_init()
+        units = [m for m in train_model.modules() if isinstance(m, FSDPModule)]
+        inner = [m for m in units if m is not train_model]
+        for unit in inner:
+            unit.set_reshard_after_forward(False, recurse=False)
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+            for unit in inner:
+                unit.set_reshard_after_forward(accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False)
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        offload = train_model.optimizer.parameter_offload
+        with deepspeed.zero.GatheredParameters(list(models.parameters())):
+            offload._remove_module_hooks()
+            try:
+                yield
+            finally:
+                offload.setup_zero_stage3_hooks()
+    else:
+        yield
+
+
+def gather_state(accelerator, train_model, optimizer, engine_dir=None) -> dict:
+    """Collective (every process calls it): what a checkpoint needs from a sharded engine, whole, on
+    the main process — {"model": weights of the whole PolicyAndCritic, "optimizer": FSDP2's optimizer
+    state keyed by parameter name}. DeepSpeed keeps its optimizer state in its own per-process files,
+    written here to `engine_dir` (saved as the checkpoint's `engine/`)."""
+    model = accelerator.get_state_dict(train_model)  # FSDP2: full + CPU on the main process; ZeRO-3: 16-bit consolidated
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        if engine_dir is not None:
+            train_model.save_checkpoint(str(engine_dir), tag="state")
+        return {"model": model, "optimizer": None, "engine_dir": engine_dir}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": model, "optimizer": get_optimizer_state_dict(train_model, optimizer.optimizer, options=options)}
+
+
+def load_state(accelerator, train_model, optimizer, ckpt, weights: dict, optimizer_state) -> None:
+    """Collective: the counterpart of `gather_state` (every process reads the checkpoint's files)."""
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        train_model.load_checkpoint(str(ckpt / "engine"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(train_model, weights, options=options)
+    set_optimizer_state_dict(train_model, optimizer.optimizer, optimizer_state, options=options)

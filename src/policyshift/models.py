@@ -191,6 +191,8 @@ class PolicyAndCritic(nn.Module):
         self.policy = policy
         self.critic = critic  # separate critic (sequence-classification model)
         self.value_head = value_head  # or a head on the policy's backbone
+        # FSDP's transformer-based wrap shards each block its own unit: the blocks are the models' own
+        self._no_split_modules = sorted({name for m in (policy, critic) for name in (getattr(m, "_no_split_modules", None) or [])})
 
     def forward(self, input_ids, attention_mask, n_response: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_head is None:

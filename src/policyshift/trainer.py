@@ -30,7 +30,8 @@ from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
-from policyshift.distributed import ProcessGroup, gather_rollout, make_accelerator
+from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, load_state, make_accelerator, whole_model_loading,
+                                     whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
@@ -149,6 +150,7 @@ class PPOTrainer:
         self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision)
         self.group = group = ProcessGroup(self.accelerator)  # one process: every collective is the identity
         check_world_size(cfg, group.world_size)
+        configure_sharding(self.accelerator, cfg)
         self.run_dir = Path(cfg.train.output_dir)
         if group.is_main:
             prepare_run_dir(self.run_dir, cfg.train.overwrite, resume)
@@ -161,10 +163,11 @@ class PPOTrainer:
 
         m = cfg.model
         self.tokenizer = tokenizer or load_tokenizer(m.tokenizer or m.policy, m.trust_remote_code)
-        policy = policy if policy is not None else load_causal_lm(m.policy, m.dtype, m.trust_remote_code)
-        self.reward = self._make_reward(reward, cfg.reward.model, cfg.reward.function)
-        self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
-        self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer)
+        with whole_model_loading(self.accelerator):
+            policy = policy if policy is not None else load_causal_lm(m.policy, m.dtype, m.trust_remote_code)
+            self.reward = self._make_reward(reward, cfg.reward.model, cfg.reward.function)
+            self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
+            self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
@@ -213,8 +216,9 @@ class PPOTrainer:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
         position, reward moments, every RNG; the logs are cut back to that step."""
         ckpt = list_checkpoints(self.run_dir)[-1]
+        load_sharded = (lambda *a: load_state(self.accelerator, self.train_model, self.optimizer, *a)) if self.group.sharded else None
         state = restore_checkpoint(ckpt, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen},
-                                   self.group.rank, self.group.world_size)
+                                   self.group.rank, self.group.world_size, load_sharded)
         self.step, self.episodes, self.skipped_updates = state["step"], state["episodes"], state["skipped_updates"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
@@ -238,6 +242,11 @@ class PPOTrainer:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.models.parameters() if p.requires_grad]
 
+    def whole_weights(self):
+        """Sampling and probes call the policy/critic submodules directly: under FSDP / ZeRO-3 every
+        process gathers the whole weights for the duration (a no-op otherwise)."""
+        return whole_weights(self.accelerator, self.train_model, self.models)
+
     # ---- one PPO step ---------------------------------------------------------------------------
     def score(self, rollout: Rollout) -> Rollout:
         """The rollout with its scores; with reward.on_nonfinite=skip, episodes whose reward is NaN/inf are dropped."""
@@ -259,7 +268,7 @@ class PPOTrainer:
     def ppo_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         prompts = self.group.local_slice(self.sampler.next_batch())  # every process draws the same batch, keeps its slice
-        with self.accelerator.autocast():  # the precision of the update's forward passes, so ratios start at 1
+        with self.accelerator.autocast(), self.whole_weights():  # autocast: the update's precision, so ratios start at 1
             rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, self.max_prompt_length,
                                        self.generator, engine=self.engine)
         t_gen = time.perf_counter()
@@ -346,7 +355,7 @@ class PPOTrainer:
                             kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
                             loss = loss + beta * kl_loss
                             stats["loss/kl"].append(kl_loss.item())
-                        self.accelerator.backward(self.across_processes(loss, mask) / p.grad_accum_steps)
+                        self.backward(self.across_processes(loss, mask), last)
                     fault_point("kill_in_update", self.step + 1)
                     for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
@@ -371,6 +380,17 @@ class PPOTrainer:
         # every epoch visits each episode once: the statistics stand for epochs × this process's tokens
         out = self.token_weighted({k: finite_mean(v) for k, v in stats.items()}, p.epochs * float(batch.response_mask.sum()))
         return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """One micro-batch's gradients, accumulated over ppo.grad_accum_steps micro-batches. DeepSpeed
+        accumulates itself: its backward divides by its gradient_accumulation_steps (set equal by
+        configure_sharding) and its step clips, steps and zeroes only at the boundary named here."""
+        if self.group.deepspeed:
+            self.train_model.set_gradient_accumulation_boundary(last)
+            self.train_model.backward(loss)
+            self.train_model.step()
+        else:
+            self.accelerator.backward(loss / self.cfg.ppo.grad_accum_steps)
 
     def replica_check(self) -> dict:
         """DDP keeps a full copy of the weights on every process; they must stay identical. Logged as
@@ -444,10 +464,10 @@ class PPOTrainer:
             progress.console.print(f"[bold red]stopping at step {self.step}: {why}[/]")
             if stop_reason and not self.analysis.evaluated(self.step):
                 self.analysis.evaluate(self.step)
-        self.save_checkpoint()
+        state = self.save_checkpoint()
+        if not self.stop_signal:
+            self.save_final(state)
         if self.group.is_main:
-            if not self.stop_signal:
-                self.save_final()
             from policyshift.analysis.report import build_report
 
             build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
@@ -482,24 +502,37 @@ class PPOTrainer:
             "reward_moments": self.moments.state_dict() if self.moments else None,
         }
 
-    def save_checkpoint(self) -> Path:
-        """The main process writes it (with every process's generator states); the others wait."""
-        generators = self.group.gather_objects([{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}])
-        path = self.run_dir / "checkpoints" / f"step-{self.step}"
-        if self.group.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
-                                   self.trainer_state(), generators, self.cfg.train.keep_last_n)
-        self.group.barrier()
-        return path
+    def sharded_state(self, engine_dir: Path | None = None) -> dict | None:
+        """FSDP / DeepSpeed: the whole weights (and optimizer state) gathered onto the main process — a
+        collective, so every process calls it; None for DDP and one process (the modules are whole)."""
+        return gather_state(self.accelerator, self.train_model, self.optimizer, engine_dir) if self.group.sharded else None
 
-    def save_final(self) -> Path:
+    def save_checkpoint(self) -> dict | None:
+        """The main process writes it (with every process's generator states); the others wait.
+        Returns the gathered sharded state (None unless FSDP/DeepSpeed), which final/ reuses."""
+        generators = self.group.gather_objects([{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}])
+        engine_dir = self.run_dir / "checkpoints" / f".engine-step-{self.step}"
+        if self.group.deepspeed and self.group.is_main:
+            shutil.rmtree(engine_dir, ignore_errors=True)  # left by a kill during an earlier save
+        self.group.barrier()
+        state = self.sharded_state(engine_dir if self.group.deepspeed else None)
+        self.group.barrier()  # DeepSpeed: every process has written its engine files
+        if self.group.is_main:
+            save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
+                            self.trainer_state(), generators, self.cfg.train.keep_last_n, sharded=state)
+        self.group.barrier()
+        return state
+
+    def save_final(self, state: dict | None = None) -> Path:
         """final/: the policy and tokenizer at the top (load it with from_pretrained(final/)), critic in final/critic.
         With LoRA final/ holds the adapter (peft format; from_pretrained(final/) loads the base it names and applies
-        it), and with model.lora.save_merged final/merged/ the adapter merged into a plain model."""
+        it), and with model.lora.save_merged final/merged/ the adapter merged into a plain model. `state`: the
+        gathered weights of a sharded run (save_checkpoint's); the main process writes."""
         out = self.run_dir / "final"
-        save_models(out, self.models, self.tokenizer, policy_subdir="")
-        if self.cfg.model.lora.r > 0 and self.cfg.model.lora.save_merged:
-            from policyshift.lora import save_merged
+        if self.group.is_main:
+            save_models(out, self.models, self.tokenizer, policy_subdir="", state_dict=state and state["model"])
+            if self.cfg.model.lora.r > 0 and self.cfg.model.lora.save_merged:
+                from policyshift.lora import save_merged
 
-            save_merged(self.models.policy, self.tokenizer, out / "merged")
+                save_merged(self.models.policy, self.tokenizer, out / "merged")
         return out

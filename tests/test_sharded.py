@@ -1,0 +1,112 @@
+"""FSDP2 and DeepSpeed ZeRO-2/3 under 2 CPU processes (accelerate's own prepare path, switched on by
+tests/sharded_launch.py): the run equals the DDP run of the same config — so the whole weights are
+gathered for sampling and probes, and the loss scaling and gradient accumulation match — final/
+holds whole weights, and a killed run resumes exactly from the gathered checkpoint."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from test_distributed import launch, rows, write_config
+from transformers import AutoModelForCausalLM
+
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+MODES = ["fsdp2", pytest.param("zero2", marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed")),
+         pytest.param("zero3", marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed"))]
+# 4 steps; 2 minibatches × 2 micro-batches per process: DeepSpeed must step once per 2 backward passes
+ARGS = ["--ppo.grad_accum_steps", "2", "--train.save_rollouts", "false", "--tracking.tensorboard", "false"]
+COMPARED = ["kl/token_mean", "kl/seq_mean", "reward/score_mean", "response/length_mean", "policy/entropy",
+            "loss/policy", "loss/value", "ppo/clip_frac", "ppo/approx_kl", "optim/grad_norm", "kl/beta"]
+
+
+def sharded_launch(mode, *args, fault=None):
+    return launch(*args, fault=fault, script=(str(TESTS / "sharded_launch.py"), mode))
+
+
+@pytest.fixture(scope="module")
+def config(tiny_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sharded")
+    return write_config(tiny_world, tmp / "config.yaml", tmp / "unused")
+
+
+@pytest.fixture(scope="module")
+def ddp(config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = launch("--config", str(config), "--train.output_dir", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def close(a: dict, b: dict, keys, rel: float) -> list[str]:
+    return [k for k in keys if a.get(k) is not None and b[k] != pytest.approx(a[k], rel=rel, abs=1e-6)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sharded_run_equals_ddp_and_resumes(mode, config, ddp, tmp_path):
+    out = tmp_path / "run"
+    result = sharded_launch(mode, "--config", str(config), "--train.output_dir", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ours, theirs = rows(out / "metrics.jsonl"), rows(ddp / "metrics.jsonl")
+    assert [m["step"] for m in ours] == [1, 2, 3, 4]
+    # Step 1 samples from the initial weights: gathered weights must give DDP's rollout to float precision.
+    assert not close(theirs[0], ours[0], COMPARED, rel=1e-4), close(theirs[0], ours[0], COMPARED, rel=1e-4)
+    # Later steps differ only by the engines' reduction order (reduce-scatter vs all-reduce).
+    for a, b in zip(theirs[1:], ours[1:]):
+        assert not close(a, b, COMPARED, rel=2e-2), (a["step"], close(a, b, COMPARED, rel=2e-2))
+    # the probes ran on gathered weights too: the fixed-prompt samples are DDP's
+    assert [s["response"] for s in rows(out / "samples.jsonl") if s["step"] == 0] == [s["response"] for s in rows(ddp / "samples.jsonl") if s["step"] == 0]
+
+    # final/ and the checkpoints hold whole weights (a save_pretrained model, not a shard)
+    final, reference = AutoModelForCausalLM.from_pretrained(out / "final"), AutoModelForCausalLM.from_pretrained(ddp / "final")
+    for (name, x), y in zip(final.state_dict().items(), reference.state_dict().values()):
+        assert x.shape == y.shape and torch.allclose(x, y, atol=2e-3), name
+
+    if mode == "zero2":
+        return  # ZeRO-2 checkpoints go through the same DeepSpeed engine files as ZeRO-3
+    resumed_out = tmp_path / "resumed"
+    killed = sharded_launch(mode, "--config", str(config), "--train.output_dir", str(resumed_out), *ARGS, fault="kill_after_step:3")
+    assert killed.returncode != 0
+    resumed = sharded_launch(mode, "--resume", str(resumed_out))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    again = rows(resumed_out / "metrics.jsonl")
+    assert [m["step"] for m in again] == [1, 2, 3, 4]
+    for a, b in zip(ours, again):  # weights, optimizer state and every RNG came back: the same run
+        assert not close(a, b, COMPARED, rel=1e-5), (a["step"], close(a, b, COMPARED, rel=1e-5))
+
+
+class FakeAccelerator:
+    """What configure_sharding reads from an Accelerator, without launching processes."""
+
+    def __init__(self, kind: str, fsdp_version: int = 2, processes: int = 2):
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        self.distributed_type, self.num_processes = DistributedType[kind], processes
+        self.is_fsdp2 = kind == "FSDP" and fsdp_version == 2
+        self.gradient_accumulation_steps = 1
+        self.state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}}))
+
+
+def test_configure_sharding_sets_deepspeed_accumulation_and_refuses_what_cannot_run():
+    from policyshift.config import ConfigError, PPOConfig
+    from policyshift.distributed import configure_sharding
+
+    cfg = PPOConfig()
+    cfg.rollout.batch_size, cfg.ppo.num_minibatches, cfg.ppo.grad_accum_steps, cfg.ppo.max_grad_norm = 32, 2, 4, 0.5
+    acc = FakeAccelerator("DEEPSPEED", processes=2)
+    configure_sharding(acc, cfg)
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    # 32 episodes / 2 processes / 2 minibatches / 4 micro-batches = 2 per micro-batch; DeepSpeed steps every 4 backward passes
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 4, 16)
+    assert ds["gradient_clipping"] == 0.5 and acc.gradient_accumulation_steps == 4
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # final/ needs whole weights
+    with pytest.raises(ConfigError, match="fsdp_version: 2"):
+        configure_sharding(FakeAccelerator("FSDP", fsdp_version=1), cfg)
+    cfg.model.lora.r = 4
+    with pytest.raises(ConfigError, match="DDP"):
+        configure_sharding(FakeAccelerator("FSDP"), cfg)
+    configure_sharding(FakeAccelerator("MULTI_CPU"), cfg)  # DDP: LoRA is fine, nothing to set
