@@ -51,6 +51,9 @@ def test_sharded_run_equals_ddp_and_resumes(mode, config, ddp, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     ours, theirs = rows(out / "metrics.jsonl"), rows(ddp / "metrics.jsonl")
     assert [m["step"] for m in ours] == [1, 2, 3, 4]
+    held = {m["parallel/weights_held_fraction"] for m in ours}  # the engine really shards (or replicates) the weights
+    assert held == {1.0} if mode == "zero2" else max(held) <= 0.55, held
+    assert {m["parallel/weights_held_fraction"] for m in theirs} == {1.0}
     # Step 1 samples from the initial weights: gathered weights must give DDP's rollout to float precision.
     assert not close(theirs[0], ours[0], COMPARED, rel=1e-4), close(theirs[0], ours[0], COMPARED, rel=1e-4)
     # Later steps differ only by the engines' reduction order (reduce-scatter vs all-reduce).

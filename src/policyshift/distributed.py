@@ -92,6 +92,17 @@ class ProcessGroup:
             self.accelerator.wait_for_everyone()
 
 
+def local_numel(param: torch.Tensor) -> int:
+    """Elements of a parameter this process stores: its FSDP2 shard (DTensor), its ZeRO-3 partition, or all."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.numel()
+    return param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+
+
+def global_numel(param: torch.Tensor) -> int:
+    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+
+
 def gather_rollout(rollout, group: ProcessGroup):
     """One Rollout holding every process's episodes (for metrics and distributions)."""
     if group.world_size == 1:

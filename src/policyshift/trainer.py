@@ -30,8 +30,8 @@ from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
-from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, load_state, make_accelerator, whole_model_loading,
-                                     whole_weights)
+from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
+                                     make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
@@ -309,7 +309,7 @@ class PPOTrainer:
             "time/update": t_update - t_score,
             "time/step": t_update - t0,
             "perf/tokens_per_s": (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
-            **self.replica_check(),
+            **self.parallel_metrics(),
         }
         if gold is not None:
             metrics["reward/gold_mean"] = gold.float().mean().item()
@@ -392,14 +392,20 @@ class PPOTrainer:
         else:
             self.accelerator.backward(loss / self.cfg.ppo.grad_accum_steps)
 
-    def replica_check(self) -> dict:
-        """DDP keeps a full copy of the weights on every process; they must stay identical. Logged as
-        the spread (max − min) of a float64 checksum of the trained weights across processes."""
-        if self.group.world_size == 1 or self.group.sharded:
-            return {}  # sharded weights: each process holds a different slice
-        checksum = torch.stack([p.detach().double().sum() for p in self.trainable_parameters()]).sum()
+    def parallel_metrics(self) -> dict:
+        """Several processes. `parallel/weights_held_fraction`: the share of the trained weights this
+        process stores (1 under DDP/ZeRO-2, 1/W under FSDP/ZeRO-3: the sharding is real). DDP keeps a full
+        copy per process that must stay identical: `parallel/replica_checksum_spread` is the spread
+        (max − min) of a float64 checksum of the trained weights across processes."""
+        if self.group.world_size == 1:
+            return {}
+        params = self.trainable_parameters()
+        held = sum(local_numel(p) for p in params) / max(1, sum(global_numel(p) for p in params))
+        if self.group.sharded:
+            return {"parallel/weights_held_fraction": held}
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum()
         sums = self.group.gather_rows(checksum.reshape(1))
-        return {"parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
+        return {"parallel/weights_held_fraction": held, "parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
 
     def save_rollouts(self, rollout: Rollout, kl: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> None:
         """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order."""
