@@ -25,6 +25,8 @@ def sharded_accelerator(mode: str, device: str, mixed_precision: str):
     if mode == "fsdp2":
         state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
                                                            state_dict_type="FULL_STATE_DICT")
+        if mixed_precision != "no":  # accelerate does this when it builds an FSDP state: bf16 compute, fp32 sharded weights
+            state.fsdp_plugin.set_mixed_precision(mixed_precision)
         kind = DistributedType.FSDP
     else:
         # what a user's config would say; configure_sharding must override the accumulation steps

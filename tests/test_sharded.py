@@ -113,3 +113,15 @@ def test_configure_sharding_sets_deepspeed_accumulation_and_refuses_what_cannot_
     with pytest.raises(ConfigError, match="DDP"):
         configure_sharding(FakeAccelerator("FSDP"), cfg)
     configure_sharding(FakeAccelerator("MULTI_CPU"), cfg)  # DDP: LoRA is fine, nothing to set
+
+
+def test_fsdp2_in_bf16(config, tmp_path):
+    """FSDP2's mixed-precision policy (bf16 compute on fp32 shards): sampling on the unsharded bf16 weights
+    and the update agree, so the step-1 policy starts at the reference and the PPO ratio near 1."""
+    out = tmp_path / "run"
+    result = sharded_launch("fsdp2", "--config", str(config), "--train.output_dir", str(out), *ARGS, "--train.steps", "2",
+                            "--train.mixed_precision", "bf16", "--analysis.every", "0")
+    assert result.returncode == 0, result.stderr[-4000:]
+    first = rows(out / "metrics.jsonl")[0]
+    assert abs(first["kl/k1_token_mean"]) < 1e-2 and abs(first["ppo/ratio_mean"] - 1) < 0.1
+    assert first["parallel/weights_held_fraction"] <= 0.55
