@@ -217,3 +217,12 @@ def error_line_for(capsys, argv, command) -> str:
     prefix = f"policyshift {command}: error: "
     assert lines[-1].startswith(prefix) and "Traceback" not in "\n".join(lines)
     return lines[-1][len(prefix):]
+
+
+def test_only_train_runs_under_several_processes(capsys, tmp_path, monkeypatch):
+    """Under `accelerate launch` every process would redo a whole SFT/RM/demo job and write the same files."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["sft", "--data", "x.jsonl", "--output_dir", str(tmp_path / "sft")], ["demo", "--out", str(tmp_path / "demo")]):
+        line = error_line_for(capsys, argv, argv[0])
+        assert line == f"only `train` runs under accelerate launch (2 processes); run `policyshift {argv[0]}` as one process"
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "demo").exists()

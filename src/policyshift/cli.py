@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in ("train", "sft", "reward-model"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if processes > 1 and args.command != "train":  # each process would redo the whole job and write the same files
+            from policyshift.config import ConfigError
+
+            raise ConfigError(f"only `train` runs under accelerate launch ({processes} processes); run `policyshift {args.command}` as one process")
         return args.func(args, extra)
     except _user_errors() as exc:
         if os.environ.get("POLICYSHIFT_DEBUG"):
