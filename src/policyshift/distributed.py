@@ -50,9 +50,7 @@ class ProcessGroup:
         kind = accelerator.distributed_type
         # FSDP / DeepSpeed hold a slice of the gradients (and optimizer state) per process, DDP a full copy
         self.sharded = kind in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        self.deepspeed = kind == DistributedType.DEEPSPEED
-        # FSDP and ZeRO-3 also slice the weights: sampling and the probes must gather them first
-        self.weights_sharded = kind == DistributedType.FSDP or (self.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3)
+        self.deepspeed = kind == DistributedType.DEEPSPEED  # steps inside backward (trainer.backward)
 
     def local_slice(self, items: list) -> list:
         """This process's contiguous share of a batch that every process drew identically."""
