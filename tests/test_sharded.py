@@ -125,3 +125,74 @@ def test_fsdp2_in_bf16(config, tmp_path):
     first = rows(out / "metrics.jsonl")[0]
     assert abs(first["kl/k1_token_mean"]) < 1e-2 and abs(first["ppo/ratio_mean"] - 1) < 0.1
     assert first["parallel/weights_held_fraction"] <= 0.55
+
+
+def _blocks_held_worker(rank, port, result_path):
+    """FSDP2 (torch's fully_shard, as accelerate applies it) over a policy + critic; sample under
+    whole_weights and record, at every block's forward, how many blocks are unsharded at that moment."""
+    import os
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import fully_shard
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from policyshift.distributed import whole_weights
+    from policyshift.models import PolicyAndCritic
+    from policyshift.rollout import sample
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64, n_positions=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    models = PolicyAndCritic(GPT2LMHeadModel(config), critic=GPT2ForSequenceClassification(config)).eval()
+    ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(1))
+    expected = sample(models.policy, ids, torch.ones_like(ids), 6, 1.0, None, generator=torch.Generator().manual_seed(2))[0]
+    blocks = [*models.policy.transformer.h, *models.critic.transformer.h]
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(models)
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(reshard_after_forward=True)))
+    held = []
+    for block in blocks:
+        block.register_forward_pre_hook(lambda *_: held.append(sum(not hasattr(b.attn.c_attn.weight, "to_local") for b in blocks)))
+    result = {}
+    for gather_all in (True, False):
+        held.clear()
+        with whole_weights(accelerator, models, models, gather_all):
+            tokens = sample(models.policy, ids, torch.ones_like(ids), 6, 1.0, None, generator=torch.Generator().manual_seed(2))[0]
+            models.values(torch.cat([ids, tokens], 1), torch.ones(2, 11, dtype=torch.long), 6)  # the critic, called directly
+        result[gather_all] = {"max_held": max(held), "same_tokens": torch.equal(tokens, expected),
+                              "resharded": all(hasattr(b.attn.c_attn.weight, "to_local") for b in blocks)}
+    if rank == 0:
+        torch.save(result, result_path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_fsdp2_gathers_all_blocks_or_one_block_at_a_time(tmp_path):
+    """rollout.gather_weights true: all 6 blocks (policy + critic) unsharded for the whole rollout; false:
+    one block at a time (each gathers itself for its forward and is freed after). Both sample the
+    tokens of the unsharded model and leave every block sharded afterwards."""
+    import torch.multiprocessing as mp
+    from test_distributed import free_port
+
+    out = tmp_path / "held.pt"
+    mp.spawn(_blocks_held_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    result = torch.load(out)
+    assert result[True] == {"max_held": 6, "same_tokens": True, "resharded": True}
+    assert result[False] == {"max_held": 1, "same_tokens": True, "resharded": True}
+
+
+@pytest.mark.parametrize("mode", ["fsdp2", pytest.param("zero3", marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed"))])
+def test_block_by_block_sampling_equals_ddp(mode, config, tmp_path):
+    """rollout.gather_weights false (models that fit no single device): the per-block gathers of the
+    rollout are collectives, so every process generates max_new_tokens; the run equals DDP's with
+    rollout.stop_at_eos false."""
+    short = [*ARGS, "--train.steps", "2", "--analysis.every", "0"]
+    ddp = launch("--config", str(config), "--train.output_dir", str(tmp_path / "ddp"), *short, "--rollout.stop_at_eos", "false")
+    ours = sharded_launch(mode, "--config", str(config), "--train.output_dir", str(tmp_path / "run"), *short, "--rollout.gather_weights", "false")
+    assert ddp.returncode == 0 and ours.returncode == 0, (ddp.stderr + ours.stderr)[-4000:]
+    for a, b in zip(rows(tmp_path / "ddp" / "metrics.jsonl"), rows(tmp_path / "run" / "metrics.jsonl"), strict=True):
+        assert not close(a, b, COMPARED, rel=1e-4), (a["step"], close(a, b, COMPARED, rel=1e-4))

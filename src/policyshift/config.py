@@ -68,6 +68,10 @@ class RolloutConfig:
     stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
     engine: Literal["hf", "vllm"] = "hf"  # vllm: pip install policyshift[vllm], GPU only; logprobs are still the training model's
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take (the training models need the rest)
+    # FSDP / ZeRO-3: gather the whole policy and critic on every process for sampling and probes (fast);
+    # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
+    # block per token, and every process generates max_new_tokens so the collectives line up)
+    gather_weights: bool = True
 
 
 @dataclass

@@ -51,6 +51,8 @@ class ProcessGroup:
         # FSDP / DeepSpeed hold a slice of the gradients (and optimizer state) per process, DDP a full copy
         self.sharded = kind in (DistributedType.DEEPSPEED, DistributedType.FSDP)
         self.deepspeed = kind == DistributedType.DEEPSPEED  # steps inside backward (trainer.backward)
+        # FSDP and ZeRO-3 also slice the weights: every forward on them is a collective
+        self.weights_sharded = kind == DistributedType.FSDP or (self.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3)
 
     def local_slice(self, items: list) -> list:
         """This process's contiguous share of a batch that every process drew identically."""
@@ -162,14 +164,17 @@ def whole_model_loading(accelerator):
 
 
 @contextlib.contextmanager
-def whole_weights(accelerator, train_model, models):
-    """Whole (unsharded) weights on every process for the duration: sampling, the rollout's forward
-    passes and the probes call the policy and critic submodules directly, token by token, which
-    sharded engines do not expect. DDP / ZeRO-1/2 / one process: nothing to do.
+def whole_weights(accelerator, train_model, models, gather_all: bool = True):
+    """Weights every process can run the policy and critic submodules on, for the duration: sampling,
+    the rollout's forward passes and the probes call them directly, token by token, which sharded
+    engines do not expect. DDP / ZeRO-1/2 / one process: nothing to do.
 
-    FSDP2: unshard every FSDP unit once (instead of an all-gather per layer per generated token) and
-    keep the units unsharded after each forward until the end. ZeRO-3: gather every parameter and take
-    DeepSpeed's per-module fetch/release hooks off meanwhile (they would re-partition mid-generation)."""
+    gather_all (rollout.gather_weights): FSDP2 unshards every unit once (instead of an all-gather per
+    layer per generated token) and keeps them unsharded after each forward until the end; ZeRO-3 gathers
+    every parameter and takes DeepSpeed's per-module fetch/release hooks off meanwhile (they would
+    re-partition mid-generation). Otherwise, for models that fit no single device, FSDP2 unshards only
+    the root unit (embeddings, final norm, heads: never reached through a block's hooks when the
+    submodules are called directly) and each block gathers itself per forward; ZeRO-3's hooks do the same."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -178,7 +183,7 @@ def whole_weights(accelerator, train_model, models):
         # The root must be initialized as the root before a submodule runs on its own, or FSDP
         # takes that submodule for the root (torch has no public call for this first step).
         fully_shard.state(train_model)._lazy_init()
-        units = [m for m in train_model.modules() if isinstance(m, FSDPModule)]
+        units = [m for m in train_model.modules() if isinstance(m, FSDPModule)] if gather_all else [train_model]
         inner = [m for m in units if m is not train_model]
         for unit in inner:
             unit.set_reshard_after_forward(False, recurse=False)
@@ -191,7 +196,7 @@ def whole_weights(accelerator, train_model, models):
                 unit.reshard()
             for unit in inner:
                 unit.set_reshard_after_forward(accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False)
-    elif accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3 and gather_all:
         import deepspeed
 
         offload = train_model.optimizer.parameter_offload

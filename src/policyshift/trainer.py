@@ -244,8 +244,18 @@ class PPOTrainer:
 
     def whole_weights(self):
         """Sampling and probes call the policy/critic submodules directly: under FSDP / ZeRO-3 every
-        process gathers the whole weights for the duration (a no-op otherwise)."""
-        return whole_weights(self.accelerator, self.train_model, self.models)
+        process gathers the whole weights for the duration, or with rollout.gather_weights false lets
+        each block gather itself per forward (a no-op otherwise)."""
+        return whole_weights(self.accelerator, self.train_model, self.models, self.cfg.rollout.gather_weights)
+
+    @property
+    def rollout_config(self):
+        """cfg.rollout as sampling must see it: when each forward on sharded weights is a collective
+        (rollout.gather_weights false), every process generates max_new_tokens so that their per-token
+        all-gathers line up (an early stop at EOS would differ between processes)."""
+        if self.group.weights_sharded and not self.cfg.rollout.gather_weights:
+            return replace(self.cfg.rollout, stop_at_eos=False)
+        return self.cfg.rollout
 
     # ---- one PPO step ---------------------------------------------------------------------------
     def score(self, rollout: Rollout) -> Rollout:
@@ -269,7 +279,7 @@ class PPOTrainer:
         cfg, t0 = self.cfg, time.perf_counter()
         prompts = self.group.local_slice(self.sampler.next_batch())  # every process draws the same batch, keeps its slice
         with self.accelerator.autocast(), self.whole_weights():  # autocast: the update's precision, so ratios start at 1
-            rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, cfg.rollout, self.max_prompt_length,
+            rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, self.rollout_config, self.max_prompt_length,
                                        self.generator, engine=self.engine)
         t_gen = time.perf_counter()
         n_sampled = len(rollout)

@@ -38,7 +38,7 @@ class LiveAnalysis:
         models = PolicyAndCritic(policy=t.ref_policy, critic=t.models.critic, value_head=t.models.value_head) if reference else t.models
         with t.accelerator.autocast(), t.whole_weights():
             rows = sample_fixed_prompts(
-                models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.cfg.rollout, t.max_prompt_length,
+                models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.rollout_config, t.max_prompt_length,
                 reward=t.reward, gold_reward=t.gold_reward, seed=t.cfg.train.seed + 7,
             )
         for row in rows:
