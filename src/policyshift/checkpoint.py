@@ -124,8 +124,8 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
                        load_sharded=None) -> dict:
     """Load weights, optimizer, scheduler and every RNG from `ckpt` into the live objects; returns
     the trainer state. torch.load runs with weights_only=True: no pickled objects are executed.
-    `load_sharded(ckpt, full_weights, optimizer_state)` (FSDP, DeepSpeed) puts weights and optimizer
-    state into the sharded engine instead of loading them module by module."""
+    `load_sharded(ckpt, optimizer_state)` (FSDP, DeepSpeed) puts weights and optimizer state into the
+    sharded engine instead of loading them module by module."""
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
     if len(rng["rank_generators"]) != world_size:
         raise CheckpointError(f"{ckpt} was written by {len(rng['rank_generators'])} process(es); resume it with the same number (this run has {world_size})")
@@ -142,14 +142,7 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
 
     optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
     if load_sharded is not None:
-        from safetensors.torch import load_file
-
-        full = {f"policy.{k}": v for k, v in load_causal_lm(str(ckpt / "policy")).state_dict().items()}
-        if models.critic is not None:
-            full.update({f"critic.{k}": v for k, v in load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict().items()})
-        else:
-            full.update({f"value_head.{k}": v for k, v in load_file(str(ckpt / "critic" / "value_head.safetensors")).items()})
-        load_sharded(ckpt, full, optim["optimizer"])
+        load_sharded(ckpt, optim["optimizer"])
     else:
         restore(models.policy, ckpt / "policy", load_causal_lm)
         if models.critic is not None:
@@ -162,3 +155,17 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
     for name, gen in generators.items():
         gen.set_state(rng["rank_generators"][rank][name])
     return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def saved_weights(ckpt: Path, with_critic: bool) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as one PolicyAndCritic state dict (`policy.…`, `critic.…` or `value_head.…`)."""
+    from safetensors.torch import load_file
+
+    from policyshift.models import load_causal_lm, load_sequence_classifier
+
+    full = {f"policy.{k}": v for k, v in load_causal_lm(str(ckpt / "policy")).state_dict().items()}
+    if with_critic:
+        full.update({f"critic.{k}": v for k, v in load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict().items()})
+    else:
+        full.update({f"value_head.{k}": v for k, v in load_file(str(ckpt / "critic" / "value_head.safetensors")).items()})
+    return full

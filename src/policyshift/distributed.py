@@ -210,15 +210,14 @@ def whole_weights(accelerator, train_model, models, gather_all: bool = True):
         yield
 
 
-def gather_state(accelerator, train_model, optimizer, engine_dir=None) -> dict:
+def gather_state(accelerator, train_model, optimizer, engine_dir) -> dict:
     """Collective (every process calls it): what a checkpoint needs from a sharded engine, whole, on
     the main process — {"model": weights of the whole PolicyAndCritic, "optimizer": FSDP2's optimizer
     state keyed by parameter name}. DeepSpeed keeps its optimizer state in its own per-process files,
     written here to `engine_dir` (saved as the checkpoint's `engine/`)."""
     model = accelerator.get_state_dict(train_model)  # FSDP2: full + CPU on the main process; ZeRO-3: 16-bit consolidated
     if accelerator.distributed_type.name == "DEEPSPEED":
-        if engine_dir is not None:
-            train_model.save_checkpoint(str(engine_dir), tag="state")
+        train_model.save_checkpoint(str(engine_dir), tag="state")
         return {"model": model, "optimizer": None, "engine_dir": engine_dir}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -226,13 +225,15 @@ def gather_state(accelerator, train_model, optimizer, engine_dir=None) -> dict:
     return {"model": model, "optimizer": get_optimizer_state_dict(train_model, optimizer.optimizer, options=options)}
 
 
-def load_state(accelerator, train_model, optimizer, ckpt, weights: dict, optimizer_state) -> None:
+def load_state(accelerator, train_model, optimizer, ckpt, optimizer_state) -> None:
     """Collective: the counterpart of `gather_state` (every process reads the checkpoint's files)."""
-    if accelerator.distributed_type.name == "DEEPSPEED":
+    if accelerator.distributed_type.name == "DEEPSPEED":  # the engine's files hold weights and optimizer state
         train_model.load_checkpoint(str(ckpt / "engine"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
+    from policyshift.checkpoint import saved_weights
+
     options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(train_model, weights, options=options)
+    set_model_state_dict(train_model, saved_weights(ckpt, train_model.critic is not None), options=options)
     set_optimizer_state_dict(train_model, optimizer.optimizer, optimizer_state, options=options)

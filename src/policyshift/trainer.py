@@ -188,10 +188,14 @@ class PPOTrainer:
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
+        trainable = lambda: [w for w in self.models.parameters() if w.requires_grad]  # noqa: E731
+        optimizer = torch.optim.AdamW(trainable(), lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay, **fused)
         # `train_model` is what the update calls (DDP/FSDP/DeepSpeed-wrapped under `accelerate launch`;
         # the same module with one process); rollouts and analysis use the unwrapped `self.models`.
         self.train_model, self.optimizer = self.accelerator.prepare(self.models, optimizer)
+        self.trained_params = trainable()  # after prepare: FSDP2 has replaced them by their shards (DTensors)
+        # the share of the trained weights this process stores: 1 (DDP, ZeRO-2), 1/W (FSDP2, ZeRO-3)
+        self.weights_held_fraction = sum(map(local_numel, self.trained_params)) / max(1, sum(map(global_numel, self.trained_params)))
         from transformers import get_scheduler
 
         name = {"constant": "constant_with_warmup"}.get(p.lr_scheduler, p.lr_scheduler)
@@ -203,6 +207,7 @@ class PPOTrainer:
         self.step, self.episodes, self.skipped_updates, self.consecutive_skips = 0, 0, 0, 0
         self.history: list[dict] = []
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
+        self.logged_samples, self.logged_findings = [], []  # a resumed run's, up to its checkpoint (for LiveAnalysis)
         self.resumed_from: Path | None = self._resume() if resume else None
         # The sampler: the training policy itself (hf), or vLLM synced after every update; built after a
         # resume so it starts from the restored weights.
@@ -227,6 +232,7 @@ class PPOTrainer:
         logs = truncate_run_logs(self.run_dir, self.step, write=self.group.is_main)
         self.group.barrier()  # every process reads the logs the main one has cut back
         self.history, self.distributions = logs["metrics"], logs["distributions"]
+        self.logged_samples, self.logged_findings = logs["samples"], logs["findings"]
         return ckpt
 
     def _make_reward(self, obj, model_path, function_spec):
@@ -238,9 +244,6 @@ class PPOTrainer:
         if hasattr(r, "model"):
             r.model.to(self.device)
         return r
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.models.parameters() if p.requires_grad]
 
     def whole_weights(self):
         """Sampling and probes call the policy/critic submodules directly: under FSDP / ZeRO-3 every
@@ -409,13 +412,12 @@ class PPOTrainer:
         (max − min) of a float64 checksum of the trained weights across processes."""
         if self.group.world_size == 1:
             return {}
-        params = self.trainable_parameters()
-        held = sum(local_numel(p) for p in params) / max(1, sum(global_numel(p) for p in params))
+        held = {"parallel/weights_held_fraction": self.weights_held_fraction}
         if self.group.sharded:
-            return {"parallel/weights_held_fraction": held}
-        checksum = torch.stack([p.detach().double().sum() for p in params]).sum()
+            return held
+        checksum = torch.stack([p.detach().double().sum() for p in self.trained_params]).sum()
         sums = self.group.gather_rows(checksum.reshape(1))
-        return {"parallel/weights_held_fraction": held, "parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
+        return {**held, "parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
 
     def save_rollouts(self, rollout: Rollout, kl: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> None:
         """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order."""
@@ -437,9 +439,9 @@ class PPOTrainer:
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
         if self.group.sharded or self.accelerator.mixed_precision == "fp16":
-            norm = self.accelerator.clip_grad_norm_(self.trainable_parameters(), max_norm)  # sharded grads / unscaling
+            norm = self.accelerator.clip_grad_norm_(self.trained_params, max_norm)  # sharded grads / unscaling
             return torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
-        return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm, foreach=True)  # DDP: grads already all-reduced
+        return torch.nn.utils.clip_grad_norm_(self.trained_params, max_norm, foreach=True)  # DDP: grads already all-reduced
 
     def token_weighted(self, means: dict[str, float], tokens: float) -> dict[str, float]:
         """Per-process update statistics → one value per key, weighted by each process's token count."""
@@ -459,13 +461,13 @@ class PPOTrainer:
 
         cfg = self.cfg
         self.sink.log_config(cfg.to_dict())
-        self.analysis = LiveAnalysis(self)
+        from rich.console import Console
+
+        console = Console(stderr=True, quiet=not self.group.is_main)  # every process runs the loop; one speaks
+        self.analysis = LiveAnalysis(self, console)
         if self.resumed_from is None:
             self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
-        from rich.console import Console
-
-        console = Console(stderr=True, quiet=not self.group.is_main)
         with StepProgress(cfg.train.steps, start=self.step, console=console) as progress, stop_on_signals(self):
             while self.step < cfg.train.steps and stop_reason is None and not self.signalled():
                 metrics = self.ppo_step()
@@ -518,21 +520,19 @@ class PPOTrainer:
             "reward_moments": self.moments.state_dict() if self.moments else None,
         }
 
-    def sharded_state(self, engine_dir: Path | None = None) -> dict | None:
-        """FSDP / DeepSpeed: the whole weights (and optimizer state) gathered onto the main process — a
-        collective, so every process calls it; None for DDP and one process (the modules are whole)."""
-        return gather_state(self.accelerator, self.train_model, self.optimizer, engine_dir) if self.group.sharded else None
-
     def save_checkpoint(self) -> dict | None:
-        """The main process writes it (with every process's generator states); the others wait.
-        Returns the gathered sharded state (None unless FSDP/DeepSpeed), which final/ reuses."""
+        """The main process writes it (with every process's generator states); the others wait. Under
+        FSDP / DeepSpeed every process first takes part in gathering the weights (and optimizer state)
+        onto the main process; that state is returned for final/ to reuse (None otherwise)."""
         generators = self.group.gather_objects([{"sampler": self.generator.get_state(), "shuffle": self.shuffle_gen.get_state()}])
-        engine_dir = self.run_dir / "checkpoints" / f".engine-step-{self.step}"
-        if self.group.deepspeed and self.group.is_main:
-            shutil.rmtree(engine_dir, ignore_errors=True)  # left by a kill during an earlier save
-        self.group.barrier()
-        state = self.sharded_state(engine_dir if self.group.deepspeed else None)
-        self.group.barrier()  # DeepSpeed: every process has written its engine files
+        state = None
+        if self.group.sharded:
+            engine_dir = self.run_dir / "checkpoints" / f".engine-step-{self.step}"  # DeepSpeed's own per-process files
+            if self.group.is_main:
+                shutil.rmtree(engine_dir, ignore_errors=True)  # left by a kill during an earlier save
+            self.group.barrier()
+            state = gather_state(self.accelerator, self.train_model, self.optimizer, engine_dir)
+            self.group.barrier()  # every process has written its part
         if self.group.is_main:
             save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
                             self.trainer_state(), generators, self.cfg.train.keep_last_n, sharded=state)

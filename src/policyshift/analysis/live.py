@@ -12,21 +12,15 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 class LiveAnalysis:
-    def __init__(self, trainer):
-        from rich.console import Console
-
+    def __init__(self, trainer, console):
+        """`console`: the run's (quiet on every process but the main one: all run the analysis, one speaks)."""
         self.trainer = trainer
-        self.console = Console(stderr=True, quiet=not trainer.group.is_main)  # every process runs the analysis; one speaks
-        self.samples: list[dict] = []
-        self.reported: set[tuple[str, str]] = set()
+        self.console = console
         self.thresholds = DetectorThresholds.from_config(trainer.cfg.to_dict())
-        self._evaluated_steps: set[int] = set()
-        if trainer.resumed_from is not None:  # pick up what the run logged before the checkpoint
-            from policyshift.analysis.runlog import read_jsonl
-
-            self.samples = read_jsonl(trainer.run_dir / "samples.jsonl")
-            self._evaluated_steps = {r["step"] for r in self.samples}
-            self.reported = {(f["detector"], f["severity"]) for f in read_jsonl(trainer.run_dir / "findings.jsonl")}
+        # a resumed run picks up what it logged up to its checkpoint (empty for a new run)
+        self.samples: list[dict] = list(trainer.logged_samples)
+        self._evaluated_steps: set[int] = {r["step"] for r in self.samples}
+        self.reported: set[tuple[str, str]] = {(f["detector"], f["severity"]) for f in trainer.logged_findings}
 
     def evaluated(self, step: int) -> bool:
         return step in self._evaluated_steps
