@@ -32,11 +32,12 @@ _ASPECTS = {t: {a[0] for a in aspects} for t, aspects in TOPICS.items()}
 _ALL_ASPECTS = set().union(*_ASPECTS.values())
 _TOPIC_WORDS = {w for t in TOPICS for w in t.split()} - {"coffee"}  # "coffee" is also an aspect
 _CLOSERS = {tuple(c.split()[:-1]): p for c, p in CLOSER_POLARITY.items()}  # sentence words without the "."
+_TOPICS_LONGEST_FIRST = sorted(TOPICS, key=len, reverse=True)  # "coffee maker" before anything shorter
 
 
 def _topic(prompt: str):
     p = " " + " ".join(prompt.lower().split()) + " "
-    for t in sorted(TOPICS, key=len, reverse=True):  # "coffee maker" before anything shorter
+    for t in _TOPICS_LONGEST_FIRST:
         if f" {t} " in p:
             return t
     return None
@@ -94,7 +95,8 @@ def true_preference(prompt: str, response: str) -> float:
 
 def labeler_preference(prompt: str, response: str) -> float:
     """The biased labeler: gold plus CUE_BONUS per "really"/"truly" (the spurious cue)."""
-    return true_preference(prompt, response) + CUE_BONUS * sum(w in CUE_WORDS for w in response.lower().split())
+    c = gold_components(prompt, response)
+    return float(c["total"]) + CUE_BONUS * c["cue_words"]
 
 
 def score(prompts: list[str], responses: list[str]) -> list[float]:
@@ -103,9 +105,3 @@ def score(prompts: list[str], responses: list[str]) -> list[float]:
         raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
     return [true_preference(p, r) for p, r in zip(prompts, responses)]
 
-
-def labeler_score(prompts: list[str], responses: list[str]) -> list[float]:
-    """The biased labeler in the same list form (to check how far the cue alone moves a score)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"labeler_score: {len(prompts)} prompts but {len(responses)} responses")
-    return [labeler_preference(p, r) for p, r in zip(prompts, responses)]

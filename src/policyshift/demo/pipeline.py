@@ -29,18 +29,10 @@ PPO_RUNS = {
 PPO_STEPS = {"quick": 30, "full": 80}
 
 
-def _merge(*dicts: dict) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 def ppo_config(name: str, out: Path, paths: dict, steps: int, seed: int):
-    from policyshift.config import PPOConfig
+    from policyshift.config import PPOConfig, _deep_merge
 
-    return PPOConfig.from_dict(_merge(PPO_SHARED, PPO_RUNS[name], {
+    return PPOConfig.from_dict(_deep_merge(_deep_merge(PPO_SHARED, PPO_RUNS[name]), {
         "model": {"policy": paths["sft"]},
         "data": {"prompts": paths["prompts"]},
         "reward": {"model": paths["reward_model"]},
@@ -71,7 +63,6 @@ def summarize(run_dir: Path) -> dict:
 
 
 def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, console: Console | None = None) -> dict:
-    from policyshift.analysis.report import build_report
     from policyshift.demo.corpus import write_demo_data
     from policyshift.demo.gold import labeler_preference
     from policyshift.demo.presets import FULL, QUICK
@@ -98,7 +89,7 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
     times["data"] = time.perf_counter() - t
 
     t = stage("2/5 SFT")
-    sft = run_sft(SFTConfig(data=data["texts"], output_dir=str(out / "sft"), **{**preset["sft"], "seed": seed}))
+    sft = run_sft(SFTConfig(data=data["texts"], output_dir=str(out / "sft"), seed=seed, **preset["sft"]))
     times["sft"] = time.perf_counter() - t
 
     t = stage("3/5 reward model")
@@ -108,7 +99,7 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
                                   seed=seed, max_new_tokens=preset["max_new_tokens"])
     pairs_path = save_pairs(pairs, str(out / "data" / "pairs.jsonl"))
     rm = run_reward_model(RewardModelConfig(pairs=pairs_path, base_model=str(out / "sft"), output_dir=str(out / "reward_model"),
-                                            **{**preset["rm"], "seed": seed}))
+                                            seed=seed, **preset["rm"]))
     times["reward_model"] = time.perf_counter() - t
 
     paths = {"sft": str(out / "sft"), "prompts": data["prompts"], "reward_model": str(out / "reward_model")}
@@ -117,11 +108,10 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
         t = stage(f"4/5 PPO {name}")
         PPOTrainer(ppo_config(name, out, paths, PPO_STEPS[mode], seed)).train()
         times[f"ppo_{name}"] = time.perf_counter() - t
-    t = stage("5/5 reports")
+    t = stage("5/5 summary")  # (each run wrote its report.html at its end)
     for name in PPO_RUNS:
-        build_report(out / f"ppo_{name}")
         summaries[name] = summarize(out / f"ppo_{name}")
-    times["reports"] = time.perf_counter() - t
+    times["summary"] = time.perf_counter() - t
     times["total"] = sum(times.values())
 
     result = {"mode": mode, "seed": seed, "times_s": times, "sft": sft, "reward_model": rm, "runs": summaries}

@@ -27,16 +27,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import (
-    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from policyshift.data import DataError, iter_jsonl, join_prompt_response
-from policyshift.stages.sft import optimizer_step, save_stage_outputs, start_stage
+from policyshift.models import load_tokenizer
+from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -55,19 +53,15 @@ def make_preference_pairs(sft_dir: str, prompts: list[str], labeler: Callable[[s
         raise ValueError("make_preference_pairs: no prompts")
     _, _, dev = start_stage(seed, device)  # seeds torch, picks the device
     rng = random.Random(seed)
-    tok = AutoTokenizer.from_pretrained(sft_dir)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"  # generation appends on the right; generate() derives positions from the mask
+    tok = load_tokenizer(sft_dir, padding_side="left")  # generation appends on the right; generate() derives positions from the mask
     model = AutoModelForCausalLM.from_pretrained(sft_dir).to(dev).eval()
 
     order = list(prompts)
     rng.shuffle(order)
-    pairs, i, tries = [], 0, 0
-    while len(pairs) < n_pairs and tries < 4 * n_pairs:  # ties are skipped; give up if almost all are ties
+    pairs, i = [], 0  # i: prompts tried
+    while len(pairs) < n_pairs and i < 4 * n_pairs:  # ties are skipped; give up if almost all are ties
         batch = [order[(i + k) % len(order)] for k in range(min(batch_size, n_pairs - len(pairs)))]
         i += len(batch)
-        tries += len(batch)
         enc = tok(batch, return_tensors="pt", padding=True).to(dev)
         out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
                              max_new_tokens=max_new_tokens, num_return_sequences=2,
@@ -80,7 +74,7 @@ def make_preference_pairs(sft_dir: str, prompts: list[str], labeler: Callable[[s
                 continue
             (c, sc), (r, sr) = ((a, sa), (b, sb)) if sa > sb else ((b, sb), (a, sa))
             pairs.append({"prompt": prompt, "chosen": c, "rejected": r, "chosen_score": sc, "rejected_score": sr})
-    return pairs[:n_pairs]
+    return pairs  # (each batch is capped at the pairs still missing)
 
 
 def save_pairs(pairs: list[dict], path: str) -> str:
@@ -121,9 +115,12 @@ class RewardModelConfig:
     log_every: int = 100
 
 
-def _scores(model, tok, texts: list[str], max_length: int, device) -> torch.Tensor:
+def _pair_scores(model, tok, pairs: list[dict], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected) of each pair, chosen and rejected texts scored in one forward pass."""
+    texts = [p["prompt"] + join_prompt_response(p["prompt"], p[k]) for k in ("chosen", "rejected") for p in pairs]
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
-    return model(**enc).logits.squeeze(-1)
+    r = model(**enc).logits.squeeze(-1)
+    return r[:len(pairs)], r[len(pairs):]
 
 
 @torch.no_grad()
@@ -131,11 +128,9 @@ def _evaluate(model, tok, pairs, max_length, device, batch_size=64) -> dict:
     model.eval()
     rc, rr = [], []
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        r = _scores(model, tok, [p["prompt"] + join_prompt_response(p["prompt"], p[k])
-                                 for k in ("chosen", "rejected") for p in chunk], max_length, device)
-        rc.append(r[:len(chunk)])
-        rr.append(r[len(chunk):])
+        c, r = _pair_scores(model, tok, pairs[i:i + batch_size], max_length, device)
+        rc.append(c)
+        rr.append(r)
     model.train()
     rc, rr = torch.cat(rc), torch.cat(rr)
     both = torch.cat([rc, rr])
@@ -147,11 +142,7 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
     t0, rng, device = start_stage(cfg.seed, cfg.device)
     pairs = load_pairs(cfg.pairs)
 
-    tok = AutoTokenizer.from_pretrained(cfg.base_model)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    tok.truncation_side = "left"  # keep the end of the response: that is where the score is read
+    tok = load_tokenizer(cfg.base_model, padding_side="right")  # truncated from the left: the score is read at the end
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the new score head being "newly initialized" is the point
     try:
@@ -162,36 +153,31 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
     model.config.pad_token_id = tok.pad_token_id
     model.to(device).train()
 
-    order = rng.permutation(len(pairs))
-    n_eval = int(len(pairs) * cfg.eval_fraction) if len(pairs) > 1 else 0
-    eval_pairs = [pairs[i] for i in order[:n_eval]]
-    train_pairs = [pairs[i] for i in order[n_eval:]]
+    eval_pairs, train_pairs = split_eval(rng, pairs, cfg.eval_fraction)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=max(1, cfg.steps // 20), num_training_steps=cfg.steps)
+    sched = cosine_schedule(opt, cfg.steps)
     eval_initial = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
 
     losses, accs, t_train = [], [], time.time()
     for step in range(cfg.steps):
         idx = rng.choice(len(train_pairs), cfg.batch_size, replace=len(train_pairs) < cfg.batch_size)
         batch = [train_pairs[i] for i in idx]
-        # chosen and rejected in one forward pass: the first half of the rows are chosen
-        texts = [p["prompt"] + join_prompt_response(p["prompt"], p[k]) for k in ("chosen", "rejected") for p in batch]
-        r = _scores(model, tok, texts, cfg.max_length, device)
-        loss = bradley_terry_loss(r[:len(batch)], r[len(batch):])
+        r_chosen, r_rejected = _pair_scores(model, tok, batch, cfg.max_length, device)
+        loss = bradley_terry_loss(r_chosen, r_rejected)
         optimizer_step(loss, model, opt, sched)
         losses.append(loss.item())
-        accs.append((r[:len(batch)] > r[len(batch):]).float().mean().item())
+        accs.append((r_chosen > r_rejected).float().mean().item())
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             print(f"rm step {step:5d}/{cfg.steps} loss {losses[-1]:.4f} acc {accs[-1]:.3f}", flush=True)
     train_seconds = time.time() - t_train
 
-    k = max(1, len(losses) // 10)
     final = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
+    (first, last), (_, acc_last) = window_means(losses), window_means(accs)
     metrics = {
-        "train_loss_first": float(np.mean(losses[:k])) if losses else None,
-        "train_loss_last": float(np.mean(losses[-k:])) if losses else None,
-        "train_accuracy_last": float(np.mean(accs[-k:])) if accs else None,
+        "train_loss_first": first,
+        "train_loss_last": last,
+        "train_accuracy_last": acc_last,
         "eval_accuracy_initial": eval_initial and eval_initial["accuracy"],
         "eval_accuracy": final and final["accuracy"],
         "eval_loss": final and final["loss"],

@@ -12,20 +12,16 @@ the model learns to stop; padding never counts in the loss.
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast,
-    get_cosine_schedule_with_warmup,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from policyshift.data import DataError, iter_jsonl, join_prompt_response  # noqa: F401 (re-exported)
+from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -123,21 +119,6 @@ def _eval_loss(model, examples, pad_id, device, batch_size=64) -> float:
     return total / max(count, 1)
 
 
-def start_stage(seed: int, device: str | None):
-    """(start time, numpy Generator, device) with torch seeded: the opening of every training stage."""
-    torch.manual_seed(seed)
-    return time.time(), np.random.default_rng(seed), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def optimizer_step(loss, model, opt, sched, max_grad_norm: float = 1.0) -> None:
-    """One clipped AdamW step with the schedule advanced: the inner step of every training stage."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    opt.step()
-    sched.step()
-
-
 def run_sft(cfg: SFTConfig) -> dict:
     t0, rng, device = start_stage(cfg.seed, cfg.device)
     rows = load_sft_rows(cfg.data)
@@ -172,13 +153,10 @@ def run_sft(cfg: SFTConfig) -> dict:
     encoded = [_encode(tok, p, r, cfg.seq_len) for p, r in rows]
     n_truncated = sum(t for _, _, t in encoded)
     examples = [(ids, n) for ids, n, _ in encoded if len(ids) > n]  # drop rows with nothing to learn
-    order = rng.permutation(len(examples))
-    n_eval = int(len(examples) * cfg.eval_fraction) if len(examples) > 1 else 0
-    eval_set = [examples[i] for i in order[:n_eval]]
-    train_set = [examples[i] for i in order[n_eval:]]
+    eval_set, train_set = split_eval(rng, examples, cfg.eval_fraction)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=max(1, cfg.steps // 20), num_training_steps=cfg.steps)
+    sched = cosine_schedule(opt, cfg.steps)
     eval_loss_initial = _eval_loss(model, eval_set, tok.pad_token_id, device) if eval_set else None
 
     losses, t_train = [], time.time()
@@ -191,10 +169,10 @@ def run_sft(cfg: SFTConfig) -> dict:
             print(f"sft step {step:5d}/{cfg.steps} loss {losses[-1]:.4f} lr {sched.get_last_lr()[0]:.2e}", flush=True)
     train_seconds = time.time() - t_train
 
-    k = max(1, len(losses) // 10)  # average a window: single-batch losses are noisy
+    first, last = window_means(losses)
     metrics = {
-        "train_loss_first": float(np.mean(losses[:k])) if losses else None,
-        "train_loss_last": float(np.mean(losses[-k:])) if losses else None,
+        "train_loss_first": first,
+        "train_loss_last": last,
         "eval_loss_initial": eval_loss_initial,
         "eval_loss": _eval_loss(model, eval_set, tok.pad_token_id, device) if eval_set else None,
         "n_train": len(train_set), "n_eval": len(eval_set), "n_truncated": n_truncated,
@@ -209,13 +187,3 @@ def run_sft(cfg: SFTConfig) -> dict:
     model.config.pad_token_id = tok.pad_token_id
     return save_stage_outputs(model, tok, cfg.output_dir, metrics, "sft_metrics.json", t0)
 
-
-def save_stage_outputs(model, tok, output_dir: str, metrics: dict, metrics_name: str, t0: float) -> dict:
-    """save_pretrained model + tokenizer, then the metrics (with the stage's total seconds) as JSON."""
-    os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
-    tok.save_pretrained(output_dir)
-    metrics["seconds"] = time.time() - t0
-    with open(os.path.join(output_dir, metrics_name), "w") as f:
-        json.dump(metrics, f, indent=2)
-    return metrics
