@@ -32,7 +32,6 @@ def cmd_train(args, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     if args.stop_on:
         overrides["analysis.stop_on"] = args.stop_on
-    resume = False
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -85,7 +84,7 @@ def _stage_config(cls, args, extra: list[str]):
     """A flat stage config from --config YAML and --field value flags (checked like the PPO config)."""
     from policyshift.config import ConfigError, build_dataclass, load_yaml, parse_overrides
 
-    values = {**(load_yaml(args.config) if args.config else {}), **parse_overrides(extra)}
+    values = {**(load_yaml(args.config) if args.config else {}), **parse_overrides(extra, cls)}
     import dataclasses
 
     missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]

@@ -20,12 +20,22 @@ from typing import Any, Literal, Optional
 import yaml
 
 
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line that names the field and the problem."""
+class OneLineError(ValueError):
+    """A user error whose message is one line: the CLI prints it as is. Keys, values, file contents
+    and exception texts from user code are echoed back and may hold newlines; they are joined."""
 
     def __init__(self, message: str):
-        # Keys and values are echoed back to the user and may hold newlines; the CLI promises one line.
         super().__init__(" ".join(str(message).splitlines()))
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters (with "...") for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ConfigError(OneLineError):
+    """A bad configuration; the message is one line that names the field and the problem."""
 
 
 @dataclass
@@ -280,9 +290,9 @@ def _dotted_keys(cls, prefix: str = "") -> list[str]:
     return out
 
 
-def _field_type(dotted: str):
-    """The annotated type of 'section.key', or None when there is no such field."""
-    tp: Any = PPOConfig
+def _field_type(dotted: str, cls: Any):
+    """The annotated type of 'section.key' in config dataclass `cls`, or None when there is no such field."""
+    tp: Any = cls
     for part in dotted.split("."):
         if not dataclasses.is_dataclass(tp):
             return None
@@ -304,14 +314,14 @@ def _coerce(value: Any, tp: Any, name: str):
         return _coerce(value, inner[0], name)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {_short(value)}")
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {short_repr(value)}")
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{name} must be true or false; got {_short(value)}")
+        raise ConfigError(f"{name} must be true or false; got {short_repr(value)}")
     if tp is int:
         return _to_int(value, name)
     if tp is float:
@@ -319,18 +329,18 @@ def _coerce(value: Any, tp: Any, name: str):
     if origin is list:
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
-            raise ConfigError(f"{name} must be a non-empty list; got {_short(value)}")
+            raise ConfigError(f"{name} must be a non-empty list; got {short_repr(value)}")
         return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(items)]
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{name} must be a string; got {_short(value)}")
+            raise ConfigError(f"{name} must be a string; got {short_repr(value)}")
         return str(value)
     return value
 
 
 def _to_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-        raise ConfigError(f"{name} must be an integer; got {_short(value)}")
+        raise ConfigError(f"{name} must be an integer; got {short_repr(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -341,27 +351,22 @@ def _to_int(value: Any, name: str) -> int:
     try:
         as_float = float(value)  # "1e3" and 4.0 are integers too
     except ValueError:
-        raise ConfigError(f"{name} must be an integer; got {_short(value)}") from None
+        raise ConfigError(f"{name} must be an integer; got {short_repr(value)}") from None
     if not math.isfinite(as_float) or as_float != int(as_float):
-        raise ConfigError(f"{name} must be an integer; got {_short(value)}")
+        raise ConfigError(f"{name} must be an integer; got {short_repr(value)}")
     return int(as_float)
 
 
 def _to_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{name} must be a number; got {_short(value)}")
+        raise ConfigError(f"{name} must be a number; got {short_repr(value)}")
     try:
         out = float(value)
     except (ValueError, OverflowError):  # OverflowError: an int beyond float range
-        raise ConfigError(f"{name} must be a number; got {_short(value)}") from None
+        raise ConfigError(f"{name} must be a number; got {short_repr(value)}") from None
     if math.isnan(out):  # every comparison with NaN is False, so it would slip past the range checks
-        raise ConfigError(f"{name} must be a number; got {_short(value)}")
+        raise ConfigError(f"{name} must be a number; got {short_repr(value)}")
     return out
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check(ok: bool, message: str) -> None:
@@ -439,11 +444,12 @@ def require_runnable(cfg: PPOConfig, have_policy: bool = False, have_prompts: bo
     )
 
 
-def parse_overrides(argv: list[str]) -> dict:
+def parse_overrides(argv: list[str], cls: type = PPOConfig) -> dict:
     """['--ppo.clip_range', '0.1', '--kl.beta=0.1'] -> {'ppo.clip_range': 0.1, 'kl.beta': 0.1}.
     Values are parsed as YAML scalars (so 0.1 is a float, null is None, true is a bool), except for
     string fields, which keep the text as typed (YAML 1.1 would turn `--train.output_dir 0100` into 64
-    and `--data.prompt_field yes` into True)."""
+    and `--data.prompt_field yes` into True). `cls`: the config dataclass the keys name fields of
+    (the stage commands pass SFTConfig / RewardModelConfig)."""
     out: dict = {}
     i = 0
     while i < len(argv):
@@ -459,21 +465,23 @@ def parse_overrides(argv: list[str]) -> dict:
                 raise ConfigError(f"--{key} needs a value")
             raw = argv[i + 1]
             i += 2
-        if _is_text_field(key):
+        tp = _field_type(key, cls)
+        if _is_text_type(tp):
             out[key] = raw
-        elif typing.get_origin(_field_type(key)) is list or _optional_list(key):
+        elif _is_list_type(tp):
             out[key] = raw.strip("[]")  # "a,b" or "[a, b]": _coerce splits on commas
         else:
             out[key] = _parse_scalar(raw)
     return out
 
 
-def _optional_list(dotted: str) -> bool:
-    return any(typing.get_origin(a) is list for a in typing.get_args(_field_type(dotted)))
+def _is_list_type(tp: Any) -> bool:
+    """list[...] or Optional[list[...]]."""
+    return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
 
 
-def _is_text_field(dotted: str) -> bool:
-    tp = _field_type(dotted)
+def _is_text_type(tp: Any) -> bool:
+    """str or Optional[str]."""
     return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
 
 

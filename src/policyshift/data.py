@@ -7,13 +7,12 @@ import json
 import random
 from pathlib import Path
 
+from policyshift.config import OneLineError
 
-class DataError(ValueError):
-    """A bad prompt source; the message is one line naming the file, line and problem."""
 
-    def __init__(self, message: str):
-        # Field names and parser messages come from the user's file and may hold newlines.
-        super().__init__(" ".join(str(message).splitlines()))
+class DataError(OneLineError):
+    """A bad prompt source; the message is one line naming the file, line and problem (field names and
+    parser messages come from the user's file and may hold newlines)."""
 
 
 OUR_FORMATS = (".jsonl", ".json", ".txt")  # parsed here, for line-numbered errors

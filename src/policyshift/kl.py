@@ -51,7 +51,7 @@ def _plogp_minus(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     # p·(a − b) with the convention 0·(anything) = 0: a vocabulary entry masked with a −inf logit
     # has p = 0 and log p = −inf, and a plain product would give 0·(−inf) = nan. The where goes
     # inside the product so the backward pass never multiplies by that −inf either.
-    return p * torch.where(p > 0, a - b, torch.zeros_like(a))
+    return p * torch.where(p > 0, a - b, 0.0)
 
 
 def exact_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -92,7 +92,8 @@ def exact_kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tens
 
 
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
-    return -_plogp_minus(logp.exp(), logp, torch.zeros_like(logp)).sum(-1)
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp, 0.0)).sum(-1)  # _plogp_minus(p, logp, 0) without a (..., V) zero tensor
 
 
 def adaptive_beta(beta: float, kl: float, target: float, horizon: float, n_steps: int) -> float:

@@ -14,24 +14,26 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def _masked_moments(x: torch.Tensor, mask: torch.Tensor, unbiased: bool, all_sum=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, variance) over the unmasked entries. `all_sum`: sums a tensor over processes, so the
+    moments are the whole batch's (default: this process only)."""
+    all_sum = all_sum or (lambda t: t)
+    n = all_sum(mask.sum())
+    mean = all_sum(masked_sum(x, mask)) / n.clamp(min=1)
+    var = all_sum(masked_sum((x - mean) ** 2, mask)) / n.clamp(min=1)
     if unbiased and n > 1:
         var = var * n / (n - 1)  # Bessel's correction over the real tokens only
-    return var
+    return mean, var
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    return _masked_moments(x, mask, unbiased)[1]
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_sum=None) -> torch.Tensor:
     """(x − mean)/std over the unmasked entries; padded entries come back as 0. `all_sum`: sums a
     tensor over processes, so the statistics are the whole batch's (default: this process only)."""
-    all_sum = all_sum or (lambda t: t)
-    n = all_sum(mask.sum())
-    mean = all_sum(masked_sum(x, mask)) / n.clamp(min=1)
-    var = all_sum(masked_sum((x - mean) ** 2, mask)) / n.clamp(min=1)
-    if n > 1:
-        var = var * n / (n - 1)  # Bessel's correction over the real tokens only
+    mean, var = _masked_moments(x, mask, True, all_sum)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

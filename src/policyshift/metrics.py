@@ -43,7 +43,7 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rew
         "policy/entropy": masked_mean(rollout.entropy, mask).item(),
         "value/mean": masked_mean(rollout.values, mask).item(),
     }
-    if getattr(rollout, "engine_logprobs", None) is not None:
+    if rollout.engine_logprobs is not None:
         metrics.update(engine_mismatch_metrics(rollout.logprobs, rollout.engine_logprobs, mask))
     return metrics
 
@@ -56,6 +56,8 @@ def engine_mismatch_metrics(train_logprobs: torch.Tensor, engine_logprobs: torch
     diff = torch.where(real, (train_logprobs - engine_logprobs).abs(), torch.zeros_like(train_logprobs))
     return {
         "rollout/logprob_diff_abs_mean": masked_mean(diff, mask).item(),
-        "rollout/logprob_diff_max": diff.max().item() if bool(real.any()) else 0.0,
+        # diff is +0 off the real tokens and abs() ≥ 0, so with no real token the max is already 0.0; the
+        # numel test (shape only, no device sync) is for an empty batch, where max() would raise.
+        "rollout/logprob_diff_max": diff.max().item() if diff.numel() else 0.0,
         "rollout/engine_kl_k3": masked_mean(kl_k3(engine_logprobs, train_logprobs), mask).item(),
     }

@@ -13,16 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from policyshift.config import OneLineError, short_repr
 from policyshift.data import join_prompt_response
 
 
-class RewardError(ValueError):
-    """A reward that cannot be loaded or returned something unusable; one line."""
-
-    def __init__(self, message: str):
-        # Exception texts from user code (tracebacks of import errors, multi-line messages) are
-        # echoed back; the CLI promises a single line.
-        super().__init__(" ".join(str(message).splitlines()))
+class RewardError(OneLineError):
+    """A reward that cannot be loaded or returned something unusable; one line (exception texts from
+    user code, tracebacks of import errors and multi-line messages included)."""
 
 
 def load_reward_function(spec: str) -> Callable:
@@ -83,12 +80,7 @@ def _as_float(value, i: int, source: str, prompts, responses) -> float:
         return float(value)
     except (TypeError, ValueError, OverflowError):
         which = f" for prompt {prompts[i][:60]!r} / response {responses[i][:60]!r}" if prompts is not None else ""
-        raise RewardError(f"{source} returned {_short(value)} (type {type(value).__name__}), not a usable number, at index {i}{which}") from None
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        raise RewardError(f"{source} returned {short_repr(value, 60)} (type {type(value).__name__}), not a usable number, at index {i}{which}") from None
 
 
 class FunctionReward:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from policyshift.tracking.base import MultiSink, NullSink, Sink
+from policyshift.tracking.base import MultiSink, NullSink, Sink, one_line
 from policyshift.tracking.jsonl import JsonlSink
 
 
@@ -32,9 +32,8 @@ def _start(backend: str, factory):
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line, before any training step
-        first = (str(exc).strip().splitlines() or [""])[0]
         hint = " (W&B: run `wandb login`, or set WANDB_MODE=offline)" if backend == "wandb" else ""
-        raise TrackingError(f"tracking.{backend}: could not start the run: {type(exc).__name__}: {first}{hint}") from exc
+        raise TrackingError(f"tracking.{backend}: could not start the run: {one_line(exc)}{hint}") from exc
 
 
 def make_sinks(run_dir, config, is_main_process: bool = True, resume_step: int | None = None):
@@ -46,25 +45,21 @@ def make_sinks(run_dir, config, is_main_process: bool = True, resume_step: int |
     if not is_main_process:
         return NullSink()
     run_dir = Path(run_dir)
-    tracking = getattr(config, "tracking", None)
-    if tracking is not None:  # check every requested backend before starting any
-        for backend in ("wandb", "mlflow"):
-            if getattr(tracking, backend, False):
-                _require(backend)
-    jsonl = JsonlSink(run_dir)
-    jsonl.name = "jsonl"  # how the failure warning names it
-    sinks: list = [jsonl]
+    tracking = config.tracking
+    for backend in ("wandb", "mlflow"):  # check every requested backend before starting any
+        if getattr(tracking, backend):
+            _require(backend)
+    sinks: list = [JsonlSink(run_dir)]
     try:
-        if tracking is not None and tracking.tensorboard:
+        if tracking.tensorboard:
             from policyshift.tracking.tensorboard import TensorBoardSink
 
             sinks.append(TensorBoardSink(run_dir, resume_step=resume_step))
-        if tracking is not None and tracking.wandb:
+        if tracking.wandb:
             from policyshift.tracking.wandb import WandbSink
 
-            to_dict = getattr(config, "to_dict", None)
-            sinks.append(_start("wandb", lambda: WandbSink(run_dir, tracking, to_dict() if to_dict else None, resume_step=resume_step)))
-        if tracking is not None and tracking.mlflow:
+            sinks.append(_start("wandb", lambda: WandbSink(run_dir, tracking, config.to_dict(), resume_step=resume_step)))
+        if tracking.mlflow:
             from policyshift.tracking.mlflow import MlflowSink
 
             sinks.append(_start("mlflow", lambda: MlflowSink(run_dir, tracking, resume_step=resume_step)))

@@ -35,7 +35,8 @@ def _warn(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[yellow]warning[/] {message}", highlight=False, markup=True)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """"Type: first line of the message" (the type alone for an empty message)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -72,8 +73,8 @@ class MultiSink:
     def _disable(self, sink, method: str, exc: BaseException) -> None:
         name = sink_name(sink)
         self._off.add(id(sink))
-        self.disabled[name] = _one_line(exc)
-        self._warn(f"tracking: the {name} sink failed in {method} ({_one_line(exc)}); it is disabled, training continues")
+        self.disabled[name] = one_line(exc)
+        self._warn(f"tracking: the {name} sink failed in {method} ({one_line(exc)}); it is disabled, training continues")
 
     def log_config(self, config: dict) -> None:
         self._call("log_config", config)
@@ -111,32 +112,13 @@ class MultiSink:
         self.close()
 
 
-class NullSink:
-    """What a non-main process logs to: nothing."""
+class NullSink(MultiSink):
+    """What a non-main process logs to: nothing (a MultiSink over no sinks)."""
 
     name = "null"
-    sinks: list = []
 
-    def log_config(self, config: dict) -> None:
-        pass
-
-    def log_scalars(self, metrics: dict, step: int) -> None:
-        pass
-
-    def log_histograms(self, values: dict, step: int) -> None:
-        pass
-
-    def log_samples(self, rows: list[dict], step: int) -> None:
-        pass
-
-    def log_findings(self, findings: list[dict], step: int) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def __init__(self):
+        super().__init__([])
 
 
 # ---- helpers the backends share ------------------------------------------------------------------
@@ -154,6 +136,18 @@ def as_number(value: Any) -> float | None:
             return None
         return float(out) if isinstance(out, (int, float, bool)) else None
     return None
+
+
+def clean_json(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth of dicts, lists and tuples) as None: JSON has no
+    NaN/inf, and null is what every reader (browsers included) can parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return value
 
 
 def finite_values(values: Any) -> list[float]:

@@ -4,50 +4,43 @@ of each step), samples.jsonl (fixed-prompt generations, appended, never overwrit
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import yaml
 
-
-def _clean(value):
-    # JSON has no NaN/inf: write null so every reader (browsers included) can parse the line.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+from policyshift.analysis.runlog import CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, SAMPLES_FILE, read_jsonl
+from policyshift.tracking.base import clean_json
 
 
 def append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_clean(row)) + "\n")
+        f.write(json.dumps(clean_json(row)) + "\n")
         f.flush()
 
 
 class JsonlSink:
+    name = "jsonl"  # how the failure warning names it
+
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def log_config(self, config: dict) -> None:
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def log_scalars(self, metrics: dict, step: int) -> None:
-        append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **metrics})
+        append_jsonl(self.run_dir / METRICS_FILE, {"step": step, **metrics})
 
     def log_histograms(self, values: dict[str, list], step: int) -> None:
-        append_jsonl(self.run_dir / "distributions.jsonl", {"step": step, **values})
+        append_jsonl(self.run_dir / DISTRIBUTIONS_FILE, {"step": step, **values})
 
     def log_samples(self, rows: list[dict], step: int) -> None:
         for row in rows:
-            append_jsonl(self.run_dir / "samples.jsonl", {"step": step, **row})
+            append_jsonl(self.run_dir / SAMPLES_FILE, {"step": step, **row})
 
     def log_findings(self, findings: list[dict], step: int) -> None:
         for f in findings:
-            append_jsonl(self.run_dir / "findings.jsonl", {"logged_at_step": step, **f})
+            append_jsonl(self.run_dir / FINDINGS_FILE, {"logged_at_step": step, **f})
 
     def close(self) -> None:
         pass
@@ -57,11 +50,10 @@ def truncate_run_logs(run_dir: str | Path, step: int, write: bool = True) -> dic
     """Cut every log back to `step` (resume from a checkpoint): rows of later steps, and a partial
     last line left by a kill, are dropped. Returns the kept rows of each log; `write=False` only
     reads (the processes of a distributed run other than the main one)."""
-    from policyshift.analysis.runlog import read_jsonl
-
     kept = {}
-    for name, key in (("metrics", "step"), ("distributions", "step"), ("samples", "step"), ("findings", "logged_at_step")):
-        path = Path(run_dir) / f"{name}.jsonl"
+    for name, file, key in (("metrics", METRICS_FILE, "step"), ("distributions", DISTRIBUTIONS_FILE, "step"),
+                            ("samples", SAMPLES_FILE, "step"), ("findings", FINDINGS_FILE, "logged_at_step")):
+        path = Path(run_dir) / file
         rows = [r for r in read_jsonl(path) if r.get(key, 0) <= step]
         kept[name] = rows
         if not write:

@@ -19,8 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from policyshift.tracking.base import as_number, flatten, read_ids, write_id
-from policyshift.tracking.jsonl import _clean
+from policyshift.tracking.base import as_number, clean_json, flatten, read_ids, write_id
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -40,8 +39,7 @@ class MlflowSink:
 
         self.run_dir = Path(run_dir)
         explicit = tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        self.tracking_uri = explicit or default_tracking_uri(self.run_dir)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=explicit or default_tracking_uri(self.run_dir))
         exp = self.client.get_experiment_by_name(tracking.mlflow_experiment)
         if exp is not None:
             self.experiment_id = exp.experiment_id
@@ -56,7 +54,6 @@ class MlflowSink:
                                          tags={"mlflow.source.name": "policyshift", "policyshift.run_dir": str(self.run_dir.resolve())})
             self.run_id = run.info.run_id
         write_id(self.run_dir, "mlflow_run_id", self.run_id)
-        self._logged: set[str] = set()
         self._closed = False
         atexit.register(self._at_exit)
 
@@ -80,7 +77,7 @@ class MlflowSink:
         params = [Param(k, _param_value(v, limit)) for k, v in flatten(config).items() if k not in existing]
         for i in range(0, len(params), 100):  # MLflow's per-batch limit on params
             self.client.log_batch(self.run_id, params=params[i: i + 100])
-        self.client.log_dict(self.run_id, _clean(config), "config.yaml")
+        self.client.log_dict(self.run_id, clean_json(config), "config.yaml")
 
     def log_scalars(self, metrics: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -95,17 +92,16 @@ class MlflowSink:
 
     def log_samples(self, rows: list[dict], step: int) -> None:
         if rows:
-            self.client.log_dict(self.run_id, _clean([{"step": step, **r} for r in rows]), f"samples/step-{step}.json")
+            self.client.log_dict(self.run_id, clean_json([{"step": step, **r} for r in rows]), f"samples/step-{step}.json")
 
     def log_findings(self, findings: list[dict], step: int) -> None:
         if findings:
-            self.client.log_dict(self.run_id, _clean([{"logged_at_step": step, **f} for f in findings]), f"findings/step-{step}.json")
+            self.client.log_dict(self.run_id, clean_json([{"logged_at_step": step, **f} for f in findings]), f"findings/step-{step}.json")
 
     def log_artifact(self, path: str | Path) -> None:
         path = Path(path)
         if path.exists():
             self.client.log_artifact(self.run_id, str(path))
-            self._logged.add(path.name)
 
     def close(self) -> None:
         if self._closed:
@@ -114,7 +110,7 @@ class MlflowSink:
         atexit.unregister(self._at_exit)
         try:
             report = self.run_dir / "report.html"
-            if report.is_file() and report.name not in self._logged:
+            if report.is_file():
                 self.log_artifact(report)
         finally:
             self.client.set_terminated(self.run_id, "FINISHED")

@@ -35,7 +35,7 @@ def samples_markdown(rows: list[dict], step: int) -> str:
 class TensorBoardSink:
     name = "tensorboard"
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, flush_secs: int = 10):
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(run_dir) / TB_SUBDIR
@@ -45,7 +45,7 @@ class TensorBoardSink:
                 old.unlink()
         # On resume, purge_step drops the events an earlier process wrote after the checkpoint.
         purge = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge, flush_secs=flush_secs)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge, flush_secs=10)
 
     def log_config(self, config: dict) -> None:
         text = yaml.safe_dump(config, sort_keys=False)

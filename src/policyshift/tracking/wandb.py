@@ -8,20 +8,13 @@ kept in RUN_DIR/tracking.json so a resumed training run continues the same W&B r
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from policyshift.tracking.base import as_number, finite_values, read_ids, sample_columns, write_id
+from policyshift.tracking.base import as_number, clean_json, finite_values, read_ids, sample_columns, write_id
 
 
 def table_key(prefix: str, step: int) -> str:
     return f"{prefix}/step_{step:06d}"  # zero-padded: the W&B panel list sorts in step order
-
-
-def _table_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class WandbSink:
@@ -45,7 +38,6 @@ class WandbSink:
         self.run = wandb.init(**kwargs)
         if getattr(self.run, "id", None):
             write_id(self.run_dir, "wandb_run_id", self.run.id)
-        self._saved: set[str] = set()
 
     def log_config(self, config: dict) -> None:
         self.run.config.update(config, allow_val_change=True)
@@ -69,7 +61,7 @@ class WandbSink:
             return
         columns = sample_columns(rows)
         table = self.wandb.Table(columns=["step", *columns],
-                                 data=[[step, *(_table_value(r.get(c)) for c in columns)] for r in rows])
+                                 data=[[step, *(clean_json(r.get(c)) for c in columns)] for r in rows])
         self.run.log({table_key("samples", step): table}, step=step)
 
     def log_findings(self, findings: list[dict], step: int) -> None:
@@ -83,12 +75,11 @@ class WandbSink:
         path = Path(path)
         if path.is_file():
             self.run.save(str(path.resolve()), base_path=str(path.resolve().parent), policy="now")
-            self._saved.add(path.name)
 
     def close(self) -> None:
         try:
             report = self.run_dir / "report.html"
-            if report.is_file() and report.name not in self._saved:
+            if report.is_file():
                 self.log_artifact(report)
         finally:
             self.run.finish()
