@@ -230,20 +230,13 @@ def peak_rss_mib() -> float:
 
 
 # ---- policyshift worker --------------------------------------------------------------------------
-def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, experiments: list[str]) -> dict:
-    import torch
-
-    import policyshift.rollout as ps_rollout
+def policyshift_config(assets: Path, threads: int, experiments: list[str], output_dir: str):
+    """The benchmark setting as a policyshift PPOConfig, with the config changes of `experiments`
+    (CONFIG_EXPERIMENTS) applied. Shared with profile_policyshift.py, so both run the same setup."""
     from policyshift.config import PPOConfig
-    from policyshift.trainer import PPOTrainer
 
-    torch.set_num_threads(threads)
-    peak = matmul_peak(threads)
-    for name in experiments:
-        EXPERIMENTS[name]()
-    out_dir = tempfile.mkdtemp(prefix="ps-bench-")
     overrides = {k: v for name in experiments for k, v in CONFIG_EXPERIMENTS.get(name, {}).items()}
-    cfg = PPOConfig.from_dict({
+    return PPOConfig.from_dict({
         "model": {"policy": str(assets / "policy"), "critic": str(assets / "value"), "dtype": "float32"},
         "data": {"prompts": str(assets / "prompts.jsonl"), "max_prompt_length": PROMPT_LEN},
         "rollout": {"batch_size": BATCH, "max_new_tokens": RESPONSE_LEN, "temperature": 1.0, "stop_at_eos": False},
@@ -251,13 +244,36 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, experim
         "kl": {"estimator": "k1", "beta": KL_COEF, "controller": "fixed"},
         "ppo": {"epochs": EPOCHS, "num_minibatches": MINIBATCHES, "lr": LR},
         "analysis": {"num_prompts": 0, "every": 0},
-        "train": {"steps": 1000, "save_every": 0, "output_dir": out_dir, "device": "cpu", "num_threads": threads, "overwrite": True},
+        "train": {"steps": 1000, "save_every": 0, "output_dir": output_dir, "device": "cpu", "num_threads": threads, "overwrite": True},
         "tracking": {"tensorboard": False},
     }, overrides)
+
+
+def sampler_modules() -> list:
+    """The modules that call policyshift's sampling loop by their own name `sample`: rollout (its
+    generate_rollout without an engine) and engines (HFEngine, the trainer's default engine, imports
+    it). A wrapper that times or labels the sampling must replace the name in both."""
+    import policyshift.engines
+    import policyshift.rollout
+
+    return [policyshift.rollout, policyshift.engines]
+
+
+def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, experiments: list[str]) -> dict:
+    import torch
+
+    from policyshift.trainer import PPOTrainer
+
+    torch.set_num_threads(threads)
+    peak = matmul_peak(threads)
+    for name in experiments:
+        EXPERIMENTS[name]()
+    cfg = policyshift_config(assets, threads, experiments, tempfile.mkdtemp(prefix="ps-bench-"))
     trainer = PPOTrainer(cfg)
     timers = Timers()
     lengths = []
-    timers.wrap(ps_rollout, "sample", "sample", on_exit=lambda out: lengths.append(out[0].shape[1]))
+    for module in sampler_modules():
+        timers.wrap(module, "sample", "sample", on_exit=lambda out: lengths.append(out[0].shape[1]))
     timers.wrap(trainer.models, "forward", "update_forward")
     timers.wrap(torch.autograd, "backward", "update_backward")
     timers.wrap(trainer.optimizer, "step", "update_optim")
@@ -371,186 +387,11 @@ def run_trl(assets: Path, iters: int, warmup: int, threads: int) -> dict:
             "warmup": warmup, "peak_rss_mib": peak_rss_mib(), "experiments": []}
 
 
-# ---- experiments: candidate policyshift speed-ups, monkeypatched (the sources are not edited) -----
-# Each one names the file and function it stands in for; see benchmarks/README.md for measured gains.
-def _exp_fused_adamw():
-    """trainer.py PPOTrainer.__init__ / update(): AdamW(fused=True) and clip_grad_norm_(foreach=True).
-    On CPU torch's default AdamW is the per-parameter for-loop (~10 small kernels × 105 tensors per
-    step) and clip_grad_norm_ loops over tensors too; TRL (via transformers' default optim
-    "adamw_torch_fused") already uses the fused kernel. Same math. (Patched process-wide: each
-    implementation runs in its own worker process.)"""
-    import torch
-
-    class FusedAdamW(torch.optim.AdamW):
-        def __init__(self, params, **kw):
-            kw.setdefault("fused", True)
-            super().__init__(params, **kw)
-
-    orig_clip = torch.nn.utils.clip_grad_norm_
-
-    def clip(params, max_norm, *a, **kw):
-        kw.setdefault("foreach", True)
-        return orig_clip(params, max_norm, *a, **kw)
-
-    torch.optim.AdamW = FusedAdamW
-    torch.nn.utils.clip_grad_norm_ = clip
-
-
-def _exp_gelu_tanh():
-    """models.py _load(): GPT-2's activation "gelu_new" is transformers' NewGELUActivation, written as
-    ~8 elementwise ops (pow, mul, add, tanh, ...) each with its own autograd node; "gelu_pytorch_tanh"
-    is the same function (max abs difference ~2e-7) in one fused aten kernel (forward and backward).
-    Swapping config.activation_function at load time changes no result beyond rounding."""
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    import policyshift.models as M
-
-    if hasattr(M, "_fuse_gelu"):  # landed in 6517a6e
-        return
-    orig = M._load
-
-    def _load(*a, **k):
-        model = orig(*a, **k)
-        for module in model.modules():
-            if isinstance(getattr(module, "act", None), NewGELUActivation):
-                module.act = GELUTanh()
-        if getattr(model.config, "activation_function", None) == "gelu_new":
-            model.config.activation_function = "gelu_pytorch_tanh"
-        return model
-
-    M._load = _load
-
-
-def _exp_lean_update_losses():
-    """trainer.py update(): compute log_softmax(logits) once, take the new logprobs from it, and the
-    entropy (logged only, ent_coef 0) from the same tensor under no_grad. Today the update builds a
-    second log_softmax + exp + where + mul + sum over (8, 48, 4096) *with autograd* for the entropy, a
-    term multiplied by ent_coef = 0 whose backward still runs. Valid when ppo.ent_coef == 0 (else keep the graph)."""
-    import torch
-
-    import policyshift.trainer as T
-
-    if not hasattr(T, "logprobs_from_logits"):  # landed in 6517a6e: update() shares one log_softmax already
-        return
-    cache = {}
-    orig_lp, orig_ent = T.logprobs_from_logits, T.entropy_from_logits
-
-    def logprobs_from_logits(logits, tokens, temperature=1.0):
-        logp = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-        cache["key"], cache["logp"] = logits, logp
-        return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-
-    def entropy_from_logits(logits, temperature=1.0):
-        if cache.get("key") is logits:
-            with torch.no_grad():
-                logp = cache.pop("logp").detach()
-                cache.clear()
-                return -(logp.exp() * logp).sum(-1)
-        return orig_ent(logits, temperature)
-
-    T.logprobs_from_logits, T.entropy_from_logits = logprobs_from_logits, entropy_from_logits
-
-
-def _exp_lean_rollout():
-    """rollout.py sample() + generate_rollout(): (1) `logits_to_keep=1` on the prefill (the original
-    computes the 4096-way LM head on all 8 prompt positions and keeps the last); (2) no forward pass
-    after the last sampled token (the original runs 1 prefill + 48 decode passes, the 48th is thrown
-    away); (3) one preallocated attention mask sliced per step instead of a torch.cat per step;
-    (4) log_softmax of the policy and reference logits once each, shared by the logprobs, the exact KL
-    and the entropy (the original computes the policy's 3× and the reference's 2×)."""
-    import torch
-
-    import policyshift.rollout as R
-    import policyshift.trainer as T
-    from policyshift.models import position_ids_from_mask
-
-    if hasattr(R, "log_softmax_t"):  # landed in 6517a6e: the rollout is lean already
-        return
-
-    @torch.no_grad()
-    def sample(model, query_ids, query_mask, max_new_tokens, temperature, eos_token_id, stop_at_eos=True, generator=None):
-        B, P = query_ids.shape
-        mask = torch.ones(B, P + max_new_tokens, dtype=torch.long, device=query_ids.device)
-        mask[:, :P] = query_mask
-        out = model(input_ids=query_ids, attention_mask=mask[:, :P], position_ids=position_ids_from_mask(mask[:, :P]),
-                    use_cache=True, logits_to_keep=1)
-        next_position = mask[:, :P].sum(1, keepdim=True)
-        tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=query_ids.device)
-        step_logits = []
-        done = torch.zeros(B, dtype=torch.bool, device=query_ids.device)
-        n = 0
-        for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
-            probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator)
-            tokens[:, t : t + 1] = token
-            step_logits.append(logits)
-            n = t + 1
-            if eos_token_id is not None:
-                done |= token.squeeze(1) == eos_token_id
-                if stop_at_eos and bool(done.all()):
-                    break
-            if t + 1 == max_new_tokens:
-                break  # the last token is never fed back
-            out = model(input_ids=token, attention_mask=mask[:, : P + t + 1], position_ids=next_position,
-                        past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
-            next_position = next_position + 1
-        return tokens[:, :n], torch.stack(step_logits, 1)
-
-    @torch.no_grad()
-    def generate_rollout(models, ref_policy, tokenizer, prompts, cfg, max_prompt_length, generator=None):
-        device = next(models.policy.parameters()).device
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
-        query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        raw_ids, logits = R.sample(models.policy, query_ids, query_mask, cfg.max_new_tokens, cfg.temperature,
-                                   tokenizer.eos_token_id, cfg.stop_at_eos, generator)
-        response_ids, response_mask, has_eos = R.truncate_after_eos(raw_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        Rn = max(int(response_mask.sum(1).max()), 1)
-        response_ids, response_mask, logits = response_ids[:, :Rn], response_mask[:, :Rn], logits[:, :Rn]
-        input_ids = torch.cat([query_ids, response_ids], 1)
-        attention_mask = torch.cat([query_mask, response_mask.long()], 1)
-        ref_logits = R.response_logits(ref_policy, input_ids, attention_mask, Rn)
-        T_ = cfg.temperature
-        logp = torch.log_softmax(logits / T_ if T_ != 1.0 else logits, -1)
-        logq = torch.log_softmax(ref_logits / T_ if T_ != 1.0 else ref_logits, -1)
-        p = logp.exp()
-        idx = response_ids.long().unsqueeze(-1)
-        return R.Rollout(
-            prompts=list(prompts),
-            responses=tokenizer.batch_decode(torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id), skip_special_tokens=True),
-            query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=response_mask, has_eos=has_eos,
-            logprobs=logp.gather(-1, idx).squeeze(-1), ref_logprobs=logq.gather(-1, idx).squeeze(-1),
-            values=models.values(input_ids, attention_mask, Rn),
-            exact_kl=(p * torch.where(p > 0, logp - logq, torch.zeros_like(logp))).sum(-1),
-            entropy=-(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1),
-        )
-
-    R.sample = sample
-    T.generate_rollout = generate_rollout
-
-
-def _exp_bf16_autocast():
-    """NOT equal settings (bf16 matmuls, fp32 master weights): torch.autocast("cpu", bfloat16) around
-    every model forward (rollout and update; the backward follows the autocast of its forward). Shows
-    what the CPU's AVX512-BF16 matmuls would buy. Logprobs then carry bf16 rounding."""
-    import torch
-
-    import policyshift.models as M
-    import policyshift.rollout as R
-
-    def autocast(fn):
-        def inner(*a, **k):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = fn(*a, **k)
-            return out
-        return inner
-
-    M.PolicyAndCritic.forward = autocast(M.PolicyAndCritic.forward)
-    M.PolicyAndCritic.values = autocast(M.PolicyAndCritic.values)
-    R.response_logits = autocast(R.response_logits)
-    R.sample = autocast(R.sample)
-
-
+# ---- experiments: policyshift variants, run as the extra implementation "exp" --------------------
+# A candidate speed-up is a monkeypatch (the sources are not edited) that names the file and function it
+# stands in for; see benchmarks/README.md for the measured gains. Candidates that landed in policyshift
+# were removed from here (fused_adamw, gelu_tanh, lean_update_losses, lean_rollout: in 6517a6e; see git
+# history). Options the library already has are config changes (CONFIG_EXPERIMENTS).
 def _exp_cdf_sampling():
     """rollout.py sample(): draw the token by inverse CDF (one uniform per row, cumsum + searchsorted)
     instead of torch.multinomial, which on CPU draws an exponential variate for every vocabulary entry
@@ -570,24 +411,25 @@ def _exp_cdf_sampling():
     torch.multinomial = multinomial
 
 
-# Not equal work: a policyshift option that TRL 1.12's PPO does not have (it needs a separate value model).
+# Not equal work: policyshift options that TRL 1.12's PPO does not offer (run_policyshift applies them).
 CONFIG_EXPERIMENTS = {
     # value head on the policy's own last hidden state: no critic backbone to run forward and backward
+    # (TRL needs a separate value model)
     "shared_critic": {"model.share_critic_backbone": True},
+    # bf16 matmuls, fp32 master weights and optimizer: torch.autocast("cpu", bfloat16) over the rollout
+    # (sampling, reference and value forwards) and around the update's forward; the backward follows its
+    # forward's autocast. Shows what the CPU's AVX512-BF16 matmuls buy; logprobs carry bf16 rounding.
+    # (TRL 1.12's own bf16=True never reaches its PPO's math: see run_trl.)
+    "bf16_autocast": {"train.mixed_precision": "bf16"},
 }
 
 EXPERIMENTS = {
-    "shared_critic": lambda: None,  # a config change, applied in run_policyshift
+    "shared_critic": lambda: None,  # config changes: nothing to patch
+    "bf16_autocast": lambda: None,
     "cdf_sampling": _exp_cdf_sampling,
-    "fused_adamw": _exp_fused_adamw,
-    "gelu_tanh": _exp_gelu_tanh,
-    "lean_update_losses": _exp_lean_update_losses,
-    "lean_rollout": _exp_lean_rollout,
-    "bf16_autocast": _exp_bf16_autocast,
 }
-# "all" = these (not bf16, not shared_critic). Since policyshift 6517a6e all but cdf_sampling are in the
-# sources: their patches detect that and do nothing (fused_adamw then re-applies what is already there).
-EQUAL_WORK = ["cdf_sampling", "fused_adamw", "gelu_tanh", "lean_update_losses", "lean_rollout"]
+# "all" = the experiments that do the same work as plain policyshift (not bf16, not shared_critic)
+EQUAL_WORK = ["cdf_sampling"]
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -609,15 +451,24 @@ def wait_until_quiet(timeout_s: float, window_s: float = 3.0) -> float:
 QUIET = 0.15  # an iteration is "quiet" when other processes kept < 0.15 cores busy on average while it ran
 
 
+def steady_iterations(run: dict) -> list[dict]:
+    """A run's iterations after its warm-up: every figure is taken from these only."""
+    return run["iterations"][run["warmup"]:]
+
+
+def steady_median(run: dict, key: str) -> float:
+    return statistics.median(it[key] for it in steady_iterations(run))
+
+
 def summarize(runs: list[dict], flops: dict, quiet_only: bool = False) -> dict:
-    steady = [it for r in runs for it in r["iterations"][r["warmup"]:]]
+    steady = [it for r in runs for it in steady_iterations(r)]
     n_all = len(steady)
     if quiet_only:
         steady = [it for it in steady if it.get("others_cores", 0.0) < QUIET]
         if not steady:
             return {}
     med = {k: statistics.median(it[k] for it in steady) for k in ["step_s"] + PHASES}
-    per_run = [statistics.median(it["step_s"] for it in r["iterations"][r["warmup"]:]) for r in runs]
+    per_run = [steady_median(r, "step_s") for r in runs]
     peak = statistics.median(r["matmul_peak_gflops"] for r in runs)
     step = med["step_s"]
     q = statistics.quantiles([it["step_s"] for it in steady], n=4) if len(steady) >= 4 else [min(x["step_s"] for x in steady), 0, max(x["step_s"] for x in steady)]
@@ -642,12 +493,8 @@ def paired_ratios(runs: dict) -> dict:
     for a, b in pairs:
         ratios = []
         for ra, rb in zip(runs[a], runs[b]):
-            la = statistics.median(it["others_cores"] for it in ra["iterations"][ra["warmup"]:])
-            lb = statistics.median(it["others_cores"] for it in rb["iterations"][rb["warmup"]:])
-            if abs(la - lb) < 0.1:
-                ma = statistics.median(it["step_s"] for it in ra["iterations"][ra["warmup"]:])
-                mb = statistics.median(it["step_s"] for it in rb["iterations"][rb["warmup"]:])
-                ratios.append(mb / ma)
+            if abs(steady_median(ra, "others_cores") - steady_median(rb, "others_cores")) < 0.1:
+                ratios.append(steady_median(rb, "step_s") / steady_median(ra, "step_s"))
         out[(a, b)] = (ratios, min(len(runs[a]), len(runs[b])))
     return out
 
@@ -717,8 +564,8 @@ def main(argv=None):
     ap.add_argument("--only", action="append", choices=["policyshift", "trl", "exp"],
                     help="run only these (repeatable); default: policyshift and trl, plus exp when --experiment is given")
     ap.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS) + ["all"],
-                    help="monkeypatched policyshift speed-up (repeatable; 'all' = every equal-work one); "
-                         "runs as an extra implementation 'exp' next to plain policyshift")
+                    help="policyshift variant, a monkeypatch or a config change (repeatable; 'all' = the equal-work "
+                         "ones); runs as an extra implementation 'exp' next to plain policyshift")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="before each run, wait up to SECONDS for the machine to be free of other load")
     ap.add_argument("--json", help="write the raw runs and the summary here")
@@ -763,9 +610,9 @@ def main(argv=None):
             run = json.loads(Path(result).read_text())
             os.unlink(result)
             runs[impl].append(run)
-            steady = [it["step_s"] for it in run["iterations"][ns.warmup:]]
-            load = statistics.median(it["others_cores"] for it in run["iterations"][ns.warmup:])
-            print(f"round {r + 1} {impl:<12} median {statistics.median(steady):.3f} s/iter  others' load {load:.2f} cores "
+            steady = [it["step_s"] for it in steady_iterations(run)]
+            print(f"round {r + 1} {impl:<12} median {statistics.median(steady):.3f} s/iter  "
+                  f"others' load {steady_median(run, 'others_cores'):.2f} cores "
                   f"(min {min(steady):.3f}, max {max(steady):.3f}; matmul peak {run['matmul_peak_gflops']:.0f} GFLOP/s; "
                   f"rss {run['peak_rss_mib']:.0f} MiB; wall {time.perf_counter() - t0:.0f} s)", flush=True)
     summary = {k: summarize(v, flops) for k, v in runs.items()}

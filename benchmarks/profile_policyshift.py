@@ -2,7 +2,7 @@
 benchmark setting (benchmarks/ppo_vs_trl.py), with each phase labelled.
 
     python benchmarks/profile_policyshift.py --assets /tmp/ppo-assets --iters 2 --threads 2
-    python benchmarks/profile_policyshift.py --experiment fast_sample --experiment foreach_adamw
+    python benchmarks/profile_policyshift.py --experiment cdf_sampling --experiment shared_critic
 
 Prints, per phase: wall time, time inside aten operators (self CPU time summed over the ops that
 ran in the phase), the rest (Python, module dispatch, autograd bookkeeping: "overhead"), and the
@@ -24,8 +24,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import ppo_vs_trl as bench  # noqa: E402
 
-PHASES = ["generate", "rollout/ref_forward", "rollout/value_forward", "rollout/reward_forward", "rollout/other",
-          "advantages+metrics", "update/forward", "update/loss", "update/backward", "update/optimizer", "update/other"]
+# the labels main() puts on policyshift's functions; "rollout" and "update" enclose them, "step" encloses all.
+# What no label covers (rollout/other, update/other, step/other) is a remainder computed for the table.
+PHASES = ["generate", "rollout/ref_forward", "rollout/value_forward", "rollout/reward_forward",
+          "update/forward", "update/backward", "update/optimizer"]
 
 
 def main(argv=None):
@@ -44,25 +46,14 @@ def main(argv=None):
 
     import policyshift.rollout as R
     import policyshift.trainer as T
-    from policyshift.config import PPOConfig
     from policyshift.trainer import PPOTrainer
 
     torch.set_num_threads(ns.threads)
     assets = bench.build_assets(Path(ns.assets) if ns.assets else Path(tempfile.mkdtemp(prefix="ppo-bench-assets-")))
     for name in ns.experiment:
         bench.EXPERIMENTS[name]()
-    cfg = PPOConfig.from_dict({
-        "model": {"policy": str(assets / "policy"), "critic": str(assets / "value")},
-        "data": {"prompts": str(assets / "prompts.jsonl"), "max_prompt_length": bench.PROMPT_LEN},
-        "rollout": {"batch_size": bench.BATCH, "max_new_tokens": bench.RESPONSE_LEN, "stop_at_eos": False},
-        "reward": {"model": str(assets / "reward")},
-        "kl": {"estimator": "k1", "beta": bench.KL_COEF},
-        "ppo": {"epochs": bench.EPOCHS, "num_minibatches": bench.MINIBATCHES, "lr": bench.LR},
-        "analysis": {"num_prompts": 0, "every": 0},
-        "train": {"steps": 1000, "save_every": 0, "output_dir": tempfile.mkdtemp(prefix="ps-prof-"), "device": "cpu",
-                  "num_threads": ns.threads, "overwrite": True},
-        "tracking": {"tensorboard": False},
-    })
+    # the benchmark's own config, with the experiments' config changes (e.g. shared_critic) applied
+    cfg = bench.policyshift_config(assets, ns.threads, ns.experiment, tempfile.mkdtemp(prefix="ps-prof-"))
     trainer = PPOTrainer(cfg)
 
     # ---- phase labels (wall time per phase, measured outside the profiler's own accounting) ----
@@ -70,54 +61,36 @@ def main(argv=None):
     stack: list[str] = []
 
     def labelled(fn, label):
+        """fn, timed into wall[label] and marked for the profiler. `label` may be a function of the stack
+        of enclosing labels, called at each call (the same function serves two phases)."""
         def inner(*a, **k):
-            if stack and stack[-1] == label:  # re-entrant (e.g. values() inside forward())
+            name = label(stack) if callable(label) else label
+            if stack and stack[-1] == name:  # re-entrant (e.g. values() inside forward())
                 return fn(*a, **k)
-            stack.append(label)
+            stack.append(name)
             t0 = time.perf_counter()
             try:
-                with record_function(label):
+                with record_function(name):
                     return fn(*a, **k)
             finally:
-                wall[label] += time.perf_counter() - t0
+                wall[name] += time.perf_counter() - t0
                 stack.pop()
         return inner
 
-    in_update = {"on": False}
-    R.sample = labelled(R.sample, "generate")
+    for module in bench.sampler_modules():
+        module.sample = labelled(module.sample, "generate")
     R.response_logits = labelled(R.response_logits, "rollout/ref_forward")
-    orig_values = trainer.models.values
-    trainer.models.values = lambda *a, **k: (labelled(orig_values, "update/forward" if in_update["on"] else "rollout/value_forward"))(*a, **k)
+    # the critic runs in the rollout (values of the sampled episodes) and inside the update's forward
+    trainer.models.values = labelled(trainer.models.values,
+                                     lambda stack: "update/forward" if "update" in stack else "rollout/value_forward")
     trainer.models.forward = labelled(trainer.models.forward, "update/forward")
     trainer.reward.__class__.__call__ = labelled(trainer.reward.__class__.__call__, "rollout/reward_forward")
     torch.autograd.backward = labelled(torch.autograd.backward, "update/backward")
     trainer.optimizer.step = labelled(trainer.optimizer.step, "update/optimizer")
     trainer.optimizer.zero_grad = labelled(trainer.optimizer.zero_grad, "update/optimizer")
-    T.torch.nn.utils.clip_grad_norm_ = labelled(torch.nn.utils.clip_grad_norm_, "update/optimizer")
-    orig_update = trainer.update
-
-    def update(*a, **k):
-        in_update["on"] = True
-        t0 = time.perf_counter()
-        try:
-            with record_function("update"):
-                return orig_update(*a, **k)
-        finally:
-            wall["update"] += time.perf_counter() - t0
-            in_update["on"] = False
-
-    trainer.update = update
-    orig_gen = T.generate_rollout
-
-    def generate_rollout(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            with record_function("rollout"):
-                return orig_gen(*a, **k)
-        finally:
-            wall["rollout"] += time.perf_counter() - t0
-
-    T.generate_rollout = generate_rollout
+    torch.nn.utils.clip_grad_norm_ = labelled(torch.nn.utils.clip_grad_norm_, "update/optimizer")
+    trainer.update = labelled(trainer.update, "update")
+    T.generate_rollout = labelled(T.generate_rollout, "rollout")
 
     for _ in range(ns.warmup):
         trainer.ppo_step()
@@ -127,7 +100,7 @@ def main(argv=None):
         for _ in range(ns.iters):
             with record_function("step"):
                 trainer.ppo_step()
-    step_wall = prof_step_wall = (time.perf_counter() - t0) / ns.iters
+    prof_step_wall = (time.perf_counter() - t0) / ns.iters
     prof_wall = defaultdict(float, wall)  # the phases of the profiled iterations only
     # profiler-free timing of the same iterations, to see the profiler's own overhead
     t1 = time.perf_counter()
@@ -160,7 +133,6 @@ def main(argv=None):
     # wall times per phase from the profiler-free iterations (the timers ran in both; the profiler's own
     # overhead would otherwise inflate every phase); operator times and counts from the profiled ones
     wall = defaultdict(float, {k: wall[k] - prof_wall.get(k, 0.0) for k in wall})
-    step_wall = bare_wall
     rollout_other = wall["rollout"] - wall["generate"] - wall["rollout/ref_forward"] - wall["rollout/value_forward"]
     update_other = wall["update"] - sum(wall[k] for k in ("update/forward", "update/backward", "update/optimizer"))
     table = {
@@ -175,7 +147,7 @@ def main(argv=None):
         "update/other (losses, stats .item())": update_other,
     }
     accounted = wall["rollout"] + wall["rollout/reward_forward"] + wall["update"]
-    table["step/other (GAE, metrics, logging)"] = step_wall * n - accounted
+    table["step/other (GAE, metrics, logging)"] = bare_wall * n - accounted
     print(f"\nthreads {ns.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, experiments {ns.experiment or 'none'}")
     print(f"wall per iteration: {prof_step_wall:.3f} s under the profiler, {bare_wall:.3f} s without "
           f"(wall column: without the profiler; aten column: under it)\n")
@@ -184,12 +156,12 @@ def main(argv=None):
                "update/optimizer (zero_grad, clip, AdamW)": "update/optimizer", "step/other (GAE, metrics, logging)": "step"}
     for label, secs in table.items():
         k = key_map.get(label, label)
-        print(f"{label:<52}{secs / n:>12.3f}{secs / n / step_wall:>8.1%}{op_time[k] / n:>13.3f}{op_calls[k] / n:>10.0f}")
+        print(f"{label:<52}{secs / n:>12.3f}{secs / n / bare_wall:>8.1%}{op_time[k] / n:>13.3f}{op_calls[k] / n:>10.0f}")
     total_ops = sum(op_calls.values()) / n
     total_aten = sum(op_time.values()) / n
-    print(f"{'total':<52}{step_wall:>12.3f}{1:>8.0%}{total_aten:>13.3f}{total_ops:>10.0f}")
+    print(f"{'total':<52}{bare_wall:>12.3f}{1:>8.0%}{total_aten:>13.3f}{total_ops:>10.0f}")
     print(f"\ntime outside aten operators (Python, nn.Module dispatch, autograd engine): "
-          f"~{step_wall - total_aten:.3f} s/iter ({(step_wall - total_aten) / step_wall:.1%}) "
+          f"~{bare_wall - total_aten:.3f} s/iter ({(bare_wall - total_aten) / bare_wall:.1%}) "
           f"(profiler-free wall minus aten self time under the profiler)")
     print(f"\ntop {ns.top} operators by self CPU time (per iteration):")
     print(f"{'op':<44}{'self s':>9}{'calls':>8}{'us/call':>9}")
