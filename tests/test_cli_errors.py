@@ -11,8 +11,6 @@ import pytest
 
 from policyshift.cli import main
 
-ERROR = "policyshift train: error: "
-
 
 @pytest.fixture(autouse=True)
 def quiet_transformers(monkeypatch):
@@ -39,16 +37,17 @@ def run_args(world, out_dir, **overrides) -> list[str]:
     return ["train"] + [x for k, v in settings.items() if v is not None for x in (f"--{k}", v)]
 
 
-def error_line(capsys, argv) -> str:
+def error_line(capsys, argv, command="train") -> str:
     """Runs the CLI, expects exit status 2, returns the error message (without the prefix)."""
+    prefix = f"policyshift {command}: error: "
     status = main(argv)
     err = capsys.readouterr().err
     assert status == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(ERROR)]
+    errors = [line for line in lines if line.startswith(prefix)]
     assert len(errors) == 1 and lines[-1] == errors[0], err  # one error line, and nothing after it
-    return errors[0][len(ERROR):]
+    return errors[0][len(prefix):]
 
 
 def test_the_same_settings_train_when_nothing_is_wrong(capsys, tmp_path, tiny_world):
@@ -204,25 +203,17 @@ def test_stage_commands_run_and_fail_in_one_line(capsys, tmp_path):
     assert main(["reward-model", "--pairs", str(pairs), "--base_model", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rm"),
                  "--steps", "2", "--batch_size", "4", "--log_every", "0"]) == 0
     assert "held-out pairwise accuracy" in capsys.readouterr().out
-    assert error_line_for(capsys, ["sft", "--data", str(texts), "--output_dir", str(tmp_path / "x"), "--model", str(tmp_path / "nope")],
-                          "sft") == f"model path not found: {tmp_path / 'nope'}"
-    assert error_line_for(capsys, ["sft", "--output_dir", str(tmp_path / "x")], "sft") == "missing required option(s): --data"
-    assert error_line_for(capsys, ["reward-model", "--pairs", str(tmp_path / "none.jsonl"), "--base_model", str(tmp_path / "sft"),
-                                   "--output_dir", str(tmp_path / "y")], "reward-model") == f"pairs file not found: {tmp_path / 'none.jsonl'}"
-
-
-def error_line_for(capsys, argv, command) -> str:
-    assert main(argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    prefix = f"policyshift {command}: error: "
-    assert lines[-1].startswith(prefix) and "Traceback" not in "\n".join(lines)
-    return lines[-1][len(prefix):]
+    assert error_line(capsys, ["sft", "--data", str(texts), "--output_dir", str(tmp_path / "x"), "--model", str(tmp_path / "nope")],
+                      "sft") == f"model path not found: {tmp_path / 'nope'}"
+    assert error_line(capsys, ["sft", "--output_dir", str(tmp_path / "x")], "sft") == "missing required option(s): --data"
+    assert error_line(capsys, ["reward-model", "--pairs", str(tmp_path / "none.jsonl"), "--base_model", str(tmp_path / "sft"),
+                               "--output_dir", str(tmp_path / "y")], "reward-model") == f"pairs file not found: {tmp_path / 'none.jsonl'}"
 
 
 def test_only_train_runs_under_several_processes(capsys, tmp_path, monkeypatch):
     """Under `accelerate launch` every process would redo a whole SFT/RM/demo job and write the same files."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv in (["sft", "--data", "x.jsonl", "--output_dir", str(tmp_path / "sft")], ["demo", "--out", str(tmp_path / "demo")]):
-        line = error_line_for(capsys, argv, argv[0])
+        line = error_line(capsys, argv, argv[0])
         assert line == f"only `train` runs under accelerate launch (2 processes); run `policyshift {argv[0]}` as one process"
     assert not (tmp_path / "sft").exists() and not (tmp_path / "demo").exists()

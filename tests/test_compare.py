@@ -4,18 +4,15 @@ import json
 
 import pytest
 
-from policyshift import PPOConfig, PPOTrainer
+from policyshift import PPOTrainer
 from policyshift.cli import main
+from test_train import config
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
-    PPOTrainer(PPOConfig.from_dict({
-        "model": {"policy": tiny_world["policy"]}, "data": {"prompts": tiny_world["prompts"]},
-        "reward": {"function": "tiny:good_fraction"}, "rollout": {"batch_size": 16, "max_new_tokens": 10},
-        "ppo": {"lr": 3e-3, "num_minibatches": 2}, "analysis": {"num_prompts": 0},
-        "train": {"steps": 10, "output_dir": str(out), "save_every": 0}})).train()
+    PPOTrainer(config(tiny_world, out, analysis={"every": 10, "num_prompts": 0}, train={"steps": 10, "save_every": 0})).train()
     return str(out / "final")
 
 

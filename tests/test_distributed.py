@@ -2,7 +2,6 @@
 the whole batch (recomputed here from both processes' raw episodes), the replicas stay identical,
 one process writes, and the run resumes under the same number of processes."""
 
-import json
 import os
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import yaml
 
 from policyshift.kl import kl_k3
 from policyshift.masked import masked_mean, masked_sum
+from tiny import assert_same_metrics, cli, cli_env, rows  # rows: test_sharded imports it from here
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -44,10 +44,7 @@ def write_config(world, path: Path, out: Path) -> Path:
 
 
 def launch(*args, processes=2, fault=None, script=("-m", "policyshift")):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("POLICYSHIFT_FAULT", None)
-    if fault:
-        env["POLICYSHIFT_FAULT"] = fault
+    env = {**cli_env(fault), "OMP_NUM_THREADS": "1"}
     # the shipped example config, as a user would launch it
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(TESTS.parent / "examples" / "accelerate" / "cpu_2proc.yaml"),
            "--num_processes", str(processes), "--main_process_port", str(free_port()), *script, "train", *args]
@@ -55,10 +52,6 @@ def launch(*args, processes=2, fault=None, script=("-m", "policyshift")):
     if "address already in use" in result.stderr.lower() or "EADDRINUSE" in result.stderr:  # the free port was taken meanwhile
         return launch(*args, processes=processes, fault=fault, script=script)
     return result
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +109,18 @@ def test_only_the_main_process_writes(run):
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".tmp*"))
 
 
-def test_resume_with_the_same_number_of_processes(run, tmp_path, tiny_world):
+def test_resume_with_the_same_number_of_processes(run, tmp_path):
     config, ref, _ = run
     out = tmp_path / "run"
     killed = launch("--config", str(config), "--train.output_dir", str(out), fault="kill_after_step:3")
     assert killed.returncode != 0
     resumed = launch("--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    a, b = rows(ref / "metrics.jsonl"), rows(out / "metrics.jsonl")
+    b = rows(out / "metrics.jsonl")
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
-    for x, y in zip(a, b):
-        for key in x:
-            if not key.startswith(("time/", "perf/")) and x[key] is not None:
-                assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
+    assert_same_metrics(rows(ref / "metrics.jsonl"), b)
     # a different number of processes cannot continue it: each process's sampling stream is in the checkpoint
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
-    single = subprocess.run([sys.executable, "-m", "policyshift", "train", "--resume", str(out), "--train.steps", "6"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    single = cli("--resume", str(out), "--train.steps", "6")
     assert single.returncode == 2 and "same number" in single.stderr.strip().splitlines()[-1]
 
 

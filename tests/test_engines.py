@@ -15,7 +15,7 @@ import torch
 
 from policyshift.config import ConfigError, RolloutConfig
 from policyshift.engines import VLLM_MISSING, HFEngine, VLLMEngine, make_engine
-from policyshift.kl import gather_tokens, log_softmax_t
+from policyshift.kl import log_softmax_t, logprobs_from_logits
 from policyshift.metrics import engine_mismatch_metrics, rollout_metrics
 from policyshift.models import PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, response_logits
 from policyshift.rollout import generate_rollout, sample
@@ -46,10 +46,15 @@ def mismatch(ro) -> dict:
     return engine_mismatch_metrics(ro.logprobs, ro.engine_logprobs, ro.response_mask)
 
 
+def policy_logprobs(policy, ro, T=0.9):
+    """The policy's own logprobs of the rollout's response tokens (at the sampling temperature)."""
+    return logprobs_from_logits(response_logits(policy, ro.input_ids, ro.attention_mask, ro.response_ids.shape[1]), ro.response_ids, T)
+
+
 def train_step(policy, ro, lr=0.05):
     """One real optimizer step on the policy: raise the logprob of the sampled tokens."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    logp = gather_tokens(log_softmax_t(response_logits(policy, ro.input_ids, ro.attention_mask, ro.response_ids.shape[1]), 0.9), ro.response_ids)
+    logp = policy_logprobs(policy, ro)
     (-(logp * ro.response_mask).sum() / ro.response_mask.sum()).backward()
     opt.step()
 
@@ -74,7 +79,7 @@ def test_separate_copy_engine_mismatch_sync_cycle(world):
     ro = rollout(world, 3, engine=engine)
     assert ro.engine_logprobs is not None and ro.response_mask.sum() > 8
     # PPO's logprobs are the training model's own forward pass on the engine's tokens
-    fresh = gather_tokens(log_softmax_t(response_logits(models.policy, ro.input_ids, ro.attention_mask, ro.response_ids.shape[1]), 0.9), ro.response_ids)
+    fresh = policy_logprobs(models.policy, ro)
     assert torch.equal(ro.logprobs, fresh)
     m0 = mismatch(ro)
     assert m0["rollout/logprob_diff_max"] < 1e-5 and abs(m0["rollout/engine_kl_k3"]) < 1e-6
@@ -91,7 +96,7 @@ def test_separate_copy_engine_mismatch_sync_cycle(world):
     assert torch.allclose(stale.engine_logprobs, from_copy.logprobs * from_copy.response_mask, atol=1e-5)
 
     engine.sync_weights(models.policy)
-    synced = {k: v for k, v in engine.model.state_dict().items()}
+    synced = engine.model.state_dict()
     assert synced.keys() == models.policy.state_dict().keys()
     assert all(torch.equal(synced[k], v) for k, v in models.policy.state_dict().items())
     m2 = mismatch(rollout(world, 5, engine=engine))

@@ -2,8 +2,6 @@
 uninterrupted run; checkpoints are atomic; signals stop cleanly; non-finite values never reach
 the weights; a full disk leaves the previous checkpoint intact."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +15,7 @@ import yaml
 from policyshift import PPOConfig, PPOTrainer
 from policyshift.checkpoint import CheckpointError, list_checkpoints
 from policyshift.cli import main
-
-TESTS = Path(__file__).parent
+from tiny import assert_same_metrics, cli, cli_env, rows
 
 
 def write_config(world, tmp_path, steps=6) -> Path:
@@ -35,30 +32,6 @@ def write_config(world, tmp_path, steps=6) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def cli(*args, fault=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
-    env.pop("POLICYSHIFT_FAULT", None)
-    if fault:
-        env["POLICYSHIFT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "policyshift", "train", *args], env=env, capture_output=True, text=True, timeout=300)
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def assert_same_metrics(a: list[dict], b: list[dict]):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b):
-        for key in x:
-            if key.startswith(("time/", "perf/")):
-                continue
-            if x[key] is None or y[key] is None:
-                assert x[key] is None and y[key] is None, (x["step"], key)
-            else:
-                assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +68,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference_run, tmp_path, f
 def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path):
     config = write_config(tiny_world, tmp_path, steps=400)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen([sys.executable, "-m", "policyshift", "train", "--config", str(config), "--train.output_dir", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3):
         time.sleep(0.1)

@@ -254,7 +254,7 @@ def test_a_sequence_classifier_is_not_a_causal_lm(reward_model_dir):
         load_causal_lm(str(reward_model_dir))
 
 
-def test_a_multi_label_classifier_is_not_a_reward_model(tiny_world, tmp_path):
+def test_a_multi_label_classifier_is_not_a_reward_model(tmp_path):
     import tiny
     from transformers import GPT2Config, GPT2ForSequenceClassification
 

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import tiny
 from policyshift import PPOConfig, PPOTrainer
+from tiny import rows
 
 
 def config(world, out, **sections):
@@ -26,8 +27,8 @@ def config(world, out, **sections):
     return PPOConfig.from_dict(base)
 
 
-def mean(rows, key):
-    return sum(r[key] for r in rows) / len(rows)
+def mean(history, key):
+    return sum(r[key] for r in history) / len(history)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +51,11 @@ def test_reward_rises_with_finite_positive_kl(small_beta_run):
 
 def test_run_directory_layout(small_beta_run):
     out, h = small_beta_run
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 31))
+    metrics = rows(out / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == list(range(1, 31))
     for key in ("kl/token_mean", "kl/exact_token_mean", "kl/beta", "reward/score_std", "policy/entropy", "ppo/clip_frac",
                 "value/explained_variance", "optim/grad_norm", "time/generate", "perf/tokens_per_s", "response/eos_rate"):
-        assert key in rows[-1], key
+        assert key in metrics[-1], key
     assert (out / "config.yaml").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-15", "step-30"]
     ckpt = out / "checkpoints" / "step-30"
@@ -65,9 +66,9 @@ def test_run_directory_layout(small_beta_run):
     AutoModelForCausalLM.from_pretrained(final)
     AutoTokenizer.from_pretrained(final)
     AutoModelForSequenceClassification.from_pretrained(final / "critic")  # the value model is saved (TRL #3293)
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = rows(out / "samples.jsonl")
     assert sorted({(s["step"], s["model"]) for s in samples}) == [(0, "reference"), (15, "policy"), (30, "policy")]
-    dists = [json.loads(line) for line in (out / "distributions.jsonl").read_text().splitlines()]
+    dists = rows(out / "distributions.jsonl")
     assert len(dists) == 30 and len(dists[0]["scores"]) == 16
 
 
@@ -162,8 +163,8 @@ def test_stop_on_critical_ends_the_run_cleanly(tiny_world, tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "stopping at step" in err
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows(out / "metrics.jsonl")]
     assert len(steps) < 60
     assert (out / "checkpoints" / f"step-{steps[-1]}" / "trainer_state.json").is_file()  # the checkpoint is kept
-    findings = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
+    findings = rows(out / "findings.jsonl")
     assert any(f["severity"] == "critical" for f in findings)

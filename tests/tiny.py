@@ -1,14 +1,20 @@
 """Tiny real models for tests: a word-level tokenizer trained with `tokenizers` and small GPT-2s
-built from GPT2Config, saved with save_pretrained so every test goes through from_pretrained."""
+built from GPT2Config, saved with save_pretrained so every test goes through from_pretrained.
+Also the helpers the run tests share: the JSONL reader, the `policyshift train` subprocess and
+the resumed-equals-uninterrupted metrics check."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
+TESTS = Path(__file__).parent
 WORDS = "good bad fine great the a cat dog runs sits on mat and is very not happy sad".split()
 
 
@@ -67,3 +73,40 @@ def good_fraction(prompts, responses):
         words = r.split()
         out.append(sum(w == "good" for w in words) / max(len(words), 1))
     return out
+
+
+# ---- shared by the run tests ------------------------------------------------------------------------
+def rows(path) -> list[dict]:
+    """Every line of a JSONL file (a torn line fails the test)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def cli_env(fault: str | None = None) -> dict:
+    """The environment of a `policyshift` subprocess: this directory importable (tiny:good_fraction),
+    offline, and POLICYSHIFT_FAULT set to `fault` only."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    env.pop("POLICYSHIFT_FAULT", None)
+    if fault:
+        env["POLICYSHIFT_FAULT"] = fault
+    return env
+
+
+def cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
+    """`policyshift train ARGS` in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "policyshift", "train", *args], env=cli_env(fault),
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_same_metrics(a: list[dict], b: list[dict]):
+    """Run b (resumed) logged the same steps with the same metrics as run a (timings aside); NaN equals NaN."""
+    import pytest
+
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        for key in x:
+            if key.startswith(("time/", "perf/")):
+                continue
+            if x[key] is None or y[key] is None:
+                assert x[key] is None and y[key] is None, (x["step"], key)
+            else:
+                assert y[key] == pytest.approx(x[key], abs=1e-6, nan_ok=True), (x["step"], key)
