@@ -84,7 +84,10 @@ def rows(path) -> list[dict]:
 def cli_env(fault: str | None = None) -> dict:
     """The environment of a `policyshift` subprocess: this directory importable (tiny:good_fraction),
     offline, and POLICYSHIFT_FAULT set to `fault` only."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    # the caller's PYTHONPATH stays after the tests directory: a git worktree's src/ put first there is
+    # the policyshift the subprocess imports, not the editable install's
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     env.pop("POLICYSHIFT_FAULT", None)
     if fault:
         env["POLICYSHIFT_FAULT"] = fault
