@@ -7,20 +7,25 @@ import torch
 
 from policyshift.analysis.textstats import repeated_ngram_rate
 from policyshift.masked import masked_mean
+from policyshift.rewards import score_with_fields
 from policyshift.rollout import generate_rollout
 
 
 @torch.no_grad()
-def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0) -> list[dict]:
-    """One sample per prompt from `models.policy`. Per-token log π/π_ref is k1 per token; seq_kl is its sum."""
+def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0,
+                         fields: dict[str, list] | None = None) -> list[dict]:
+    """One sample per prompt from `models.policy`. Per-token log π/π_ref is k1 per token; seq_kl is its sum.
+    `fields`: the prompt rows' other columns (one list per field, aligned with `prompts`), passed to a reward
+    function that takes them (e.g. `answer` for a verifiable reward)."""
     device = next(models.policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
     for start in range(0, len(prompts), rollout_cfg.batch_size):
         chunk = prompts[start : start + rollout_cfg.batch_size]
         ro = generate_rollout(models, ref_policy, tokenizer, chunk, rollout_cfg, max_prompt_length, generator)
-        scores = reward(ro.prompts, ro.responses).tolist() if reward else [None] * len(chunk)
-        golds = gold_reward(ro.prompts, ro.responses).tolist() if gold_reward else [None] * len(chunk)
+        chunk_fields = {k: v[start : start + rollout_cfg.batch_size] for k, v in (fields or {}).items()}
+        scores = score_with_fields(reward, ro.prompts, ro.responses, chunk_fields).tolist() if reward else [None] * len(chunk)
+        golds = score_with_fields(gold_reward, ro.prompts, ro.responses, chunk_fields).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)
         for i, n in enumerate(ro.lengths.tolist()):
