@@ -278,3 +278,14 @@ def test_missing_and_null_metrics_are_tolerated():
         row.pop("policy/entropy", None) if i % 2 else None
     history[-1] = {"step": 61}
     assert run_detectors(history, [{"step": 0, "response": None}, {"bad": 1}]) == []
+
+
+def test_zero_spread_rising_fires_and_a_critic_free_run_is_not_unstable():
+    # a GRPO run (no critic: no value/explained_variance) whose groups saturate: 10% → 95% flat groups
+    saturating = make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.85 * p)
+    assert [(f.detector, f.severity) for f in run_detectors(saturating, [])] == [("zero_spread", "critical")]
+    halfway = make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.5 * p)
+    assert [(f.detector, f.severity) for f in run_detectors(halfway, [])] == [("zero_spread", "warning")]
+    # flat from the start (a task too hard or too easy from step 1) is not a rise; a healthy share is silent
+    assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.7), []) == []
+    assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.1 * p), []) == []

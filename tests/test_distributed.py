@@ -173,3 +173,29 @@ def test_lora_under_two_processes(tiny_world, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(m["parallel/replica_checksum_spread"] == 0.0 for m in metrics)
     assert abs(metrics[0]["kl/k1_token_mean"]) < 1e-5  # the adapter-off reference equals the policy at the start
     assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
+
+
+def test_groups_stay_on_one_process_and_advantages_are_the_whole_batchs(tiny_world, tmp_path):
+    """GRPO on 2 processes (batch 8 = 4 prompts × 2 samples): each process holds 2 whole groups, and the
+    advantages every process computed equal the estimator on the gathered batch in one process (scale
+    "batch" divides by the std of all 8 scores, so it needs the other process's scores)."""
+    from policyshift.advantages import AdvantageInputs, get_estimator
+
+    config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "run")
+    result = launch("--config", str(config), "--algorithm.advantage", "grpo", "--rollout.num_generations", "2",
+                    "--algorithm.scale", "batch", "--kl.placement", "loss", "--train.steps", "2", "--analysis.every", "0")
+    assert result.returncode == 0, result.stderr[-4000:]
+    for step in (1, 2):
+        ranks = torch.load(tmp_path / "run" / "rollouts" / f"step-{step}.pt", weights_only=False)
+        ids = [r["group_ids"].tolist() for r in ranks]
+        assert ids == [[0, 0, 1, 1], [2, 2, 3, 3]]  # whole groups, none spanning the processes
+        for r in ranks:
+            assert r["prompts"][0] == r["prompts"][1] and r["prompts"][2] == r["prompts"][3]
+            assert r["returns"] is None and r["values"] is None
+        width = max(r["response_mask"].shape[1] for r in ranks)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        mask = torch.cat([pad(r["response_mask"]) for r in ranks])
+        x = AdvantageInputs(scores=torch.cat([r["scores"] for r in ranks]), kl=torch.cat([pad(r["kl"]) for r in ranks]), beta=0.0,
+                            mask=mask, group_ids=torch.cat([r["group_ids"] for r in ranks]), scale="batch")
+        expected, _ = get_estimator("grpo").compute(x)
+        torch.testing.assert_close(torch.cat([pad(r["advantages"]) for r in ranks]), expected)

@@ -113,3 +113,24 @@ def assert_same_metrics(a: list[dict], b: list[dict]):
                 assert x[key] is None and y[key] is None, (x["step"], key)
             else:
                 assert y[key] == pytest.approx(x[key], abs=1e-6, nan_ok=True), (x["step"], key)
+
+
+def write_prompts_with_answers(path: Path, n: int = 64, seed: int = 1) -> Path:
+    """Prompt rows with an extra `answer` field (a verifiable reward's ground truth): the prompt's first word."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(2, 4))]
+            f.write(json.dumps({"prompt": " ".join(words), "answer": words[0], "difficulty": len(words)}) + "\n")
+    return path
+
+
+def says_the_answer(prompts, responses, answer):
+    """A verifiable reward: the fraction of response words equal to the row's `answer` field. It checks that
+    each answer arrived beside its own prompt (the answer is the prompt's first word)."""
+    out = []
+    for p, r, a in zip(prompts, responses, answer):
+        assert p.split()[0] == a, (p, a)
+        words = r.split()
+        out.append(sum(w == a for w in words) / max(len(words), 1))
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
+
+from policyshift import keys as K
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
@@ -25,9 +27,9 @@ class StepProgress:
         return self.progress.__exit__(*exc)
 
     def update(self, step: int, m: dict) -> None:
-        stats = (
-            f"reward {m['reward/score_mean']:+.3f}  KL {m['kl/seq_mean']:.3f}  β {m['kl/beta']:.4f}  {m['time/step']:.2f}s/step"
-        )
+        # no KL when the reference did not score the batch (kl.score_reference false)
+        kl = f"KL {m[K.KL_SEQ_MEAN]:.3f}  " if K.KL_SEQ_MEAN in m else ""
+        stats = f"reward {m[K.SCORE_MEAN]:+.3f}  {kl}β {m[K.KL_BETA]:.4f}  {m[K.TIME_STEP]:.2f}s/step"
         self.progress.update(self.task, completed=step, stats=stats)
         if not self.console.is_terminal:  # logs and CI get one line per step instead of a redrawn bar
             self.console.print(f"step {step}: {stats}", highlight=False)

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from policyshift import keys as K
 from policyshift.analysis.runlog import as_float, config_get, metric_series
 from policyshift.analysis.textstats import mode_collapse_score
 
@@ -104,7 +105,12 @@ class DetectorThresholds:
     ppo_persist_frac: float = 0.5
     clip_frac_max: float = 0.3
     ratio_var_max: float = 0.1  # ratio std ≈ 0.3
-    explained_variance_min: float = -0.5
+    explained_variance_min: float = -0.5  # (a critic-free run logs no explained variance: that check stays silent)
+
+    # -- zero_spread: groups whose n scores are all equal (no learning signal under a group baseline) --
+    zero_spread_warning: float = 0.5  # end-window fraction of such groups → warning
+    zero_spread_critical: float = 0.9
+    zero_spread_rise: float = 0.2  # ... and it rose at least this much since the start (a flat-from-the-start task is another problem)
 
     @classmethod
     def from_config(cls, config: dict | None, **overrides) -> "DetectorThresholds":
@@ -178,18 +184,18 @@ def _welch_t(a: np.ndarray, b: np.ndarray) -> float:
 
 def _reward_scale(history: list[dict], t: DetectorThresholds) -> float:
     """σ: the batch reward std at the start of the run (fallback: spread of the step means)."""
-    _, stds = metric_series(history, "reward/score_std")
+    _, stds = metric_series(history, K.SCORE_STD)
     if len(stds):
         scale = float(stds[: _window(len(stds), t)].mean())
     else:
-        _, means = metric_series(history, "reward/score_mean")
+        _, means = metric_series(history, K.SCORE_MEAN)
         scale = float(np.std(means)) if len(means) > 1 else 1.0
     return scale if scale > 1e-8 else 1.0
 
 
 def _proxy_gain(history: list[dict], t: DetectorThresholds) -> tuple[float, float, float]:
     """(gain in σ, start mean, end mean) of the proxy reward; NaN gain before min_steps."""
-    _, reward = metric_series(history, "reward/score_mean")
+    _, reward = metric_series(history, K.SCORE_MEAN)
     if len(reward) < t.min_steps:
         return math.nan, math.nan, math.nan
     start, end = _start_end(reward, t)
@@ -227,7 +233,7 @@ def _sample_values(rows: list[dict], key: str) -> np.ndarray:
 def detect_kl_negative(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
     # k1 = log π/π_ref sampled from π is unbiased for a non-negative KL: a significantly negative
     # mean means the samples did not come from the π whose log-probs were scored.
-    steps, k1, key = _first_series(history, ["kl/k1_token_mean", "kl/token_mean"])
+    steps, k1, key = _first_series(history, [K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN])
     if len(k1) < t.kl_negative_min_steps:
         return []
     recent = k1[-t.kl_negative_window :]
@@ -243,14 +249,14 @@ def detect_kl_negative(history, samples, t: DetectorThresholds, distributions=()
         f"from the scored policy (top-k/top-p or temperature ≠ 1 at generation, or misaligned log-probs)."
     )
     evidence = {"metric": key, "mean": mean, "t_stat": t_stat, "window": len(recent)}
-    _, exact = metric_series(history, "kl/exact_token_mean")
+    _, exact = metric_series(history, K.KL_EXACT_TOKEN_MEAN)
     if len(exact):
         evidence["exact_token_mean"] = float(exact[-t.kl_negative_window :].mean())
     return [Finding("kl_negative", severity, int(steps[-len(recent)]), message, evidence)]
 
 
 def detect_kl_flat(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
-    steps, kl, key = _first_series(history, ["kl/exact_token_mean", "kl/k1_token_mean", "kl/token_mean"])
+    steps, kl, key = _first_series(history, [K.KL_EXACT_TOKEN_MEAN, K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN])
     gain, start, end = _proxy_gain(history, t)
     if len(kl) < t.kl_flat_min_steps or len(steps) < t.kl_flat_min_steps or not math.isfinite(gain):
         return []
@@ -267,12 +273,12 @@ def detect_kl_flat(history, samples, t: DetectorThresholds, distributions=()) ->
 
 
 def detect_kl_runaway(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
-    steps, kl, key = _first_series(history, ["kl/seq_mean", "kl/exact_seq_mean"])
+    steps, kl, key = _first_series(history, [K.KL_SEQ_MEAN, K.KL_EXACT_SEQ_MEAN])
     if len(kl) < t.min_steps:
         return []
     w = _window(len(kl), t)
     _, kl_end = _start_end(kl, t)
-    _, reward = metric_series(history, "reward/score_mean")
+    _, reward = metric_series(history, K.SCORE_MEAN)
     half = len(kl) // 2
     scale = _reward_scale(history, t)
     # Reward gained over the second half, from a line fit: robust to one noisy end window.
@@ -315,7 +321,7 @@ def detect_kl_runaway(history, samples, t: DetectorThresholds, distributions=())
 def _gold_sample_scale(history, samples, distributions, w: int) -> float:
     """σ_gold: the per-sample gold std at the start. The per-step means' own spread is no substitute
     (it is σ/√batch, and includes the trend), so fall back through every per-sample source first."""
-    _, gold_std = metric_series(history, "reward/gold_std")
+    _, gold_std = metric_series(history, K.GOLD_STD)
     if len(gold_std):
         return float(gold_std[:w].mean())
     first_rows = [row.get("gold_scores") for row in distributions[:w] if isinstance(row.get("gold_scores"), list)]
@@ -325,13 +331,13 @@ def _gold_sample_scale(history, samples, distributions, w: int) -> float:
     reference = _sample_values(_eval_groups(samples).get(0, []), "gold_score")
     if reference.size > 1:
         return float(reference.std(ddof=1))
-    _, gold = metric_series(history, "reward/gold_mean")
+    _, gold = metric_series(history, K.GOLD_MEAN)
     return float(np.std(gold))
 
 
 def _gold_history(history, samples, t: DetectorThresholds, distributions):
     """Start/end/peak gold reward from the per-step history, or None if it was not logged."""
-    steps, gold = metric_series(history, "reward/gold_mean")
+    steps, gold = metric_series(history, K.GOLD_MEAN)
     if len(gold) < t.min_steps:
         return None
     w = _window(len(gold), t)
@@ -455,7 +461,7 @@ def _score_length_groups(samples, t, distributions) -> list[tuple[np.ndarray, np
 
 
 def _check_length(history, samples, t, distributions, proxy_gain, proxy_start, proxy_end) -> list[Finding]:
-    _, length = metric_series(history, "response/length_mean")
+    _, length = metric_series(history, K.LENGTH_MEAN)
     if len(length) < t.min_steps:
         return []
     len_start, len_end = _start_end(length, t)
@@ -501,7 +507,7 @@ def detect_reward_hacking(history, samples, t: DetectorThresholds, distributions
 
 def detect_length_drift(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
     findings = []
-    steps, length = metric_series(history, "response/length_mean")
+    steps, length = metric_series(history, K.LENGTH_MEAN)
     if len(length) >= t.min_steps:
         start, end = _start_end(length, t)
         ratio = end / start if start > 0 else math.nan
@@ -516,7 +522,7 @@ def detect_length_drift(history, samples, t: DetectorThresholds, distributions=(
                     f"check whether the reward pays for length (see reward vs length) and add a length penalty or raise β."
                 )
                 findings.append(Finding("length_drift", severity, onset, message, {"length_start": start, "length_end": end, "ratio": ratio}))
-    steps, eos = metric_series(history, "response/eos_rate")
+    steps, eos = metric_series(history, K.EOS_RATE)
     if len(eos) >= t.min_steps:
         start, end = _start_end(eos, t)
         if start > 0 and end < t.eos_collapse_frac * start:
@@ -532,7 +538,7 @@ def detect_length_drift(history, samples, t: DetectorThresholds, distributions=(
 
 def detect_repetition_rise(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
     findings = []
-    steps, rep = metric_series(history, "response/rep_ngram_rate")
+    steps, rep = metric_series(history, K.REP_NGRAM_RATE)
     if len(rep) >= t.min_steps:
         start, end = _start_end(rep, t)
         if end - start >= t.rep_rise_abs and end >= t.rep_rise_factor * start:
@@ -543,7 +549,7 @@ def detect_repetition_rise(history, samples, t: DetectorThresholds, distribution
                 f"padding, which the reward model apparently tolerates; raise β, lower the LR, or penalise repetition."
             )
             findings.append(Finding("repetition_rise", severity, onset, message, {"rep_start": start, "rep_end": end}))
-    steps, distinct = metric_series(history, "response/distinct_2")
+    steps, distinct = metric_series(history, K.DISTINCT_2)
     if len(distinct) >= t.min_steps:
         start, end = _start_end(distinct, t)
         if start > 0 and end / start <= t.distinct_fall_ratio:
@@ -558,7 +564,7 @@ def detect_repetition_rise(history, samples, t: DetectorThresholds, distribution
 
 
 def detect_entropy_collapse(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
-    steps, entropy = metric_series(history, "policy/entropy")
+    steps, entropy = metric_series(history, K.ENTROPY)
     if len(entropy) < t.min_steps:
         return []
     start, end = _start_end(entropy, t)
@@ -618,9 +624,9 @@ def detect_ppo_instability(history, samples, t: DetectorThresholds, distribution
         return []
     recent = history[-t.ppo_window :]
     checks = [
-        ("ppo/clip_frac", lambda v: v > t.clip_frac_max, f"clip fraction > {t.clip_frac_max}"),
-        ("ppo/ratio_var", lambda v: v > t.ratio_var_max, f"ratio variance > {t.ratio_var_max}"),
-        ("value/explained_variance", lambda v: v < t.explained_variance_min, f"value explained variance < {t.explained_variance_min}"),
+        (K.CLIP_FRAC, lambda v: v > t.clip_frac_max, f"clip fraction > {t.clip_frac_max}"),
+        (K.RATIO_VAR, lambda v: v > t.ratio_var_max, f"ratio variance > {t.ratio_var_max}"),
+        (K.VALUE_EXPLAINED_VARIANCE, lambda v: v < t.explained_variance_min, f"value explained variance < {t.explained_variance_min}"),
     ]
     tripped, evidence = [], {"window": len(recent)}
     for key, bad, label in checks:
@@ -633,7 +639,7 @@ def detect_ppo_instability(history, samples, t: DetectorThresholds, distribution
             tripped.append(f"{label} in {frac_bad:.0%} of steps (mean {_fmt(float(values.mean()))})")
     if not tripped:
         return []
-    _, approx_kl = metric_series(recent, "ppo/approx_kl")
+    _, approx_kl = metric_series(recent, K.APPROX_KL)
     if len(approx_kl):
         evidence["ppo/approx_kl_mean"] = float(approx_kl.mean())
     severity = "critical" if len(tripped) >= 2 else "warning"
@@ -643,6 +649,27 @@ def detect_ppo_instability(history, samples, t: DetectorThresholds, distribution
     )
     step = int(as_float(recent[0].get("step"))) if math.isfinite(as_float(recent[0].get("step"))) else _last_step(history)
     return [Finding("ppo_instability", severity, step, message, evidence)]
+
+
+def detect_zero_spread(history, samples, t: DetectorThresholds, distributions=()) -> list[Finding]:
+    """Group runs (num_generations > 1): the share of groups whose n rewards are all equal rises — all solved or
+    all failed. Each such group has every advantage 0, so the batch's effective size shrinks toward nothing."""
+    steps, frac = metric_series(history, K.GROUP_ZERO_SPREAD_FRAC)
+    if len(frac) < t.min_steps:
+        return []
+    start, end = _start_end(frac, t)
+    if end < t.zero_spread_warning or end - start < t.zero_spread_rise:
+        return []
+    severity = "critical" if end >= t.zero_spread_critical else "warning"
+    onset = _onset_step(steps, frac, lambda v: v >= t.zero_spread_warning, _window(len(frac), t))
+    message = (
+        f"Groups without learning signal: the share of prompts whose samples all got the same reward rose "
+        f"{start:.0%} → {end:.0%}, so their advantages are all 0 and the update learns from ever fewer prompts; "
+        f"use harder (or easier) prompts, more generations per prompt or a higher temperature, or drop flat groups "
+        f"and refill (dynamic sampling)."
+    )
+    evidence = {"start": start, "end": end, "key": K.GROUP_ZERO_SPREAD_FRAC}
+    return [Finding("zero_spread", severity, onset, message, evidence)]
 
 
 DETECTORS: dict[str, Callable[..., list[Finding]]] = {
@@ -655,6 +682,7 @@ DETECTORS: dict[str, Callable[..., list[Finding]]] = {
     "entropy_collapse": detect_entropy_collapse,
     "mode_collapse": detect_mode_collapse,
     "ppo_instability": detect_ppo_instability,
+    "zero_spread": detect_zero_spread,
 }
 
 

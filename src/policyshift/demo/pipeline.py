@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from policyshift import keys as K
+
 # PPO settings of the two runs; the rest of each preset (data, SFT, RM sizes) lives in presets.py.
 PPO_SHARED = {
     "data": {"max_prompt_length": 32},
@@ -55,9 +57,9 @@ def summarize(run_dir: Path) -> dict:
 
     findings = run_detectors(h, run.samples, DetectorThresholds.from_config(run.config), distributions=run.distributions)
     return {
-        "proxy_start": avg(h[:k], "reward/score_mean"), "proxy_end": avg(h[-k:], "reward/score_mean"),
-        "gold_start": avg(h[:k], "reward/gold_mean"), "gold_end": avg(h[-k:], "reward/gold_mean"),
-        "kl_end": avg(h[-k:], "kl/seq_mean"), "length_end": avg(h[-k:], "response/length_mean"),
+        "proxy_start": avg(h[:k], K.SCORE_MEAN), "proxy_end": avg(h[-k:], K.SCORE_MEAN),
+        "gold_start": avg(h[:k], K.GOLD_MEAN), "gold_end": avg(h[-k:], K.GOLD_MEAN),
+        "kl_end": avg(h[-k:], K.KL_SEQ_MEAN), "length_end": avg(h[-k:], K.LENGTH_MEAN),
         "findings": [{"detector": f.detector, "severity": f.severity, "message": f.message} for f in findings],
     }
 

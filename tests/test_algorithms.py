@@ -1,0 +1,202 @@
+"""Critic-free estimators end to end on a tiny GPT-2: each raises a Python reward with finite positive KL,
+leaves no critic anywhere, keeps its groups whole (skip, resume), and hands reward functions the prompt
+rows' extra fields."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+import tiny
+from policyshift import PPOConfig, PPOTrainer
+from policyshift.checkpoint import list_checkpoints
+from policyshift.cli import main
+from policyshift.config import ConfigError
+from tiny import assert_same_metrics, cli, rows
+
+pytestmark = pytest.mark.slow
+
+
+def config(world, out, advantage="grpo", n=4, **sections):
+    base = {
+        "model": {"policy": world["policy"]},
+        "data": {"prompts": world["prompts"]},
+        "reward": {"function": "tiny:good_fraction"},
+        "rollout": {"batch_size": 16, "max_new_tokens": 10, "num_generations": n},
+        "algorithm": {"advantage": advantage},
+        "kl": {"beta": 0.05},
+        "ppo": {"lr": 3e-3, "num_minibatches": 2},
+        "analysis": {"every": 15, "num_prompts": 4},
+        "train": {"steps": 30, "output_dir": str(out), "save_every": 15, "seed": 0},
+        "tracking": {"tensorboard": False},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return PPOConfig.from_dict(base)
+
+
+def mean(history, key):
+    return sum(r[key] for r in history) / len(history)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo") / "run"
+    # TRL/verl style: KL as a loss term with k3
+    trainer = PPOTrainer(config(tiny_world, out, kl={"beta": 0.05, "placement": "loss", "estimator": "k3"}))
+    return out, trainer.train(), trainer
+
+
+CASES = {  # estimator → (n, extra config)
+    "rloo": (4, {}),
+    "reinforce_pp": (1, {"kl": {"beta": 0.05, "estimator": "k1"}}),  # its paper's recommendation: k1 in the reward; no groups needed
+    "reinforce_pp_baseline": (4, {}),
+    "dr_grpo": (4, {"algorithm": {"advantage": "grpo", "scale": "none"}}),
+}
+
+
+def check_learns(h):
+    start, end = mean(h[:5], "reward/score_mean"), mean(h[-5:], "reward/score_mean")
+    assert end > start + 0.3, (start, end)
+    kl_end = mean(h[-5:], "kl/seq_mean")
+    assert 0 < kl_end < 50 and all(torch.isfinite(torch.tensor(r["kl/seq_mean"])) for r in h)
+    assert mean(h[-5:], "kl/exact_seq_mean") > 0
+
+
+def test_grpo_raises_the_reward_with_finite_positive_kl(grpo_run):
+    check_learns(grpo_run[1])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_estimator_raises_the_reward(tiny_world, tmp_path, name):
+    n, extra = CASES[name]
+    advantage = extra.get("algorithm", {}).get("advantage", name)
+    cfg = config(tiny_world, tmp_path / "run", advantage, n, analysis={"every": 0, "num_prompts": 2}, train={"save_every": 0}, **extra)
+    check_learns(PPOTrainer(cfg).train())
+
+
+def test_a_critic_free_run_leaves_no_critic_anywhere(grpo_run):
+    out, h, trainer = grpo_run
+    assert trainer.models.critic is None and trainer.models.value_head is None
+    assert not any(name.startswith(("critic", "value_head")) for name, _ in trainer.models.named_parameters())
+    for ckpt in list_checkpoints(out):
+        assert not (ckpt / "critic").exists()
+    assert not (out / "final" / "critic").exists() and (out / "final" / "config.json").is_file()
+    keys = set().union(*h)
+    assert not {k for k in keys if k.startswith("value/") or k == "loss/value"}
+    # what group runs log instead
+    for key in ("group/reward_std_mean", "group/zero_spread_frac", "advantage/mean", "advantage/std", "advantage/max_abs", "loss/kl"):
+        assert key in h[-1], key
+    assert all(0 <= r["group/zero_spread_frac"] <= 1 for r in h)
+    # the same shift analysis as PPO: reference + policy samples, per-token KL colouring, a report
+    samples = rows(out / "samples.jsonl")
+    assert sorted({(s["step"], s["model"]) for s in samples}) == [(0, "reference"), (15, "policy"), (30, "policy")]
+    assert all(len(s["token_log_ratio"]) == s["length"] for s in samples)
+    assert (out / "report.html").is_file()
+
+
+def test_groups_are_n_samples_of_one_prompt(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", train={"steps": 1, "save_every": 0, "save_rollouts": True}, analysis={"every": 0, "num_prompts": 0})
+    PPOTrainer(cfg).train()
+    (dump,) = torch.load(tmp_path / "run" / "rollouts" / "step-1.pt", weights_only=False)
+    ids = dump["group_ids"].tolist()
+    assert ids == [g for g in range(4) for _ in range(4)]  # 16 episodes = 4 prompts × 4 samples, adjacent
+    for g in range(4):
+        assert len({dump["prompts"][i] for i in range(16) if ids[i] == g}) == 1
+    assert dump["returns"] is None and dump["values"] is None
+
+
+def test_resumed_grpo_run_matches_the_uninterrupted_one(tiny_world, tmp_path):
+    def write(out):
+        path = tmp_path / "config.json"
+        cfg = config(tiny_world, out, rollout={"batch_size": 8, "max_new_tokens": 8, "num_generations": 4},
+                     reward={"function": "tiny:good_fraction", "normalize": True},
+                     analysis={"every": 3, "num_prompts": 2}, train={"steps": 6, "save_every": 2, "num_threads": 1})
+        path.write_text(json.dumps(cfg.to_dict()))  # JSON is YAML
+        return path
+
+    ref = tmp_path / "ref"
+    assert cli("--config", str(write(ref))).returncode == 0
+    out = tmp_path / "run"
+    killed = cli("--config", str(write(out)), fault="kill_in_update:5")  # in the middle of step 5's optimizer pass
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(out)][-1] == "step-4"
+    resumed = cli("--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_metrics(rows(ref / "metrics.jsonl"), rows(out / "metrics.jsonl"))
+    assert not (out / "final" / "critic").exists()
+
+
+def test_skipped_nonfinite_reward_drops_the_whole_group(tiny_world, tmp_path):
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(1)
+        out = tiny.good_fraction(prompts, responses)
+        if len(calls) == 1:
+            out[5] = float("nan")  # episode 5 belongs to group 1 (episodes 4..7)
+        return out
+
+    cfg = config(tiny_world, tmp_path / "run", reward={"function": None, "on_nonfinite": "skip"},
+                 train={"steps": 2, "save_every": 0}, analysis={"every": 0, "num_prompts": 0})
+    h = PPOTrainer(cfg, reward=reward).train()
+    assert h[0]["reward/nonfinite_skipped"] == 4 and h[1]["reward/nonfinite_skipped"] == 0
+    dist = rows(tmp_path / "run" / "distributions.jsonl")
+    assert len(dist[0]["scores"]) == 12 and len(dist[1]["scores"]) == 16
+
+
+def test_reward_functions_get_the_prompt_rows_fields(tiny_world, tmp_path):
+    prompts = tiny.write_prompts_with_answers(tmp_path / "qa.jsonl")
+    cfg = config(tiny_world, tmp_path / "run", data={"prompts": str(prompts)}, reward={"function": "tiny:says_the_answer"},
+                 train={"steps": 2, "save_every": 0}, analysis={"every": 0, "num_prompts": 2})
+    h = PPOTrainer(cfg).train()  # says_the_answer asserts each answer arrived beside its own prompt
+    assert len(h) == 2 and all(torch.isfinite(torch.tensor(r["reward/score_mean"])) for r in h)
+    samples = rows(tmp_path / "run" / "samples.jsonl")  # the fixed-prompt evaluations score with the fields too
+    assert samples and all(s["score"] is not None for s in samples)
+    # a function that takes no extra fields keeps working on the same rows
+    cfg = config(tiny_world, tmp_path / "run2", data={"prompts": str(prompts)}, train={"steps": 1, "save_every": 0},
+                 analysis={"every": 0, "num_prompts": 0})
+    assert len(PPOTrainer(cfg).train()) == 1
+
+
+def test_beta_zero_can_skip_the_reference(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", kl={"beta": 0.0, "score_reference": False}, train={"steps": 2, "save_every": 0},
+                 analysis={"every": 2, "num_prompts": 2})
+    h = PPOTrainer(cfg).train()
+    assert not [k for k in h[-1] if k.startswith("kl/") and k != "kl/beta"]
+    samples = rows(tmp_path / "run" / "samples.jsonl")  # the fixed-prompt evaluations still measure KL to the reference
+    assert {s["step"] for s in samples} == {0, 2} and all(isinstance(s["seq_kl"], float) for s in samples)
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rollout": {"batch_size": 16, "num_generations": 3}}, "must divide rollout.batch_size"),
+    ({"rollout": {"batch_size": 16, "num_generations": 1}}, "set rollout.num_generations >= 2"),
+    ({"model": {"policy": "x", "share_critic_backbone": True}}, "model.share_critic_backbone configures a critic"),
+    ({"model": {"policy": "x", "critic": "some/critic"}}, "model.critic configures a critic"),
+    ({"kl": {"beta": 0.1, "score_reference": False}}, "needs kl.beta 0"),
+])
+def test_bad_algorithm_settings_fail_in_one_line(overrides, message):
+    base = {"algorithm": {"advantage": "grpo"}, "rollout": {"batch_size": 16, "num_generations": 4}}
+    for k, v in overrides.items():
+        base[k] = {**base.get(k, {}), **v}
+    with pytest.raises(ConfigError, match=message) as exc:
+        PPOConfig.from_dict(base)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_group_must_not_span_processes():
+    from policyshift.trainer import check_world_size
+
+    cfg = PPOConfig.from_dict({"algorithm": {"advantage": "grpo"}, "rollout": {"batch_size": 8, "num_generations": 4}})
+    with pytest.raises(ConfigError, match="2 prompts\\) must split evenly into 4 processes"):
+        check_world_size(cfg, 4)  # 8 episodes = 2 prompts: 4 processes would split groups
+    check_world_size(cfg, 2)
+
+
+def test_cli_one_line_for_a_group_estimator_without_groups(tiny_world, tmp_path, capsys):
+    code = main(["train", "--model.policy", tiny_world["policy"], "--data.prompts", tiny_world["prompts"],
+                 "--reward.function", "tiny:good_fraction", "--algorithm.advantage", "rloo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "num_generations >= 2" in err[0]
