@@ -124,7 +124,7 @@ def cmd_reward_model(args, extra: list[str]) -> int:
 def cmd_demo(args, extra: list[str]) -> int:
     from policyshift.demo.pipeline import run_demo
 
-    run_demo(args.out, seed=args.seed, quick=args.quick)
+    run_demo(args.out, seed=args.seed, quick=args.quick, algorithm=args.algorithm)
     return 0
 
 
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a smaller, faster version (under 2 minutes)")
+    demo.add_argument("--algorithm", choices=["ppo", "grpo"], default="ppo",
+                      help="ppo: with a critic (GAE); grpo: critic-free, 4 samples per prompt, KL as a loss term")
     demo.set_defaults(func=cmd_demo)
     return parser
 
