@@ -1,18 +1,33 @@
 """Fixed-prompt probes: sample each held-out prompt with a fixed seed (so differences between
-steps reflect the policy, not sampling noise) and record what the report and detectors read."""
+steps reflect the policy, not sampling noise) and record what the report and detectors read.
+
+The trainer's live analysis (analysis.live) and `policyshift analyze` (analysis.analyze) both
+sample through `sample_fixed_prompts`, so a policyshift run and an analyzed run carry the same
+samples.jsonl fields, and `fixed_prompt_metrics` turns one step's rows into the per-step aggregates."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from policyshift.analysis.textstats import repeated_ngram_rate
+from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
+from policyshift.kl import kl_k3
 from policyshift.masked import masked_mean
 from policyshift.rollout import generate_rollout
+
+FIXED_PREFIX = "fixed/"  # metrics.jsonl keys computed on the fixed prompts at a checkpoint, not on a training batch
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(x, 5) for x in values.tolist()]
 
 
 @torch.no_grad()
 def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0) -> list[dict]:
-    """One sample per prompt from `models.policy`. Per-token log π/π_ref is k1 per token; seq_kl is its sum."""
+    """One sample per prompt from `models.policy`, scored by `ref_policy`. Per token: log π/π_ref (= k1),
+    k3 and the exact full-vocabulary KL(π‖π_ref) at that state; `seq_*` are their sums over the response
+    (sequence KL in nats), `entropy_mean` the policy's mean entropy per token."""
     device = next(models.policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
@@ -22,7 +37,9 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
         scores = reward(ro.prompts, ro.responses).tolist() if reward else [None] * len(chunk)
         golds = gold_reward(ro.prompts, ro.responses).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
+        k3 = kl_k3(ro.logprobs, ro.ref_logprobs)
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)
+        entropy_mean = masked_mean(ro.entropy, ro.response_mask, 1)
         for i, n in enumerate(ro.lengths.tolist()):
             ids = ro.response_ids[i, :n].tolist()
             rows.append({
@@ -30,13 +47,71 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
                 "prompt": chunk[i],
                 "response": ro.responses[i],
                 "tokens": [tokenizer.decode([t]) for t in ids],
-                "token_log_ratio": [round(x, 5) for x in log_ratio[i, :n].tolist()],
+                "token_log_ratio": _rounded(log_ratio[i, :n]),
+                "token_k3": _rounded(k3[i, :n]),
+                "token_exact_kl": _rounded(ro.exact_kl[i, :n]),
                 "score": scores[i],
                 "gold_score": golds[i],
                 "seq_kl": log_ratio[i, :n].sum().item(),
+                "seq_k3": k3[i, :n].sum().item(),
+                "seq_exact_kl": ro.exact_kl[i, :n].sum().item(),
                 "length": n,
                 "eos": bool(ro.has_eos[i]),
                 "ref_logprob_mean": ref_lp_mean[i].item(),
+                "entropy_mean": entropy_mean[i].item(),
                 "rep_ngram_rate": repeated_ngram_rate(ids, 3),
             })
     return rows
+
+
+def _finite(rows: list[dict], key: str) -> list[float]:
+    out = []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out.append(float(value))
+    return out
+
+
+def _moments(prefix: str, values: list[float]) -> dict:
+    if not values:
+        return {}
+    n, mean = len(values), sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0  # torch's unbiased std, as the trainer logs
+    return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_min": min(values), f"{prefix}_max": max(values)}
+
+
+def fixed_prompt_metrics(rows: list[dict]) -> dict:
+    """One step's fixed-prompt rows → the metrics.jsonl quantities, keyed like a training step's
+    (README "Metrics"), without the `fixed/` prefix. Token means pool every response token of every
+    prompt (Σ seq sums / Σ lengths), sequence means average the per-response sums; KL is in nats.
+    Rows missing a field (older samples.jsonl) leave that metric out instead of guessing it."""
+    if not rows:
+        return {}
+    tokens = sum(int(r["length"]) for r in rows)
+    out: dict[str, float] = {}
+    for name, key in (("k1", "seq_kl"), ("k3", "seq_k3"), ("exact", "seq_exact_kl")):
+        sums = _finite(rows, key)
+        if len(sums) == len(rows) and tokens:
+            out[f"kl/{name}_token_mean"] = sum(sums) / tokens
+            out[f"kl/{name}_seq_mean"] = sum(sums) / len(sums)
+    if "kl/k1_token_mean" in out:  # the sampled estimator of an analyzed run is k1 (config kl.estimator)
+        out["kl/token_mean"], out["kl/seq_mean"] = out["kl/k1_token_mean"], out["kl/k1_seq_mean"]
+    out.update(_moments("reward/score", _finite(rows, "score")))
+    gold = _finite(rows, "gold_score")
+    if gold:
+        out.update({k: v for k, v in _moments("reward/gold", gold).items() if k.endswith(("_mean", "_std"))})
+    entropy = [(r["entropy_mean"], r["length"]) for r in rows if isinstance(r.get("entropy_mean"), (int, float))]
+    if len(entropy) == len(rows) and tokens:
+        out["policy/entropy"] = sum(e * n for e, n in entropy) / tokens
+    out["response/length_mean"] = tokens / len(rows)
+    out["response/eos_rate"] = sum(bool(r.get("eos")) for r in rows) / len(rows)
+    rep = _finite(rows, "rep_ngram_rate")
+    if rep:
+        out["response/rep_ngram_rate"] = sum(rep) / len(rep)
+    # rows keep decoded tokens, not ids: they stand in for the ids (two ids that decode alike count as one)
+    out["response/distinct_2"] = distinct_n([r.get("tokens") or [] for r in rows], 2)
+    ref_lp = _finite(rows, "ref_logprob_mean")
+    if ref_lp:
+        out["response/ref_logprob_mean"] = sum(ref_lp) / len(ref_lp)
+    return out

@@ -1,0 +1,232 @@
+"""`policyshift analyze PATHS --reference SFT --prompts FILE`: the policy-shift analysis of any
+trainer's checkpoints.
+
+The reference and each checkpoint (found by analysis.discover, in step order) sample the same fixed
+prompts with the same seed and batching through analysis.probe.sample_fixed_prompts — the function
+the trainer's live analysis uses — and are scored by the reference (per-token log-ratio, k3, exact
+KL), the reward and gold when given. The results are written as a policyshift run directory
+(config.yaml, metrics.jsonl with `fixed/`-prefixed per-checkpoint aggregates, samples.jsonl) so
+`policyshift report DIR` rebuilds the report. Everything is written to a temporary directory renamed
+into place at the end: a failure leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_checkpoints, is_adapter_dir
+from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
+from policyshift.analysis.runlog import CONFIG_FILE, METRICS_FILE, SAMPLES_FILE
+from policyshift.config import RolloutConfig
+from policyshift.models import ModelError, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, same_vocabulary
+
+ANALYZE_SOURCE = "policyshift analyze"  # config.yaml analysis.source of an analyzed run (its output dir may be replaced)
+
+
+@dataclass
+class AnalyzeSettings:
+    prompts: str
+    prompt_field: str = "prompt"
+    reward_model: str | None = None
+    reward_function: str | None = None
+    gold_reward_model: str | None = None
+    gold_reward_function: str | None = None
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    batch_size: int = 16  # prompts per generation batch: part of what the samples depend on, with the seed
+    seed: int = 0  # a policyshift run's own fixed-prompt rows are reproduced with its train.seed + 7
+    max_prompt_length: int = 64
+    kl_budget: float | None = None  # sequence-KL nats for the KL-runaway detector (default: the detectors')
+    logs: list[str] = field(default_factory=list)  # other trainers' logs to import (analysis.ingest)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def gather_checkpoints(paths: list[str]) -> tuple[list[Checkpoint], list[str]]:
+    """Checkpoints of every PATH in step order. A model directory with no step in its name or trainer
+    state takes its position among the PATHs (1, 2, ...) as its step."""
+    found, notes = [], []
+    for position, path in enumerate(paths, 1):
+        checkpoints, skipped = find_checkpoints(path)
+        notes += skipped
+        found += [c if c.step is not None else Checkpoint(c.path, position, c.layout + " (step = position among the PATHs)") for c in checkpoints]
+    by_step: dict[int, Checkpoint] = {}
+    for ckpt in found:
+        if ckpt.step in by_step:
+            raise DiscoveryError(f"{ckpt.path} and {by_step[ckpt.step].path} are both step {ckpt.step}: give one run per call")
+        by_step[ckpt.step] = ckpt
+    return [by_step[s] for s in sorted(by_step)], notes
+
+
+def _check_adapter_base(path: Path) -> None:
+    import json
+
+    if not is_adapter_dir(path):
+        return
+    try:
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelError(f"{path}: adapter_config.json names no base_model_name_or_path") from None
+    if not base or (not Path(os.path.expanduser(base)).exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")):
+        raise ModelError(f"{path}: LoRA adapter whose base model '{base}' cannot be found (expected a local model directory)")
+
+
+def load_checkpoint_policy(ckpt: Checkpoint, ref_tokenizer, ref_vocab_rows: int):
+    """The checkpoint's policy, frozen; ModelError (one line) when it cannot be used against this reference."""
+    _check_adapter_base(ckpt.path)
+    if (ckpt.path / "tokenizer_config.json").is_file() or (ckpt.path / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(str(ckpt.path))
+        if not same_vocabulary(tokenizer, ref_tokenizer):
+            raise ModelError(f"{ckpt.path}: its tokenizer's vocabulary differs from the reference's ({len(tokenizer)} vs {len(ref_tokenizer)} "
+                             "tokens); a per-token KL needs the reference the run started from")
+    policy = freeze(load_causal_lm(str(ckpt.path)))
+    rows = policy.get_output_embeddings().weight.shape[0]
+    if rows != ref_vocab_rows:
+        raise ModelError(f"{ckpt.path}: {rows}-token output layer, the reference has {ref_vocab_rows}; a per-token KL needs the reference the run started from")
+    return policy
+
+
+def _output_dir_ok(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DiscoveryError(f"--out {out}: exists and is not a directory")
+    config = out / CONFIG_FILE
+    ours = config.is_file() and ANALYZE_SOURCE in config.read_text(errors="replace")
+    if any(out.iterdir()) and not ours:
+        raise DiscoveryError(f"--out {out}: exists and is not the output of an earlier `policyshift analyze`; choose an empty or new directory")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    import json
+
+    from policyshift.tracking.base import clean_json
+
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(clean_json(row)) + "\n")
+
+
+def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: AnalyzeSettings, progress=_progress) -> dict:
+    """Analyze the checkpoints under `paths` against `reference`; write the run directory `out_dir`
+    (and its report.html). Returns a summary: checkpoints analyzed, notes, seconds per checkpoint."""
+    from policyshift.data import load_prompts
+    from policyshift.rewards import make_reward
+    from policyshift.trainer import fit_prompt_length
+
+    out = Path(out_dir).expanduser()
+    _output_dir_ok(out)
+    checkpoints, notes = gather_checkpoints(paths)
+    imported = None
+    if settings.logs:
+        from policyshift.analysis.ingest import import_logs
+
+        imported = import_logs(settings.logs)  # parse errors surface before any model is loaded
+    try:
+        ref_tokenizer = load_tokenizer(reference)
+        ref = freeze(load_causal_lm(reference))
+    except ModelError as exc:
+        raise ModelError(f"--reference {reference}: {exc}") from None
+    ref_rows = ref.get_output_embeddings().weight.shape[0]
+    prompts = load_prompts(settings.prompts, settings.prompt_field)
+    reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
+    gold = (make_reward(settings.gold_reward_model, settings.gold_reward_function)
+            if (settings.gold_reward_model or settings.gold_reward_function) else None)
+    rollout = RolloutConfig(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
+    max_prompt_length = fit_prompt_length(ref, ref_tokenizer, prompts, settings.max_prompt_length, settings.max_new_tokens)
+
+    def probe(policy, step: int, model: str, source: str) -> tuple[list[dict], dict]:
+        start = time.perf_counter()
+        rows = sample_fixed_prompts(PolicyAndCritic(policy), ref, ref_tokenizer, prompts, rollout, max_prompt_length,
+                                    reward=reward, gold_reward=gold, seed=settings.seed)
+        seconds = time.perf_counter() - start
+        rows = [{"step": step, **r, "model": model, "checkpoint": source} for r in rows]
+        metrics = {FIXED_PREFIX + k: v for k, v in fixed_prompt_metrics(rows).items()}
+        return rows, {"step": step, **metrics, FIXED_PREFIX + "seconds": seconds}
+
+    progress(f"reference {reference}: sampling {len(prompts)} fixed prompts")
+    samples, metrics = probe(ref, 0, "reference", reference)
+    history = {0: metrics}
+    analyzed, seconds = [], []
+    for ckpt in checkpoints:
+        try:
+            policy = load_checkpoint_policy(ckpt, ref_tokenizer, ref_rows)
+        except ModelError as exc:
+            notes.append(f"skipped: {exc}")
+            progress(f"skipped: {exc}")
+            continue
+        progress(f"step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
+        rows, metrics = probe(policy, ckpt.step, "policy", str(ckpt.path))
+        del policy
+        gc.collect()
+        samples += rows
+        history.setdefault(ckpt.step, {}).update(metrics)
+        analyzed.append({"step": ckpt.step, "path": str(ckpt.path), "layout": ckpt.layout})
+        seconds.append(metrics[FIXED_PREFIX + "seconds"])
+    if not analyzed:
+        raise DiscoveryError("no checkpoint could be analyzed: " + "; ".join(notes))
+
+    config = {
+        "analysis": {
+            "source": ANALYZE_SOURCE,
+            "reference": reference,
+            "checkpoints": analyzed,
+            "skipped": notes,
+            "prompts": settings.prompts,
+            "num_prompts": len(prompts),
+            "seed": settings.seed,
+            **({"kl_budget": settings.kl_budget} if settings.kl_budget else {}),
+            "reward_model": settings.reward_model,
+            "reward_function": settings.reward_function,
+            "gold_reward_model": settings.gold_reward_model,
+            "gold_reward_function": settings.gold_reward_function,
+        },
+        "kl": {"estimator": "k1"},  # the sampled per-token estimate in samples.jsonl and fixed/kl/token_mean
+        "rollout": {"batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                    "max_prompt_length": max_prompt_length},
+        "model": {"policy": str(analyzed[-1]["path"]), "reference": reference},
+    }
+    distributions = []
+    if imported is not None:
+        for step, row in imported.history.items():
+            history.setdefault(step, {}).update(row)
+        samples += imported.samples
+        distributions = imported.distributions
+        config["analysis"]["imported"] = imported.describe()
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_jsonl(tmp / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
+        _write_jsonl(tmp / SAMPLES_FILE, samples)
+        if distributions:
+            from policyshift.analysis.runlog import DISTRIBUTIONS_FILE
+
+            _write_jsonl(tmp / DISTRIBUTIONS_FILE, distributions)
+        from dataclasses import replace
+
+        from policyshift.analysis.report import REPORT_FILE, render_report
+        from policyshift.analysis.runlog import load_run
+
+        # rendered under the output's own name (the page title), then moved in with the rest
+        (tmp / REPORT_FILE).write_text(render_report(replace(load_run(tmp), run_dir=out)), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": out, "checkpoints": analyzed, "notes": notes, "seconds_per_checkpoint": sum(seconds) / len(seconds)}
