@@ -82,14 +82,19 @@ def _check_adapter_base(path: Path) -> None:
         raise ModelError(f"{path}: LoRA adapter whose base model '{base}' cannot be found (expected a local model directory)")
 
 
-def load_checkpoint_policy(ckpt: Checkpoint, ref_tokenizer, ref_vocab_rows: int):
-    """The checkpoint's policy, frozen; ModelError (one line) when it cannot be used against this reference."""
+def check_checkpoint(ckpt: Checkpoint, ref_tokenizer) -> None:
+    """The cheap checks, before any sampling: an adapter's base exists, a saved tokenizer matches the
+    reference's vocabulary. ModelError (one line) otherwise."""
     _check_adapter_base(ckpt.path)
     if (ckpt.path / "tokenizer_config.json").is_file() or (ckpt.path / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(ckpt.path))
         if not same_vocabulary(tokenizer, ref_tokenizer):
             raise ModelError(f"{ckpt.path}: its tokenizer's vocabulary differs from the reference's ({len(tokenizer)} vs {len(ref_tokenizer)} "
                              "tokens); a per-token KL needs the reference the run started from")
+
+
+def load_checkpoint_policy(ckpt: Checkpoint, ref_vocab_rows: int):
+    """The checkpoint's policy, frozen; ModelError (one line) when it cannot be used against this reference."""
     policy = freeze(load_causal_lm(str(ckpt.path)))
     rows = policy.get_output_embeddings().weight.shape[0]
     if rows != ref_vocab_rows:
@@ -139,6 +144,15 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
     ref_rows = ref.get_output_embeddings().weight.shape[0]
+    usable = []
+    for ckpt in checkpoints:
+        try:
+            check_checkpoint(ckpt, ref_tokenizer)
+            usable.append(ckpt)
+        except ModelError as exc:
+            notes.append(f"skipped: {exc}")
+    if not usable:
+        raise DiscoveryError("no checkpoint can be analyzed: " + "; ".join(notes))
     prompts = load_prompts(settings.prompts, settings.prompt_field)
     reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
     gold = (make_reward(settings.gold_reward_model, settings.gold_reward_function)
@@ -159,12 +173,11 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
     samples, metrics = probe(ref, 0, "reference", reference)
     history = {0: metrics}
     analyzed, seconds = [], []
-    for ckpt in checkpoints:
+    for ckpt in usable:
         try:
-            policy = load_checkpoint_policy(ckpt, ref_tokenizer, ref_rows)
-        except ModelError as exc:
+            policy = load_checkpoint_policy(ckpt, ref_rows)
+        except ModelError as exc:  # reported with the other notes at the end
             notes.append(f"skipped: {exc}")
-            progress(f"skipped: {exc}")
             continue
         progress(f"step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
         rows, metrics = probe(policy, ckpt.step, "policy", str(ckpt.path))

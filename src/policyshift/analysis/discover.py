@@ -84,6 +84,11 @@ def step_from_path(path: Path, root: Path | None = None) -> int | None:
 
 
 def _layout(path: Path) -> str:
+    kind = _layout_of(path)
+    return kind + " (LoRA adapter)" if is_adapter_dir(path) and kind != "LoRA adapter" else kind
+
+
+def _layout_of(path: Path) -> str:
     parts = path.parts
     if path.name == "policy" and len(parts) > 2 and parts[-3] == "checkpoints":
         return "policyshift checkpoint"
