@@ -25,7 +25,7 @@ import yaml
 
 from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_checkpoints, is_adapter_dir
 from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
-from policyshift.analysis.runlog import CONFIG_FILE, METRICS_FILE, SAMPLES_FILE
+from policyshift.analysis.runlog import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, SAMPLES_FILE
 from policyshift.config import RolloutConfig
 from policyshift.models import ModelError, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, same_vocabulary
 
@@ -102,6 +102,33 @@ def load_checkpoint_policy(ckpt: Checkpoint, ref_vocab_rows: int):
     return policy
 
 
+def check_same_run(imported, checkpoints: list[Checkpoint], logs: list[str]) -> None:
+    """Logs and checkpoints of two different runs given together: one line (DiscoveryError).
+
+    An HF Trainer checkpoint's trainer_state.json holds the log up to its step; an imported log that
+    disagrees with it at a shared step (same key, different value) is another run's. Any log whose last
+    step comes before every checkpoint cannot describe those checkpoints either."""
+    import json
+
+    logged = {step: row for step, row in imported.history.items() if any(k.startswith(("trl/", "verl/", "openrlhf/", "tensorboard/")) for k in row)}
+    for ckpt in checkpoints:
+        state_file = ckpt.path / "trainer_state.json"
+        try:
+            entries = json.loads(state_file.read_text()).get("log_history") or [] if state_file.is_file() else []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for entry in entries:
+            row = logged.get(entry.get("step")) if isinstance(entry, dict) else None
+            for key, value in (entry.items() if row else ()):
+                mine = row.get(f"trl/{key}")
+                if key != "step" and isinstance(value, (int, float)) and isinstance(mine, (int, float)) and abs(mine - value) > 1e-6 * max(1.0, abs(value)):
+                    raise DiscoveryError(f"--logs {' '.join(logs)} and {ckpt.path} are from different runs: at step {entry['step']} "
+                                         f"{key} is {mine:g} in the logs and {value:g} in {state_file}")
+    if logged and checkpoints and max(logged) < checkpoints[0].step:
+        raise DiscoveryError(f"--logs {' '.join(logs)} end at step {max(logged)}, before the first checkpoint (step {checkpoints[0].step}, "
+                             f"{checkpoints[0].path}): logs and checkpoints of different runs?")
+
+
 def _output_dir_ok(out: Path) -> None:
     if not out.exists():
         return
@@ -138,6 +165,7 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
         from policyshift.analysis.ingest import import_logs
 
         imported = import_logs(settings.logs)  # parse errors surface before any model is loaded
+        check_same_run(imported, checkpoints, settings.logs)
     try:
         ref_tokenizer = load_tokenizer(reference)
         ref = freeze(load_causal_lm(reference))
@@ -210,13 +238,16 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
                     "max_prompt_length": max_prompt_length},
         "model": {"policy": str(analyzed[-1]["path"]), "reference": reference},
     }
-    distributions = []
+    distributions, completions = [], []
     if imported is not None:
         for step, row in imported.history.items():
             history.setdefault(step, {}).update(row)
-        samples += imported.samples
+        for row in imported.completions:  # token lengths by the policy's tokenizer: the length-vs-reward check reads them
+            row["length"] = len(ref_tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+        completions = imported.completions
         distributions = imported.distributions
-        config["analysis"]["imported"] = imported.describe()
+        notes += imported.notes
+        config["analysis"]["imported"] = imported.sources
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -226,9 +257,9 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
         _write_jsonl(tmp / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
         _write_jsonl(tmp / SAMPLES_FILE, samples)
         if distributions:
-            from policyshift.analysis.runlog import DISTRIBUTIONS_FILE
-
             _write_jsonl(tmp / DISTRIBUTIONS_FILE, distributions)
+        if completions:
+            _write_jsonl(tmp / COMPLETIONS_FILE, completions)
         from dataclasses import replace
 
         from policyshift.analysis.report import REPORT_FILE, render_report
