@@ -235,29 +235,3 @@ def test_fail_on_exits_3_with_one_line_per_finding(tmp_path, capsys):
     quiet.mkdir()
     (quiet / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "fixed/response/length_mean": 5}) + "\n" for i in range(5)))
     assert main(["report", str(quiet), "--fail-on", "warning"]) == 0
-
-
-# ---------------------------------------------------------------- a real TRL run
-
-
-@pytest.fixture(scope="module")
-def trl_run(tmp_path_factory):
-    pytest.importorskip("trl")
-    from trl_run import run_grpo
-
-    return run_grpo(tmp_path_factory.mktemp("trl"))
-
-
-@pytest.mark.slow
-def test_analyze_a_real_trl_grpo_run(trl_run, tmp_path, capsys):
-    out = tmp_path / "trl_analyzed"
-    code = main(["analyze", str(trl_run["grpo"]), "--reference", str(trl_run["sft"]), "--prompts", str(trl_run["prompts"]),
-                 "--reward-function", "tiny:good_fraction", "--max-new-tokens", "8", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    run = load_run(out)
-    assert [(c["step"], Path(c["path"]).name) for c in run.config["analysis"]["checkpoints"]] == [(2, "checkpoint-2"), (4, "checkpoint-4")]
-    assert [r["step"] for r in run.history] == [0, 2, 4]
-    assert run.history[0]["fixed/kl/k1_seq_mean"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
-    assert run.history[2]["fixed/kl/exact_seq_mean"] > run.history[0]["fixed/kl/exact_seq_mean"]  # lr 1e-3: GRPO moved the policy
-    assert all(isinstance(r["score"], float) and len(r["token_k3"]) == r["length"] for r in run.samples)
-    assert (out / "report.html").is_file()
