@@ -235,3 +235,22 @@ def test_fail_on_exits_3_with_one_line_per_finding(tmp_path, capsys):
     quiet.mkdir()
     (quiet / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "fixed/response/length_mean": 5}) + "\n" for i in range(5)))
     assert main(["report", str(quiet), "--fail-on", "warning"]) == 0
+
+
+def test_gao_pairs_fixed_prompt_kl_with_fixed_prompt_reward(tmp_path):
+    """A training log's reward at a checkpoint's step is from other samples than the fixed prompts' KL."""
+    from policyshift.analysis.report import detector_inputs, panel_gao
+
+    raw = [{"step": 0, "fixed/kl/seq_mean": 0.0, "fixed/reward/score_mean": 1.0}]
+    raw += [{"step": s, "reward/score_mean": 100.0 + s} for s in (1, 2, 3, 4)]
+    raw[2].update({"fixed/kl/seq_mean": 1.0, "fixed/reward/score_mean": 2.0})
+    raw[4].update({"fixed/kl/seq_mean": 4.0, "fixed/reward/score_mean": 3.0})
+    history, fixed = detector_inputs(raw)
+    assert fixed == {"kl/seq_mean"}  # the reward has a training log: read as logged
+    assert [r.get("reward/score_mean") for r in history] == [None, 101.0, 102.0, 103.0, 104.0]
+    from policyshift.analysis.runlog import RunData
+
+    figures = {}
+    panel_gao(RunData(tmp_path, history=history), figures, fixed)
+    points = figures["fig-gao"]["data"][0]
+    assert points["y"] == [1.0, 2.0, 3.0] and points["x"] == pytest.approx([0.0, 1.0, 2.0])

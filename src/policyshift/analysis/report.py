@@ -308,7 +308,8 @@ def panel_reward(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> 
             traces.append(_line(eval_steps, eval_means, name, mode="markers", marker={"symbol": "diamond", "size": 8, "color": color}))
     layout = {"xaxis": _axis("step"), "yaxis": _axis("reward")}
     caption = (
-        "Proxy reward (the reward model the policy is trained on) per PPO batch, with the batch ±1 std band and min/max. "
+        "Proxy reward (the reward model the policy is trained on) per training batch, with the batch ±1 std band and min/max "
+        "(for a run analyzed from its checkpoints without training logs: the fixed prompts at each checkpoint). "
         "Diamonds are the fixed eval prompts (step 0 = reference policy). When a gold reward is logged, a gap opening "
         "between proxy and gold is the signature of reward hacking."
     )
@@ -387,12 +388,16 @@ def _gao_traces(d: np.ndarray, rewards: np.ndarray, seq_kl: np.ndarray, name: st
     return traces, fit, text
 
 
-def panel_gao(run: RunData, figures: dict) -> str:
+def panel_gao(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     title = "Reward vs √KL (over-optimization curve)"
     kl_key = "kl/seq_mean" if len(metric_series(run.history, "kl/seq_mean")[1]) else "kl/exact_seq_mean"
     kl_by_step = dict(zip(*metric_series(run.history, kl_key)))
     traces, texts = [], []
-    for key, name, color, symbol in [("reward/score_mean", "proxy reward", "#d62728", "circle"), ("reward/gold_mean", "gold reward", "#e377c2", "diamond")]:
+    # reward and KL of one point must come from the same samples: a KL measured on the fixed prompts
+    # pairs with the fixed prompts' reward, never with a training batch's logged at the same step
+    reward_prefix = FIXED_PREFIX if kl_key in fixed else ""
+    for key, name, color, symbol in [(reward_prefix + "reward/score_mean", "proxy reward", "#d62728", "circle"),
+                                     (reward_prefix + "reward/gold_mean", "gold reward", "#e377c2", "diamond")]:
         r_steps, reward = metric_series(run.history, key)
         pairs = [(s, kl_by_step[s], r) for s, r in zip(r_steps, reward) if s in kl_by_step]
         if not pairs:
@@ -609,7 +614,10 @@ def _header(run: RunData, findings: list[Finding], thresholds: DetectorThreshold
         health = f'<div class="health health-ok">Healthy so far: no detector fired over {run.last_step} steps.</div>'
     else:
         health = f'<div class="health health-info">Too early to judge: {run.last_step} steps logged (detectors need {thresholds.min_steps}).</div>'
-    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in enumerate(["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"], 1))
+    names = ["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"]
+    if config_get(run.config, "analysis.imported"):  # panels 8 and 9 exist only for imported logs
+        names += ["Imported logs", "Completions"]
+    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in enumerate(names, 1))
     return f"<header><h1>policyshift · {_esc(run.name)}</h1><div class=\"meta\">{''.join(f'<span>{m}</span>' for m in meta)}</div>{health}<nav>{nav}</nav></header>"
 
 
@@ -622,7 +630,7 @@ def render_report(run: RunData) -> str:
         panel_kl(run, figures, fixed),
         panel_reward(run, figures, fixed),
         panel_distributions(run, figures),
-        panel_gao(run, figures),
+        panel_gao(run, figures, fixed),
         panel_shape(run, figures, fixed),
         panel_findings(findings, run, thresholds),
         panel_samples(run),
