@@ -254,3 +254,22 @@ def test_gao_pairs_fixed_prompt_kl_with_fixed_prompt_reward(tmp_path):
     panel_gao(RunData(tmp_path, history=history), figures, fixed)
     points = figures["fig-gao"]["data"][0]
     assert points["y"] == [1.0, 2.0, 3.0] and points["x"] == pytest.approx([0.0, 1.0, 2.0])
+
+
+def test_labelled_runs_side_by_side(tiny_world, ppo_run, saved, tmp_path, capsys):
+    run_dir, fixed = ppo_run
+    other = tmp_path / "other"
+    place(saved["policy"], other / "checkpoint-3", 3)  # a second "run": the reference itself at step 3
+    out = tmp_path / "both"
+    base = ["analyze", str(run_dir / "checkpoints"), str(other), "--reference", tiny_world["policy"], "--prompts", str(fixed),
+            "--max-new-tokens", "8", "--out", str(out)]
+    assert main(base + ["--label", "ppo"]) == 2 and "one label per run" in error_line(capsys)
+    assert main(base + ["--label", "ppo", "--label", "same"]) == 0, capsys.readouterr().err
+    ppo, same = load_run(out / "ppo"), load_run(out / "same")
+    assert [r["step"] for r in ppo.history] == [0, 2, 4] and [r["step"] for r in same.history] == [0, 3]
+    assert same.history[1]["fixed/kl/exact_seq_mean"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
+    assert ppo.history[0] == same.history[0]  # one reference evaluation shared by both runs
+    page = (out / "report.html").read_text()
+    assert 'href="ppo/report.html"' in page and "same step 3" in page and "ppo step 4" in page
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()

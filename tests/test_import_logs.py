@@ -195,3 +195,43 @@ def test_analyze_with_verl_logs_fail_on(tiny_world, tmp_path, capsys):
     if expected:
         err = capsys.readouterr().err.strip().splitlines()
         assert sum(line.startswith(("warning ", "critical ")) for line in err) == len(expected)
+
+
+@pytest.mark.slow
+def test_score_completions_colours_those_at_checkpoint_steps(trl_run, tmp_path, capsys):
+    out = tmp_path / "scored"
+    assert analyze(trl_run, out, "--logs", str(trl_run["grpo"]), "--score-completions") == 0, capsys.readouterr().err
+    run = load_run(out)
+    at_ckpt = [c for c in run.completions if c["step"] in (2, 4)]
+    assert at_ckpt and all(len(c["tokens"]) == len(c["token_log_ratio"]) == len(c["completion"].split()) for c in at_ckpt)
+    assert all("tokens" not in c for c in run.completions if c["step"] in (1, 3))  # no checkpoint there: no π to compare
+    assert any(abs(x) > 1e-4 for c in at_ckpt for x in c["token_log_ratio"]) and all(
+        c["seq_kl"] == pytest.approx(sum(c["token_log_ratio"]), abs=1e-3) for c in at_ckpt)
+    cost = run.config["analysis"]["completions_scored"]
+    assert cost["completions"] == len(at_ckpt) and cost["seconds"] > 0
+    assert 'class="tok"' in (out / "report.html").read_text().split('id="panel-9"')[1]
+
+
+def test_score_texts_matches_the_sampled_logprobs(tiny_world):
+    """Scoring a sampled response as text gives back the rollout's own log π − log π_ref (word-level tokens
+    re-tokenize exactly)."""
+    import torch
+
+    from policyshift.analysis.probe import score_texts
+    from policyshift.config import RolloutConfig
+    from policyshift.models import PolicyAndCritic, freeze, load_causal_lm, load_tokenizer
+    from policyshift.rollout import generate_rollout
+
+    tok = load_tokenizer(tiny_world["policy"])
+    ref = freeze(load_causal_lm(tiny_world["policy"]))
+    policy = freeze(load_causal_lm(tiny_world["policy"]))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts = ["good dog", "the cat sits on", "a"]
+    ro = generate_rollout(PolicyAndCritic(policy), ref, tok, prompts, RolloutConfig(max_new_tokens=6), 16, torch.Generator().manual_seed(0))
+    texts = [" ".join(tok.decode([t]) for t in ro.response_ids[i, : n].tolist()) for i, n in enumerate(ro.lengths.tolist())]
+    scored = score_texts(policy, ref, tok, prompts, texts, 1.0, 2, 16)
+    for i, n in enumerate(ro.lengths.tolist()):
+        expected = (ro.logprobs - ro.ref_logprobs)[i, :n].tolist()
+        assert scored[i][1] == pytest.approx(expected, abs=1e-4)

@@ -73,14 +73,21 @@ def _fail_on(run_dir, level: str | None) -> int:
     """Exit status 3 and one stderr line per finding when a finding of `level` or worse stands (CI gate)."""
     if not level:
         return 0
+    from pathlib import Path
+
     from policyshift.analysis.report import run_findings
-    from policyshift.analysis.runlog import load_run
+    from policyshift.analysis.runlog import config_get, load_run
 
     worst = {"warning": ("warning", "critical"), "critical": ("critical",)}[level]
-    findings = [f for f in run_findings(load_run(run_dir))[0] if f.severity in worst]
-    for f in findings:
-        print(f"{f.severity} {f.detector} (step {f.step}): {f.message}", file=sys.stderr)
-    return FAIL_EXIT if findings else 0
+    run = load_run(run_dir)
+    labels = config_get(run.config, "analysis.runs") or []  # `analyze --label`: each run gated on its own findings
+    status = 0
+    for label, loaded in [(label, load_run(Path(run_dir) / label)) for label in labels] or [("", run)]:
+        findings = [f for f in run_findings(loaded)[0] if f.severity in worst]
+        for f in findings:
+            print(f"{label + ': ' if label else ''}{f.severity} {f.detector} (step {f.step}): {f.message}", file=sys.stderr)
+        status = FAIL_EXIT if findings else status
+    return status
 
 
 def cmd_analyze(args, extra: list[str]) -> int:
@@ -90,8 +97,8 @@ def cmd_analyze(args, extra: list[str]) -> int:
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length,
-        kl_budget=args.kl_budget, logs=args.logs or [])
-    result = analyze(args.paths, args.reference, args.out, settings)
+        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions)
+    result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
     for note in result["notes"]:
         print(note, file=sys.stderr)
     print(f"{len(result['checkpoints'])} checkpoints analyzed ({result['seconds_per_checkpoint']:.2f} s each): {result['out']}/report.html")
@@ -190,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--gold-reward-function", help="gold reward as module:function or file.py:function")
     analyze.add_argument("--logs", nargs="+", metavar="LOG", help="other trainers' logs to import: trainer_state.json, verl JSONL, "
                          "TensorBoard event dirs, TRL completions/ parquet, verl rollout dump dirs")
+    analyze.add_argument("--score-completions", action="store_true", help="colour imported completions logged at a checkpoint's step "
+                         "by log π_checkpoint/π_ref (one forward pass of each model per completion)")
+    analyze.add_argument("--label", action="append", help="one per PATH: each PATH is its own run (OUT/LABEL/), shown side by side in OUT/report.html")
     analyze.add_argument("--out", default="analyze_out", help="output run directory (default analyze_out)")
     analyze.add_argument("--max-new-tokens", type=int, default=48)
     analyze.add_argument("--temperature", type=float, default=1.0)

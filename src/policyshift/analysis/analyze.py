@@ -47,6 +47,7 @@ class AnalyzeSettings:
     max_prompt_length: int = 64
     kl_budget: float | None = None  # sequence-KL nats for the KL-runaway detector (default: the detectors')
     logs: list[str] = field(default_factory=list)  # other trainers' logs to import (analysis.ingest)
+    score_completions: bool = False  # colour imported completions at checkpoint steps by log π_ckpt/π_ref
 
 
 def _progress(message: str) -> None:
@@ -150,65 +151,156 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(clean_json(row)) + "\n")
 
 
-def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: AnalyzeSettings, progress=_progress) -> dict:
-    """Analyze the checkpoints under `paths` against `reference`; write the run directory `out_dir`
-    (and its report.html). Returns a summary: checkpoints analyzed, notes, seconds per checkpoint."""
-    from policyshift.data import load_prompts
-    from policyshift.rewards import make_reward
-    from policyshift.trainer import fit_prompt_length
+@dataclass
+class Reference:
+    """What every run of one call shares: the reference (loaded once, kept loaded), its tokenizer, the
+    fixed prompts, the rewards and the sampling settings; `probe` samples and scores one model."""
 
-    out = Path(out_dir).expanduser()
-    _output_dir_ok(out)
-    checkpoints, notes = gather_checkpoints(paths)
-    imported = None
-    if settings.logs:
-        from policyshift.analysis.ingest import import_logs
+    path: str
+    settings: AnalyzeSettings
+    tokenizer: object
+    model: torch.nn.Module
+    prompts: list[str]
+    reward: object
+    gold: object
+    rollout: RolloutConfig
+    max_prompt_length: int
 
-        imported = import_logs(settings.logs)  # parse errors surface before any model is loaded
-        check_same_run(imported, checkpoints, settings.logs)
-    try:
-        ref_tokenizer = load_tokenizer(reference)
-        ref = freeze(load_causal_lm(reference))
-    except ModelError as exc:
-        raise ModelError(f"--reference {reference}: {exc}") from None
-    ref_rows = ref.get_output_embeddings().weight.shape[0]
-    usable = []
-    for ckpt in checkpoints:
-        try:
-            check_checkpoint(ckpt, ref_tokenizer)
-            usable.append(ckpt)
-        except ModelError as exc:
-            notes.append(f"skipped: {exc}")
-    if not usable:
-        raise DiscoveryError("no checkpoint can be analyzed: " + "; ".join(notes))
-    prompts = load_prompts(settings.prompts, settings.prompt_field)
-    reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
-    gold = (make_reward(settings.gold_reward_model, settings.gold_reward_function)
-            if (settings.gold_reward_model or settings.gold_reward_function) else None)
-    rollout = RolloutConfig(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
-    max_prompt_length = fit_prompt_length(ref, ref_tokenizer, prompts, settings.max_prompt_length, settings.max_new_tokens)
+    @property
+    def vocab_rows(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
 
-    def probe(policy, step: int, model: str, source: str) -> tuple[list[dict], dict]:
+    def probe(self, policy, step: int, model: str, source: str) -> tuple[list[dict], dict]:
         start = time.perf_counter()
-        rows = sample_fixed_prompts(PolicyAndCritic(policy), ref, ref_tokenizer, prompts, rollout, max_prompt_length,
-                                    reward=reward, gold_reward=gold, seed=settings.seed)
+        rows = sample_fixed_prompts(PolicyAndCritic(policy), self.model, self.tokenizer, self.prompts, self.rollout, self.max_prompt_length,
+                                    reward=self.reward, gold_reward=self.gold, seed=self.settings.seed)
         seconds = time.perf_counter() - start
         rows = [{"step": step, **r, "model": model, "checkpoint": source} for r in rows]
         metrics = {FIXED_PREFIX + k: v for k, v in fixed_prompt_metrics(rows).items()}
         return rows, {"step": step, **metrics, FIXED_PREFIX + "seconds": seconds}
 
-    progress(f"reference {reference}: sampling {len(prompts)} fixed prompts")
-    samples, metrics = probe(ref, 0, "reference", reference)
+
+def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
+    from policyshift.data import load_prompts
+    from policyshift.rewards import make_reward
+    from policyshift.trainer import fit_prompt_length
+
+    try:
+        tokenizer = load_tokenizer(reference)
+        model = freeze(load_causal_lm(reference))
+    except ModelError as exc:
+        raise ModelError(f"--reference {reference}: {exc}") from None
+    prompts = load_prompts(settings.prompts, settings.prompt_field)
+    reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
+    gold = (make_reward(settings.gold_reward_model, settings.gold_reward_function)
+            if (settings.gold_reward_model or settings.gold_reward_function) else None)
+    rollout = RolloutConfig(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
+    max_prompt_length = fit_prompt_length(model, tokenizer, prompts, settings.max_prompt_length, settings.max_new_tokens)
+    return Reference(reference, settings, tokenizer, model, prompts, reward, gold, rollout, max_prompt_length)
+
+
+@dataclass
+class RunPlan:
+    """One run to analyze: its label (several runs side by side), checkpoints, notes, imported logs."""
+
+    label: str | None
+    checkpoints: list[Checkpoint]
+    notes: list[str]
+    imported: object = None
+
+
+def _plans(paths: list[str], labels: list[str] | None, logs: list[str]) -> list[RunPlan]:
+    if not labels:
+        checkpoints, notes = gather_checkpoints(paths)
+        imported = None
+        if logs:
+            from policyshift.analysis.ingest import import_logs
+
+            imported = import_logs(logs)  # parse errors surface before any model is loaded
+            check_same_run(imported, checkpoints, logs)
+        return [RunPlan(None, checkpoints, notes, imported)]
+    if len(labels) != len(paths):
+        raise DiscoveryError(f"--label given {len(labels)} times for {len(paths)} PATHs: one label per run directory")
+    if len(set(labels)) != len(labels) or any(not l or "/" in l or l.startswith(".") for l in labels):
+        raise DiscoveryError(f"--label {' '.join(labels)}: labels must be distinct names (no '/', not starting with '.')")
+    if logs:
+        raise DiscoveryError("--logs with --label: import each run's logs in its own `policyshift analyze` call")
+    return [RunPlan(label, *gather_checkpoints([path])) for label, path in zip(labels, paths)]
+
+
+def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: AnalyzeSettings, labels: list[str] | None = None,
+            progress=_progress) -> dict:
+    """Analyze the checkpoints under `paths` against `reference` and write the run directory `out_dir`
+    (with its report.html). With `labels` (one per PATH) each PATH is its own run, written to
+    OUT/<label>/, and OUT/report.html puts the runs side by side. Returns a summary: checkpoints
+    analyzed, notes, seconds per checkpoint."""
+    out = Path(out_dir).expanduser()
+    _output_dir_ok(out)
+    plans = _plans(paths, labels, settings.logs)
+    ref = load_reference(reference, settings)
+    for plan in plans:
+        usable = []
+        for ckpt in plan.checkpoints:
+            try:
+                check_checkpoint(ckpt, ref.tokenizer)
+                usable.append(ckpt)
+            except ModelError as exc:
+                plan.notes.append(f"skipped: {exc}")
+        if not usable:
+            raise DiscoveryError(f"no checkpoint can be analyzed{f' in run {plan.label}' if plan.label else ''}: " + "; ".join(plan.notes))
+        plan.checkpoints = usable
+    progress(f"reference {reference}: sampling {len(ref.prompts)} fixed prompts")
+    reference_rows = ref.probe(ref.model, 0, "reference", reference)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        results = [_analyze_run(ref, plan, reference_rows, tmp / plan.label if plan.label else tmp, out / plan.label if plan.label else out, progress)
+                   for plan in plans]
+        if labels:
+            from policyshift.analysis.multirun import write_comparison
+
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump({"analysis": {"source": ANALYZE_SOURCE, "runs": list(labels), "reference": reference}},
+                                                          sort_keys=False))
+            write_comparison(tmp, out.name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = [s for r in results for s in r["seconds"]]
+    return {"out": out, "checkpoints": [c for r in results for c in r["checkpoints"]], "notes": [n for r in results for n in r["notes"]],
+            "seconds_per_checkpoint": sum(seconds) / len(seconds)}
+
+
+def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, final: Path, progress) -> dict:
+    """Probe each checkpoint of one run and write its records and report into `target` (a fresh
+    directory that becomes `final`)."""
+    settings, notes = ref.settings, plan.notes
+    samples, metrics = [dict(r) for r in reference_rows[0]], dict(reference_rows[1])
     history = {0: metrics}
-    analyzed, seconds = [], []
-    for ckpt in usable:
+    imported = plan.imported
+    completions = imported.completions if imported is not None else []
+    for row in completions:  # token lengths by the policy's tokenizer: the length-vs-reward check reads them
+        row["length"] = len(ref.tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+    analyzed, seconds, scored = [], [], {"completions": 0, "seconds": 0.0}
+    for ckpt in plan.checkpoints:
         try:
-            policy = load_checkpoint_policy(ckpt, ref_rows)
+            policy = load_checkpoint_policy(ckpt, ref.vocab_rows)
         except ModelError as exc:  # reported with the other notes at the end
             notes.append(f"skipped: {exc}")
             continue
-        progress(f"step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
-        rows, metrics = probe(policy, ckpt.step, "policy", str(ckpt.path))
+        progress(f"{plan.label + ' ' if plan.label else ''}step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
+        rows, metrics = ref.probe(policy, ckpt.step, "policy", str(ckpt.path))
+        if settings.score_completions:
+            at_step = [row for row in completions if row["step"] == ckpt.step]
+            if at_step:
+                start = time.perf_counter()
+                color_completions(policy, ref, at_step)
+                scored["completions"] += len(at_step)
+                scored["seconds"] += time.perf_counter() - start
         del policy
         gc.collect()
         samples += rows
@@ -216,16 +308,17 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
         analyzed.append({"step": ckpt.step, "path": str(ckpt.path), "layout": ckpt.layout})
         seconds.append(metrics[FIXED_PREFIX + "seconds"])
     if not analyzed:
-        raise DiscoveryError("no checkpoint could be analyzed: " + "; ".join(notes))
+        raise DiscoveryError(f"no checkpoint could be analyzed{f' in run {plan.label}' if plan.label else ''}: " + "; ".join(notes))
 
     config = {
         "analysis": {
             "source": ANALYZE_SOURCE,
-            "reference": reference,
+            "reference": ref.path,
+            **({"label": plan.label} if plan.label else {}),
             "checkpoints": analyzed,
             "skipped": notes,
             "prompts": settings.prompts,
-            "num_prompts": len(prompts),
+            "num_prompts": len(ref.prompts),
             "seed": settings.seed,
             **({"kl_budget": settings.kl_budget} if settings.kl_budget else {}),
             "reward_model": settings.reward_model,
@@ -235,42 +328,43 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
         },
         "kl": {"estimator": "k1"},  # the sampled per-token estimate in samples.jsonl and fixed/kl/token_mean
         "rollout": {"batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                    "max_prompt_length": max_prompt_length},
-        "model": {"policy": str(analyzed[-1]["path"]), "reference": reference},
+                    "max_prompt_length": ref.max_prompt_length},
+        "model": {"policy": str(analyzed[-1]["path"]), "reference": ref.path},
     }
-    distributions, completions = [], []
+    distributions = []
     if imported is not None:
         for step, row in imported.history.items():
             history.setdefault(step, {}).update(row)
-        for row in imported.completions:  # token lengths by the policy's tokenizer: the length-vs-reward check reads them
-            row["length"] = len(ref_tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
-        completions = imported.completions
         distributions = imported.distributions
         notes += imported.notes
         config["analysis"]["imported"] = imported.sources
+        if settings.score_completions:
+            config["analysis"]["completions_scored"] = scored
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        _write_jsonl(tmp / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
-        _write_jsonl(tmp / SAMPLES_FILE, samples)
-        if distributions:
-            _write_jsonl(tmp / DISTRIBUTIONS_FILE, distributions)
-        if completions:
-            _write_jsonl(tmp / COMPLETIONS_FILE, completions)
-        from dataclasses import replace
+    target.mkdir(parents=True, exist_ok=True)
+    (target / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_jsonl(target / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
+    _write_jsonl(target / SAMPLES_FILE, samples)
+    if distributions:
+        _write_jsonl(target / DISTRIBUTIONS_FILE, distributions)
+    if completions:
+        _write_jsonl(target / COMPLETIONS_FILE, completions)
+    from dataclasses import replace
 
-        from policyshift.analysis.report import REPORT_FILE, render_report
-        from policyshift.analysis.runlog import load_run
+    from policyshift.analysis.report import REPORT_FILE, render_report
+    from policyshift.analysis.runlog import load_run
 
-        # rendered under the output's own name (the page title), then moved in with the rest
-        (tmp / REPORT_FILE).write_text(render_report(replace(load_run(tmp), run_dir=out)), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"out": out, "checkpoints": analyzed, "notes": notes, "seconds_per_checkpoint": sum(seconds) / len(seconds)}
+    # rendered under the output's own name (the page title), then moved in with the rest
+    (target / REPORT_FILE).write_text(render_report(replace(load_run(target), run_dir=final)), encoding="utf-8")
+    return {"checkpoints": analyzed, "notes": notes, "seconds": seconds}
+
+
+def color_completions(policy, ref: Reference, rows: list[dict]) -> None:
+    """Per-token log π/π_ref of logged completions (re-tokenized with the reference's tokenizer), added
+    to the rows as `tokens`, `token_log_ratio` and `seq_kl`: the checkpoint of the same step as π."""
+    from policyshift.analysis.probe import score_texts
+
+    scored = score_texts(policy, ref.model, ref.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
+                         ref.settings.temperature, ref.settings.batch_size, ref.max_prompt_length)
+    for row, (tokens, log_ratio) in zip(rows, scored):
+        row.update({"tokens": tokens, "token_log_ratio": [round(x, 5) for x in log_ratio], "seq_kl": sum(log_ratio)})

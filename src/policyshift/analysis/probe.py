@@ -115,3 +115,35 @@ def fixed_prompt_metrics(rows: list[dict]) -> dict:
     if ref_lp:
         out["response/ref_logprob_mean"] = sum(ref_lp) / len(ref_lp)
     return out
+
+
+@torch.no_grad()
+def score_texts(policy, ref_policy, tokenizer, prompts: list[str], responses: list[str], temperature: float, batch_size: int,
+                max_prompt_length: int) -> list[tuple[list[str], list[float]]]:
+    """(decoded tokens, log π/π_ref per token) of given responses — another trainer's logged completions,
+    re-tokenized with `tokenizer` (left-padded prompts, right-padded responses; padding never scored).
+    A response longer than the context leaves for it is cut at the end."""
+    from policyshift.kl import gather_tokens, log_softmax_t
+    from policyshift.models import response_logits
+
+    device = next(policy.parameters()).device
+    context = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
+        room = (context - enc["input_ids"].shape[1]) if context else None
+        ids = [tokenizer(r, add_special_tokens=False)["input_ids"][:room] for r in responses[start : start + batch_size]]
+        width = max(max(len(i) for i in ids), 1)
+        response = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for i, row in enumerate(ids):
+            response[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        input_ids = torch.cat([enc["input_ids"], response], 1).to(device)
+        attention = torch.cat([enc["attention_mask"], mask], 1).to(device)
+        response = response.to(device)
+        lp = gather_tokens(log_softmax_t(response_logits(policy, input_ids, attention, width), temperature), response)
+        ref_lp = gather_tokens(log_softmax_t(response_logits(ref_policy, input_ids, attention, width), temperature), response)
+        log_ratio = torch.where(mask.to(device).bool(), lp - ref_lp, 0.0)
+        out += [([tokenizer.decode([t]) for t in row], log_ratio[i, : len(row)].tolist()) for i, row in enumerate(ids)]
+    return out

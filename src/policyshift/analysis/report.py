@@ -563,6 +563,12 @@ def panel_imported(run: RunData, figures: dict) -> str:
     return _panel(8, "Imported training logs", table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
 
 
+def _completion_cell(row: dict) -> str:
+    if row.get("tokens"):
+        return f'<div class="tokens">{render_tokens(row["tokens"], row.get("token_log_ratio"))}</div>'
+    return f"<pre>{_esc(row.get('completion', ''))}</pre>"
+
+
 def _meaning(source: str, key: str) -> str:
     from policyshift.analysis.ingest_map import lookup
 
@@ -584,13 +590,17 @@ def panel_completions(run: RunData) -> str:
     for i, step in enumerate(steps):
         rows = by_step[step]
         shown = rows[:MAX_COMPLETIONS_PER_STEP]
-        body = "".join(f"<tr><td><pre>{_esc(r.get('prompt', ''))}</pre></td><td><pre>{_esc(r.get('completion', ''))}</pre></td>"
+        body = "".join(f"<tr><td><pre>{_esc(r.get('prompt', ''))}</pre></td><td>{_completion_cell(r)}</td>"
                        f"<td class='num'>{_fmt(r.get('score'))}</td><td class='num'>{_fmt(r.get('advantage'))}</td></tr>" for r in shown)
         blocks.append(f'<details class="prompt-block"{" open" if i == len(steps) - 1 else ""}><summary>step {step}: {len(rows)} completions'
                       f'{f" (first {len(shown)} shown)" if len(rows) > len(shown) else ""}</summary><table><thead><tr><th>prompt</th><th>completion</th>'
                       f"<th>score</th><th>advantage</th></tr></thead><tbody>{body}</tbody></table></details>")
+    coloured = any(r.get("tokens") for r in run.completions)
     caption = ("Completions the trainer logged during training (their rewards fill the distribution panel). The logs hold no "
-               "log-probabilities, so tokens are not coloured; the fixed-prompt sample browser above has per-token log π/π_ref.")
+               "log-probabilities, so tokens are not coloured" + (
+                   ", except at the steps of a checkpoint (analyze --score-completions): there each token is coloured by "
+                   "log π_checkpoint/π_ref, re-tokenized with the reference's tokenizer" if coloured else
+                   "; analyze --score-completions colours those logged at a checkpoint's step") + ".")
     return _panel(9, "Training completions", "".join(blocks), caption)
 
 
@@ -647,6 +657,10 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
     the trainer rebuilds it never sees half a page.
     """
     run = load_run(run_dir)
+    if config_get(run.config, "analysis.runs") and out_path is None:  # `analyze --label`: the runs side by side
+        from policyshift.analysis.multirun import write_comparison
+
+        return write_comparison(run.run_dir)
     out = Path(out_path) if out_path is not None else run.run_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(run)
