@@ -111,7 +111,9 @@ def check_same_run(imported, checkpoints: list[Checkpoint], logs: list[str]) -> 
     step comes before every checkpoint cannot describe those checkpoints either."""
     import json
 
-    logged = {step: row for step, row in imported.history.items() if any(k.startswith(("trl/", "verl/", "openrlhf/", "tensorboard/")) for k in row)}
+    from policyshift.analysis.ingest_map import RAW_PREFIXES
+
+    logged = {step: row for step, row in imported.history.items() if any(k.startswith(RAW_PREFIXES) for k in row)}
     for ckpt in checkpoints:
         state_file = ckpt.path / "trainer_state.json"
         try:

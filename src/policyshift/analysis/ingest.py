@@ -74,7 +74,7 @@ class Imported:
                              "mapped": mapped, "shown": sorted(shown), "unknown": sorted(unknown)})
 
 
-def _number_rows(entries, path: Path) -> list[tuple[int, dict]]:
+def _number_rows(entries) -> list[tuple[int, dict]]:
     rows = []
     for entry in entries:
         step = entry.get("step") if isinstance(entry, dict) else None
@@ -93,7 +93,7 @@ def read_trainer_state(path: Path, imported: Imported) -> None:
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise LogImportError(f"{path}: no log_history list (expected an HF Trainer / TRL trainer_state.json)")
-    imported.add_scalars("trl", path, _number_rows(history, path))
+    imported.add_scalars("trl", path, _number_rows(history))
 
 
 def _jsonl(path: Path, imported: Imported) -> list[dict]:

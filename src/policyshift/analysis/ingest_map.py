@@ -124,6 +124,10 @@ _OPENRLHF = [
     KeyMap("critic_lr", None, "critic learning rate"),
 ]
 
+# metrics.jsonl prefixes of imported keys kept as logged (`<source>/<key>`): not policyshift quantities
+SOURCES = ("trl", "verl", "openrlhf", "tensorboard")
+RAW_PREFIXES = tuple(f"{source}/" for source in SOURCES)
+
 TABLES: dict[str, list[KeyMap]] = {"trl": _TRL_GRPO + _TRL_PPO, "verl": _VERL, "openrlhf": _OPENRLHF}
 BY_KEY: dict[str, dict[str, KeyMap]] = {source: {m.key: m for m in table} for source, table in TABLES.items()}
 

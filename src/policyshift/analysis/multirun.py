@@ -11,7 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.report import (REPORT_FILE, _axis, _esc, _figure, _line, _panel, _no_data, render_sample_columns, run_findings,

@@ -156,7 +156,9 @@ def run_findings(run: RunData) -> tuple[list[Finding], DetectorThresholds, RunDa
     """Findings of a loaded run as the report shows them (and `--fail-on` gates on): the detectors on
     `detector_inputs(run.history)`. Returns (findings, thresholds, the run with that history, fixed keys)."""
     history, fixed = detector_inputs(run.history)
-    training_keys = {k for row in run.history for k in row if not k.startswith(FIXED_PREFIX) and k != "step" and not k.startswith(("trl/", "verl/", "tb/"))}
+    from policyshift.analysis.ingest_map import RAW_PREFIXES
+
+    training_keys = {k for row in run.history for k in row if k != "step" and not k.startswith((FIXED_PREFIX, *RAW_PREFIXES))}
     overrides = FIXED_ONLY_THRESHOLDS if fixed and not training_keys else {}
     thresholds = DetectorThresholds.from_config(run.config, **overrides)
     view = dataclasses.replace(run, history=history)
