@@ -116,6 +116,11 @@ def test_discovery_errors_name_the_path(saved, tmp_path):
     (shards / "model_world_size_1_rank_0.pt").write_bytes(b"")
     with pytest.raises(DiscoveryError, match="no loadable checkpoint.*merge them first"):
         find_checkpoints(tmp_path / "only_shards")
+    deepspeed = tmp_path / "openrlhf_ckpt" / "_actor" / "global_step4"
+    deepspeed.mkdir(parents=True)
+    (deepspeed / "mp_rank_00_model_states.pt").write_bytes(b"")
+    with pytest.raises(DiscoveryError, match="DeepSpeed shards.*--save_hf_ckpt"):
+        find_checkpoints(tmp_path / "openrlhf_ckpt")
     with pytest.raises(DiscoveryError, match="no such file"):
         find_checkpoints(tmp_path / "missing")
 

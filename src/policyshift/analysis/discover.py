@@ -26,7 +26,8 @@ ADAPTER_FILE = "adapter_config.json"
 # a path component that carries the step: checkpoint-N (HF/TRL), step-N (policyshift), global_step_N (verl),
 # global_stepN[_hf] (OpenRLHF / DeepSpeed), step_N
 STEP_NAME = re.compile(r"^(?:checkpoint|step|global_step|global-step|iter|iteration)[-_]?(\d+)(?:_hf)?$")
-FSDP_SHARD = re.compile(r"^model_world_size_\d+_rank_\d+\.pt$")
+FSDP_SHARD = re.compile(r"^model_world_size_\d+_rank_\d+\.pt$")  # verl's per-rank FSDP state
+DEEPSPEED_SHARD = re.compile(r"^(mp_rank_\d+_model_states|zero_pp_rank_\d+_mp_rank_\d+_(optim|model)_states)\.pt$")  # OpenRLHF --ckpt_path, HF+DeepSpeed
 MAX_DEPTH = 4  # RUN/global_step_N/actor/huggingface is the deepest layout read
 
 
@@ -116,17 +117,21 @@ def _walk(root: Path, depth: int = 0):
             yield from _walk(child, depth + 1)
 
 
-def _unmerged_shards(root: Path) -> list[Path]:
-    """verl per-rank FSDP shard directories (no HF weights beside them)."""
-    found = []
+def _unmerged_shards(root: Path) -> list[str]:
+    """One note per directory of per-rank training shards with no HF weights beside them."""
+    notes = []
     for directory in [root, *_walk(root)]:
         try:
-            if any(FSDP_SHARD.match(f.name) for f in directory.iterdir()):
-                if not is_model_dir(directory / "huggingface"):
-                    found.append(directory)
+            names = [f.name for f in directory.iterdir()]
         except OSError:
             continue
-    return found
+        if any(FSDP_SHARD.match(n) for n in names) and not is_model_dir(directory / "huggingface"):
+            notes.append(f"{directory}: verl FSDP shards, not an HF model; merge them first: "
+                         f"python -m verl.model_merger merge --backend fsdp --local_dir {directory} --target_dir {directory}/huggingface")
+        elif any(DEEPSPEED_SHARD.match(n) for n in names) and not is_model_dir(directory):
+            notes.append(f"{directory}: DeepSpeed shards, not an HF model; save HF weights (OpenRLHF --save_hf_ckpt) "
+                         f"or convert with DeepSpeed's zero_to_fp32.py first")
+    return notes
 
 
 def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
@@ -158,9 +163,7 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
             found.append(Checkpoint(root, step, "final model of the run"))
         else:
             notes.append(f"{root}: the model saved at the run's top has no trainer_state.json step; skipped (pass it as its own PATH)")
-    for shards in _unmerged_shards(root):
-        notes.append(f"{shards}: verl FSDP shards, not an HF model; merge them first: "
-                     f"python -m verl.model_merger merge --backend fsdp --local_dir {shards} --target_dir {shards}/huggingface")
+    notes += _unmerged_shards(root)
     if not found:
         if notes:
             raise DiscoveryError(f"{path}: no loadable checkpoint; " + "; ".join(notes))
