@@ -158,7 +158,7 @@ def test_unknown_key_suggests_the_nearest_valid_key():
 
 def test_unknown_section_suggests_the_nearest_section():
     assert error_of(argv=["--ppoo.clip_range", "0.1"]) == "unknown config key 'ppoo'; did you mean 'ppo'?"
-    assert "valid keys: model, data, rollout, reward, kl, ppo, analysis, train" in error_of({"zzzz": {}})
+    assert "valid keys: model, data, rollout, reward, kl, algorithm, ppo, analysis, train" in error_of({"zzzz": {}})
 
 
 def test_a_key_in_the_wrong_section_points_to_its_home():

@@ -129,16 +129,16 @@ def _token_mean_worker(rank, port, result_path):
     from accelerate import Accelerator
 
     from policyshift.distributed import ProcessGroup
-    from policyshift.trainer import PPOTrainer
+    from policyshift.runtime import Runtime
 
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)
     model = accelerator.prepare(torch.nn.Linear(3, 1))
     x, mask = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0.0]])
     rows_ = slice(0, 1) if rank == 0 else slice(1, 2)  # process 0 holds 5 tokens, process 1 holds 1
-    trainer = type("T", (), {"group": ProcessGroup(accelerator)})()
+    runtime = Runtime(accelerator, ProcessGroup(accelerator), model, list(model.parameters()), grad_accum_steps=1)
     loss = masked_mean(model(x[rows_]).squeeze(-1), mask[rows_])
-    accelerator.backward(PPOTrainer.across_processes(trainer, loss, mask[rows_]))
+    accelerator.backward(runtime.across_processes(loss, mask[rows_]))
     if rank == 0:
         torch.save(accelerator.unwrap_model(model).weight.grad.clone(), result_path)
     accelerator.wait_for_everyone()

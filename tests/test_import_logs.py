@@ -56,9 +56,10 @@ def test_trl_logs_and_completions_imported_with_their_meaning(trl_run, tmp_path,
         assert row["kl/k3_token_mean"] == entry["kl"]  # TRL's kl: a per-token k3 mean ...
         assert "kl/seq_mean" not in row and "kl/token_mean" not in row  # ... so not the sequence KL nor a k1 the detectors read
         assert row["response/eos_rate"] == pytest.approx(1 - entry["completions/clipped_ratio"])
-        assert row["trl/frac_reward_zero_std"] == entry["frac_reward_zero_std"]  # shown as logged, no policyshift key
+        assert row["group/zero_spread_frac"] == entry["frac_reward_zero_std"]  # groups with equal rewards, as policyshift's
+        assert row["trl/completions/min_length"] == entry["completions/min_length"]  # shown as logged, no policyshift key
     source = run.config["analysis"]["imported"][0]
-    assert source["mapped"]["kl"] == "kl/k3_token_mean" and "frac_reward_zero_std" in source["shown"]
+    assert source["mapped"]["kl"] == "kl/k3_token_mean" and "completions/min_length" in source["shown"]
     assert "rewards/good/mean" in source["shown"]  # per reward function, by pattern
     # TensorBoard's copy of the same log is recognized and not read twice
     assert len(run.config["analysis"]["imported"]) == 1 and any("TensorBoard events repeat" in n for n in run.config["analysis"]["skipped"])

@@ -1,5 +1,5 @@
-"""Checkpoints: `checkpoints/step-N/` holds the policy (+ tokenizer) and the critic in
-`save_pretrained` form (safetensors), the optimizer and scheduler, every RNG state and the trainer
+"""Checkpoints: `checkpoints/step-N/` holds the policy (+ tokenizer) and the critic (none for a
+critic-free estimator) in `save_pretrained` form (safetensors), the optimizer and scheduler, every RNG state and the trainer
 state as JSON. Written to a temporary directory and renamed, so a kill during a save leaves the
 previous checkpoint whole."""
 
@@ -67,7 +67,7 @@ def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", sta
     tokenizer.save_pretrained(out / policy_subdir)
     if models.critic is not None:
         save(models.critic, out / "critic", "critic.")
-    else:
+    elif models.value_head is not None:  # (a critic-free estimator has neither: no critic/ at all)
         (out / "critic").mkdir(parents=True, exist_ok=True)
         head = weights("value_head.") or models.value_head.state_dict()
         save_file({k: v.contiguous() for k, v in head.items()}, str(out / "critic" / "value_head.safetensors"))
@@ -147,7 +147,7 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
         restore(models.policy, ckpt / "policy", load_causal_lm)
         if models.critic is not None:
             restore(models.critic, ckpt / "critic", lambda p: load_sequence_classifier(p, kind="critic"))
-        else:
+        elif models.value_head is not None:
             load_model(models.value_head, str(ckpt / "critic" / "value_head.safetensors"))
         optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
@@ -157,8 +157,9 @@ def restore_checkpoint(ckpt: Path, models, optimizer, scheduler, generators: dic
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 
-def saved_weights(ckpt: Path, with_critic: bool) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights as one PolicyAndCritic state dict (`policy.…`, `critic.…` or `value_head.…`)."""
+def saved_weights(ckpt: Path, with_critic: bool, with_value_head: bool = True) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as one PolicyAndCritic state dict (`policy.…`, `critic.…` or `value_head.…`, or
+    the policy alone for a critic-free run)."""
     from safetensors.torch import load_file
 
     from policyshift.models import load_causal_lm, load_sequence_classifier
@@ -166,6 +167,6 @@ def saved_weights(ckpt: Path, with_critic: bool) -> dict[str, torch.Tensor]:
     full = {f"policy.{k}": v for k, v in load_causal_lm(str(ckpt / "policy")).state_dict().items()}
     if with_critic:
         full.update({f"critic.{k}": v for k, v in load_sequence_classifier(str(ckpt / "critic"), kind="critic").state_dict().items()})
-    else:
+    elif with_value_head:
         full.update({f"value_head.{k}": v for k, v in load_file(str(ckpt / "critic" / "value_head.safetensors")).items()})
     return full

@@ -72,7 +72,10 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    batch_size: int = 16  # prompts (= episodes) per PPO step
+    batch_size: int = 16  # episodes (responses) per step, over all processes
+    # n responses sampled per prompt (a group): each step draws batch_size / n prompts. Groups stay whole on one
+    # process and through every filter; group estimators (algorithm.advantage grpo, rloo, …) need n ≥ 2
+    num_generations: int = 1
     max_new_tokens: int = 48
     temperature: float = 1.0  # logprobs are taken at this temperature, with no top-k/top-p (unbiased KL)
     stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
@@ -93,7 +96,8 @@ class RewardConfig:
     missing_eos_penalty: Optional[float] = None  # subtracted from the score of responses that never emit EOS
     normalize: bool = False  # divide scores by a running std and subtract a running mean (Welford over all steps)
     clip: Optional[float] = None  # clip scores to ±clip after normalization
-    on_nonfinite: Literal["error", "skip"] = "error"  # a NaN/inf score: stop naming the sample, or drop the episode (counted)
+    # a NaN/inf score: stop naming the sample, or drop the episode — with num_generations > 1 its whole group (counted)
+    on_nonfinite: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -104,6 +108,19 @@ class KLConfig:
     target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
     horizon: int = 10000  # adaptive controller: episodes
     placement: Literal["reward", "loss"] = "reward"  # in the per-token reward (classic RLHF) or as a loss term (GRPO/verl style)
+    # the reference scores every batch even at β = 0: the per-step KL curve is the backbone of the analysis.
+    # false (β = 0 only) skips it for speed; the fixed-prompt evaluations still measure KL to the reference
+    score_reference: bool = True
+
+
+@dataclass
+class AlgorithmConfig:
+    # the advantage estimator (policyshift.advantages.ESTIMATORS): gae (PPO with a critic; Schulman et al. 2016),
+    # grpo (Shao et al. 2024), rloo (Ahmadian et al. 2024), reinforce_pp / reinforce_pp_baseline (Hu 2025).
+    # γ, λ, ε, whitening stay in the ppo section.
+    advantage: Literal["gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "gae"
+    scale: Literal["group", "batch", "none"] = "group"  # grpo: divide by the group std, the batch std, or not (none = Dr. GRPO, Liu et al. 2025)
+    std_eps: float = 1e-4  # grpo: A = (r − mean)/(std + eps) (TRL 1e-4)
 
 
 @dataclass
@@ -171,6 +188,7 @@ class PPOConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     ppo: PPOHyperparams = field(default_factory=PPOHyperparams)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -427,6 +445,29 @@ def validate(cfg: PPOConfig) -> None:
     _check(not (lora.critic and cfg.model.share_critic_backbone),
            "model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
     _check(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
+    validate_algorithm(cfg)
+
+
+def validate_algorithm(cfg: PPOConfig) -> None:
+    """What the advantage estimator declares it needs, against the rest of the config."""
+    from policyshift.advantages import get_estimator
+
+    a, n, b = cfg.algorithm, cfg.rollout.num_generations, cfg.rollout.batch_size
+    estimator = get_estimator(a.advantage)
+    _check(n >= 1, f"rollout.num_generations must be >= 1; got {n}")
+    _check(b % n == 0, f"rollout.num_generations ({n}) must divide rollout.batch_size ({b}): each step samples batch_size / n prompts n times")
+    _check(n >= 2 or not estimator.needs_groups,
+           f"algorithm.advantage {a.advantage} compares the n samples of each prompt: set rollout.num_generations >= 2")
+    _check(math.isfinite(a.std_eps) and a.std_eps >= 0, f"algorithm.std_eps must be >= 0; got {a.std_eps}")
+    if not estimator.needs_critic:
+        m = cfg.model
+        critic_options = [name for name, on in (("model.critic", m.critic), ("model.share_critic_backbone", m.share_critic_backbone),
+                                               ("model.lora.critic", m.lora.critic)) if on]
+        _check(not critic_options, f"{critic_options[0] if critic_options else ''} configures a critic, but algorithm.advantage "
+                                   f"{a.advantage} trains none; drop it or use algorithm.advantage gae")
+    k = cfg.kl
+    _check(k.score_reference or (k.beta == 0 and k.controller == "fixed"),
+           "kl.score_reference false skips the reference, so there is no KL to penalize: it needs kl.beta 0 and kl.controller fixed")
 
 
 def require_runnable(cfg: PPOConfig, have_policy: bool = False, have_prompts: bool = False, have_reward: bool = False) -> None:

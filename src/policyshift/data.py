@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 from policyshift.config import OneLineError
@@ -19,6 +20,21 @@ OUR_FORMATS = (".jsonl", ".json", ".txt")  # parsed here, for line-numbered erro
 DATASETS_FORMATS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # read through `datasets`
 # utf-8-sig: Windows editors start files with a BOM, which json.loads rejects as "malformed JSON".
 ENCODING = "utf-8-sig"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """A prompt and the other fields of its row (e.g. `answer`, `tests` for a verifiable reward), which
+    reward functions receive as keyword arguments."""
+
+    text: str
+    fields: dict = dataclass_field(default_factory=dict)
+
+
+def _row_from(record, field: str, where: str) -> PromptRow:
+    text = _prompt_from(record, field, where)
+    extra = {k: v for k, v in record.items() if k != field} if isinstance(record, dict) else {}
+    return PromptRow(text, extra)
 
 
 def _prompt_from(record, field: str, where: str) -> str:
@@ -73,25 +89,25 @@ def iter_jsonl(path, what: str = "data"):
                 yield where, _parse_json(line, where)
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    return [_prompt_from(record, field, where) for where, record in iter_jsonl(path, "prompt")]
+def _read_jsonl(path: Path, field: str) -> list[PromptRow]:
+    return [_row_from(record, field, where) for where, record in iter_jsonl(path, "prompt")]
 
 
-def _read_json(path: Path, field: str) -> list[str]:
+def _read_json(path: Path, field: str) -> list[PromptRow]:
     data = _parse_json(path.read_text(encoding=ENCODING), str(path), name_line=True)
     if isinstance(data, dict) and isinstance(data.get(field), list):
         data = data[field]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of prompts")
-    return [_prompt_from(r, field, f"{path}[{i}]") for i, r in enumerate(data)]
+    return [_row_from(r, field, f"{path}[{i}]") for i, r in enumerate(data)]
 
 
-def _read_txt(path: Path) -> list[str]:
+def _read_txt(path: Path) -> list[PromptRow]:
     with path.open(encoding=ENCODING) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+        return [PromptRow(line.rstrip("\n")) for line in f if line.strip()]
 
 
-def _read_with_datasets(source: str, field: str, split: str) -> list[str]:
+def _read_with_datasets(source: str, field: str, split: str) -> list[PromptRow]:
     import datasets
 
     path = Path(source)
@@ -102,12 +118,17 @@ def _read_with_datasets(source: str, field: str, split: str) -> list[str]:
         raise DataError(f"cannot load prompts from '{source}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if field not in ds.column_names:
         raise DataError(f"{source}: no '{field}' column (columns: {', '.join(ds.column_names)}); set data.prompt_field")
-    return [_prompt_from(t, field, f"{source} row {i}") for i, t in enumerate(ds[field])]
+    return [_row_from(row, field, f"{source} row {i}") for i, row in enumerate(ds)]
 
 
 def load_prompts(source: str, field: str = "prompt", split: str = "train") -> list[str]:
-    """Prompts from a .jsonl/.json/.txt file, a .csv/.parquet file, a directory of data files or a
+    """Prompt texts from a .jsonl/.json/.txt file, a .csv/.parquet file, a directory of data files or a
     hub dataset id (via `datasets`)."""
+    return [row.text for row in load_prompt_rows(source, field, split)]
+
+
+def load_prompt_rows(source: str, field: str = "prompt", split: str = "train") -> list[PromptRow]:
+    """As load_prompts, keeping each row's other fields."""
     if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
         raise DataError("no prompt source given (data.prompts is empty)")
     # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion.
@@ -140,15 +161,16 @@ def load_prompts(source: str, field: str = "prompt", split: str = "train") -> li
     return prompts
 
 
-def split_fixed_prompts(prompts: list[str], n_fixed: int, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out `n_fixed` prompts (a seeded choice) that the policy never trains on.
-    The choice is among distinct texts, and every copy of a held-out text leaves the training set:
-    a duplicated prompt would otherwise be both trained on and "held out"."""
+def split_fixed_prompts(prompts: list, n_fixed: int, seed: int) -> tuple[list, list[str]]:
+    """Hold out `n_fixed` prompts (a seeded choice) that the policy never trains on: (training prompts or
+    rows, held-out texts). The choice is among distinct texts, and every copy of a held-out text leaves the
+    training set: a duplicated prompt would otherwise be both trained on and "held out"."""
     if n_fixed < 0:
         raise DataError(f"analysis.num_prompts must be >= 0; got {n_fixed}")
     if n_fixed == 0:
         return list(prompts), []
-    distinct = list(dict.fromkeys(prompts))  # first occurrences, in order
+    text = lambda p: p.text if isinstance(p, PromptRow) else p  # noqa: E731
+    distinct = list(dict.fromkeys(map(text, prompts)))  # first occurrences, in order
     if n_fixed >= len(distinct):
         raise DataError(
             f"analysis.num_prompts ({n_fixed}) must be smaller than the number of distinct prompts ({len(distinct)})"
@@ -156,7 +178,7 @@ def split_fixed_prompts(prompts: list[str], n_fixed: int, seed: int) -> tuple[li
     order = list(range(len(distinct)))
     random.Random(seed).shuffle(order)
     held = {distinct[i] for i in order[:n_fixed]}
-    return [p for p in prompts if p not in held], [p for p in distinct if p in held]
+    return [p for p in prompts if text(p) not in held], [p for p in distinct if p in held]
 
 
 class PromptSampler:
@@ -176,7 +198,7 @@ class PromptSampler:
             random.Random(self.seed * 100003 + epoch).shuffle(order)
         return order
 
-    def next_batch(self) -> list[str]:
+    def next_batch(self) -> list:
         batch = []
         while len(batch) < self.batch_size:
             if self.index >= len(self._order):

@@ -235,5 +235,5 @@ def load_state(accelerator, train_model, optimizer, ckpt, optimizer_state) -> No
     from policyshift.checkpoint import saved_weights
 
     options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(train_model, saved_weights(ckpt, train_model.critic is not None), options=options)
+    set_model_state_dict(train_model, saved_weights(ckpt, train_model.critic is not None, train_model.value_head is not None), options=options)
     set_optimizer_state_dict(train_model, optimizer.optimizer, optimizer_state, options=options)

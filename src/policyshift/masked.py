@@ -14,7 +14,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def _masked_moments(x: torch.Tensor, mask: torch.Tensor, unbiased: bool, all_sum=None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_moments(x: torch.Tensor, mask: torch.Tensor, unbiased: bool, all_sum=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, variance) over the unmasked entries. `all_sum`: sums a tensor over processes, so the
     moments are the whole batch's (default: this process only)."""
     all_sum = all_sum or (lambda t: t)
@@ -27,13 +27,13 @@ def _masked_moments(x: torch.Tensor, mask: torch.Tensor, unbiased: bool, all_sum
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    return _masked_moments(x, mask, unbiased)[1]
+    return masked_moments(x, mask, unbiased)[1]
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_sum=None) -> torch.Tensor:
     """(x − mean)/std over the unmasked entries; padded entries come back as 0. `all_sum`: sums a
     tensor over processes, so the statistics are the whole batch's (default: this process only)."""
-    mean, var = _masked_moments(x, mask, True, all_sum)
+    mean, var = masked_moments(x, mask, True, all_sum)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -207,6 +207,10 @@ class PolicyAndCritic(nn.Module):
         window = slice(-(n_response + 1), -1)
         return out.logits[:, window].float(), self.value_head(out.hidden_states[-1][:, window]).float()
 
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None or self.value_head is not None
+
     def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         if self.critic is None and self.value_head is None:  # a bare policy (compare, probes): no critic to ask
             return torch.zeros(input_ids.shape[0], n_response, device=input_ids.device)
@@ -241,9 +245,9 @@ def reference_from(policy, reference_path: str | None, dtype: str, trust_remote_
     return freeze(ref)
 
 
-def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_path, tokenizer) -> tuple[PolicyAndCritic, nn.Module, str]:
+def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_path, tokenizer, with_critic: bool = True) -> tuple[PolicyAndCritic, nn.Module, str | None]:
     """The trained PolicyAndCritic, the frozen reference (`ref_policy` if given), and where the critic
-    came from. `model_cfg` is a ModelConfig; `reward` the reward object (its tokenizer decides
+    came from (None: `with_critic` false, a critic-free estimator — no critic is built at all). `model_cfg` is a ModelConfig; `reward` the reward object (its tokenizer decides
     whether the critic can start from the reward model). With `model_cfg.lora.r > 0` the policy (and
     with lora.critic the critic) is a peft LoRA model and the reference is the policy with its adapter off."""
     m = model_cfg
@@ -258,7 +262,9 @@ def build_training_models(model_cfg, policy, ref_policy, reward, reward_model_pa
         ref = AdapterOffReference(policy)  # shares every base weight with the policy: no second copy
     else:
         ref = ref_policy if ref_policy is not None else reference_from(policy, m.reference, m.dtype, m.trust_remote_code)
-    if m.share_critic_backbone:
+    if not with_critic:
+        models, source = PolicyAndCritic(policy=policy), None
+    elif m.share_critic_backbone:
         models, source = PolicyAndCritic(policy=policy, value_head=SharedValueHead(policy.config.hidden_size)), "policy backbone (shared)"
     else:
         rm_tok = getattr(reward, "tokenizer", None)

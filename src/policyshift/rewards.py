@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -83,16 +84,40 @@ def _as_float(value, i: int, source: str, prompts, responses) -> float:
         raise RewardError(f"{source} returned {short_repr(value, 60)} (type {type(value).__name__}), not a usable number, at index {i}{which}") from None
 
 
+def accepted_fields(fn: Callable) -> Callable[[str], bool]:
+    """Which extra prompt-row fields `fn` takes as keyword arguments: all of them with a **kwargs parameter,
+    else those it names (a plain f(prompts, responses) gets none and keeps working)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return lambda name: False
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return lambda name: True
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return lambda name: name in named
+
+
 class FunctionReward:
+    """f(prompts, responses, **fields) -> one number per response. `fields`: the prompt rows' other columns
+    (e.g. `answer`), one list per field aligned with the prompts, passed when the function accepts them."""
+
     def __init__(self, fn: Callable, name: str = "reward function"):
         self.fn, self.name = fn, name
+        self.accepts = accepted_fields(fn)
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    def __call__(self, prompts: list[str], responses: list[str], **fields) -> torch.Tensor:
+        kwargs = {k: list(v) for k, v in fields.items() if k not in ("prompts", "responses") and self.accepts(k)}
         try:
-            out = self.fn(list(prompts), list(responses))
+            out = self.fn(list(prompts), list(responses), **kwargs)
         except Exception as exc:
             raise RewardError(f"{self.name} raised {type(exc).__name__}: {exc}") from None
         return _as_scores(out, len(prompts), self.name, prompts, responses)
+
+
+def score_with_fields(reward, prompts: list[str], responses: list[str], fields: dict[str, list]) -> torch.Tensor:
+    """Scores from any reward object; the prompt rows' fields go to a reward function (which passes on only
+    those it accepts), never to a reward model or a user's own scorer object."""
+    return reward(prompts, responses, **fields) if isinstance(reward, FunctionReward) else reward(prompts, responses)
 
 
 class ModelReward:
@@ -118,7 +143,8 @@ class ModelReward:
         return cls(model, load_tokenizer(path, trust_remote_code, padding_side="right"), **kwargs)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    def __call__(self, prompts: list[str], responses: list[str], **fields) -> torch.Tensor:
+        """`fields` (prompt-row columns) are not part of what a reward model reads."""
         device = next(self.model.parameters()).device
         texts = [p + join_prompt_response(p, r) for p, r in zip(prompts, responses)]  # as the RM saw them in training
         scores = [torch.zeros(0)]

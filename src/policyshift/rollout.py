@@ -31,14 +31,15 @@ class Rollout:
     response_mask: torch.Tensor  # (B, R) float, 1 on real response tokens
     has_eos: torch.Tensor  # (B,) bool
     logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t) at the sampling temperature
-    ref_logprobs: torch.Tensor  # (B, R) log π_ref(a_t|s_t) at the same temperature
-    values: torch.Tensor  # (B, R) V_old(s_t)
-    exact_kl: torch.Tensor  # (B, R) full-vocabulary KL(π‖π_ref) at each state (logged, never optimized)
+    ref_logprobs: torch.Tensor | None  # (B, R) log π_ref(a_t|s_t) at the same temperature; None: kl.score_reference false
+    values: torch.Tensor | None  # (B, R) V_old(s_t); None: a critic-free estimator
+    exact_kl: torch.Tensor | None  # (B, R) full-vocabulary KL(π‖π_ref) at each state (logged, never optimized)
     entropy: torch.Tensor  # (B, R) policy entropy at each state
     scores: torch.Tensor | None = None  # (B,) reward of each episode, after penalties/normalization
     # (B, R) log π_engine(a_t|s_t) from a rollout engine with its own copy of the weights (vLLM): the
     # logprobs above are then the training model's, and these only measure the mismatch. None otherwise.
     engine_logprobs: torch.Tensor | None = None
+    group_ids: torch.Tensor | None = None  # (B,) long: rows with the same id are the n samples of one prompt
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -144,7 +145,8 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
         logits = logits[:, :R]
     # One log-softmax per model, shared by the logprobs, the exact KL and the entropy.
     logp = log_softmax_t(logits, cfg.temperature)
-    ref_logp = log_softmax_t(response_logits(ref_policy, input_ids, attention_mask, R), cfg.temperature)
+    # ref_policy None (kl.score_reference false): no reference forward, no KL for this batch
+    ref_logp = log_softmax_t(response_logits(ref_policy, input_ids, attention_mask, R), cfg.temperature) if ref_policy is not None else None
     return Rollout(
         prompts=list(prompts),
         responses=tokenizer.batch_decode(torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id), skip_special_tokens=True),
@@ -154,9 +156,9 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
         response_mask=response_mask,
         has_eos=has_eos,
         logprobs=gather_tokens(logp, response_ids),
-        ref_logprobs=gather_tokens(ref_logp, response_ids),
-        values=models.values(input_ids, attention_mask, R),
-        exact_kl=exact_kl_from_logprobs(logp, ref_logp),
+        ref_logprobs=gather_tokens(ref_logp, response_ids) if ref_logp is not None else None,
+        values=models.values(input_ids, attention_mask, R) if models.has_critic else None,
+        exact_kl=exact_kl_from_logprobs(logp, ref_logp) if ref_logp is not None else None,
         entropy=entropy_from_logprobs(logp),
         engine_logprobs=engine_lp,
     )

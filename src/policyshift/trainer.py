@@ -1,12 +1,14 @@
-"""PPOTrainer: rollout → rewards + KL → GAE → clipped PPO updates, one step at a time.
+"""PPOTrainer: rollout → rewards + KL → advantages → clipped policy-gradient updates, one step at a time.
 
-Each PPO step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022):
-  1. sample a response y ~ π_θ(·|x) for a batch of prompts x, recording log π_old, log π_ref, V_old;
+Each step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022; Shao et al. 2024 for groups):
+  1. sample n responses y ~ π_θ(·|x) for each of batch_size / n prompts x, recording log π_old, log π_ref
+     (and V_old with a critic);
   2. score: s = RM(x, y) (or a Python function), minus the missing-EOS penalty, normalized/clipped;
-  3. shape: r_t = −β·KL_t on every response token, + s at the last token;
-  4. advantages: GAE(γ, λ) over the response tokens, whitened over the batch (masked);
-  5. `ppo.epochs` passes over shuffled minibatches: clipped surrogate + clipped value loss;
-  6. the KL controller updates β from the batch's sequence KL.
+  3. advantages from the registry entry algorithm.advantage (policyshift.advantages): GAE with a critic,
+     or a group/batch baseline without one; KL is −β·KL_t in the per-token reward or a loss term;
+  4. `ppo.epochs` passes over shuffled minibatches: clipped surrogate (+ clipped value loss with a critic);
+  5. the KL controller updates β from the batch's sequence KL.
+The engine (DDP/FSDP/DeepSpeed) stays behind policyshift.runtime.Runtime.
 """
 
 from __future__ import annotations
@@ -26,20 +28,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policyshift.advantages import compute_gae, shape_rewards, whiten_advantages
+from policyshift import keys as K
+from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
-from policyshift.data import DataError, PromptSampler, load_prompts, split_fixed_prompts
+from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
+from policyshift.runtime import Runtime
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
 from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
 from policyshift.masked import masked_mean, masked_sum
-from policyshift.metrics import rollout_metrics
+from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
-from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores
+from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_with_fields
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
@@ -112,10 +116,12 @@ def check_world_size(cfg: PPOConfig, world_size: int) -> None:
     of minibatches and micro-batches (collectives must line up)."""
     if world_size == 1:
         return
-    b, p = cfg.rollout.batch_size, cfg.ppo
+    b, n, p = cfg.rollout.batch_size, cfg.rollout.num_generations, cfg.ppo
     if b % world_size or (b // world_size) % (p.num_minibatches * p.grad_accum_steps):
         raise ConfigError(f"rollout.batch_size ({b}) must split into {world_size} processes × ppo.num_minibatches ({p.num_minibatches}) "
                           f"× ppo.grad_accum_steps ({p.grad_accum_steps})")
+    if (b // n) % world_size:  # a group never spans processes: each takes whole prompts, n samples each
+        raise ConfigError(f"rollout.batch_size / rollout.num_generations ({b} / {n} = {b // n} prompts) must split evenly into {world_size} processes")
     if cfg.rollout.engine == "vllm":
         raise ConfigError("rollout.engine=vllm runs inside a single training process; use rollout.engine=hf under accelerate launch")
     if cfg.reward.on_nonfinite == "skip":
@@ -147,6 +153,7 @@ class PPOTrainer:
         validate(config)
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
         self.cfg = cfg = config
+        self.estimator = get_estimator(cfg.algorithm.advantage)  # what it needs (critic, groups) is asked of it, not of its name
         self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision)
         self.group = group = ProcessGroup(self.accelerator)  # one process: every collective is the identity
         check_world_size(cfg, group.world_size)
@@ -167,7 +174,8 @@ class PPOTrainer:
             policy = policy if policy is not None else load_causal_lm(m.policy, m.dtype, m.trust_remote_code)
             self.reward = self._make_reward(reward, cfg.reward.model, cfg.reward.function)
             self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
-            self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer)
+            self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
+                                                                                     with_critic=self.estimator.needs_critic)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
@@ -175,15 +183,23 @@ class PPOTrainer:
                 if module is not None:
                     enable_activation_checkpointing(module)
 
-        all_prompts = prompts if prompts is not None else load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split)
+        # rows: each prompt with its other fields (reward functions get them as keyword arguments)
+        all_rows = ([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts] if prompts is not None
+                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split))
         if cfg.analysis.prompts:
-            self.train_prompts, self.fixed_prompts = all_prompts, load_prompts(cfg.analysis.prompts, cfg.data.prompt_field)
+            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field)
         else:
-            self.train_prompts, self.fixed_prompts = split_fixed_prompts(all_prompts, cfg.analysis.num_prompts, cfg.train.seed)
-        if not self.train_prompts:
+            self.train_rows, held = split_fixed_prompts(all_rows, cfg.analysis.num_prompts, cfg.train.seed)
+            first_row = {row.text: row for row in reversed(all_rows)}
+            self.fixed_rows = [first_row[text] for text in held]
+        self.fixed_prompts = [row.text for row in self.fixed_rows]
+        if not self.train_rows:
             raise DataError("no training prompts left after holding out the fixed analysis prompts")
-        self.sampler = PromptSampler(self.train_prompts, cfg.rollout.batch_size, cfg.train.seed, cfg.data.shuffle)
-        self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, all_prompts + self.fixed_prompts, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
+        self.field_names = sorted({k for row in self.train_rows for k in row.fields})
+        # each step draws batch_size / n prompts and samples every one n times
+        self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
+        self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
+                                                   cfg.rollout.max_new_tokens)
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
@@ -196,6 +212,7 @@ class PPOTrainer:
         self.trained_params = trainable()  # after prepare: FSDP2 has replaced them by their shards (DTensors)
         # the share of the trained weights this process stores: 1 (DDP, ZeRO-2), 1/W (FSDP2, ZeRO-3)
         self.weights_held_fraction = sum(map(local_numel, self.trained_params)) / max(1, sum(map(global_numel, self.trained_params)))
+        self.runtime = Runtime(self.accelerator, group, self.train_model, self.trained_params, p.grad_accum_steps)
         from transformers import get_scheduler
 
         name = {"constant": "constant_with_warmup"}.get(p.lr_scheduler, p.lr_scheduler)
@@ -260,43 +277,62 @@ class PPOTrainer:
             return replace(self.cfg.rollout, stop_at_eos=False)
         return self.cfg.rollout
 
-    # ---- one PPO step ---------------------------------------------------------------------------
-    def score(self, rollout: Rollout) -> Rollout:
-        """The rollout with its scores; with reward.on_nonfinite=skip, episodes whose reward is NaN/inf are dropped."""
-        raw = self.reward(rollout.prompts, rollout.responses).to(self.device)
+    # ---- one step ---------------------------------------------------------------------------------
+    def draw_rows(self) -> tuple[list, torch.Tensor]:
+        """This process's episodes of the next step: its contiguous share of the batch_size / n prompts every
+        process drew identically, each repeated n times (adjacent), so a group never spans processes; and
+        each row's group id (unique over processes)."""
+        n = self.cfg.rollout.num_generations
+        local = self.group.local_slice(self.sampler.next_batch())
+        first_group = self.group.rank * len(local)
+        group_ids = torch.arange(first_group, first_group + len(local), device=self.device).repeat_interleave(n)
+        return [row for row in local for _ in range(n)], group_ids
+
+    def score(self, rollout: Rollout, fields: dict[str, list]) -> tuple[Rollout, dict[str, list]]:
+        """The rollout with its scores (and the prompt-row fields of the episodes kept). With
+        reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
+        group's baseline needs all of its n samples."""
+        raw = score_with_fields(self.reward, rollout.prompts, rollout.responses, fields).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
         if self.group.any(not bool(finite.all())):
             if r.on_nonfinite == "error":  # (skip runs in one process only: check_world_size)
                 check_finite(raw, rollout.prompts, rollout.responses, "reward")
                 raise TrainingError("the reward was non-finite on another process; its error names the episode")
-            if not bool(finite.any()):
-                check_finite(raw, rollout.prompts, rollout.responses, "reward (every episode of the batch)")
-            keep = finite.nonzero().flatten().cpu()
+            whole_group = torch.isin(rollout.group_ids, rollout.group_ids[~finite], invert=True)
+            if not bool(whole_group.any()):
+                check_finite(raw, rollout.prompts, rollout.responses, "reward (every group of the batch)")
+            keep = whole_group.nonzero().flatten().cpu()
             rollout, raw = rollout.select(keep), raw[keep.to(raw.device)]
+            fields = {k: [v[i] for i in keep.tolist()] for k, v in fields.items()}
         # Normalization statistics are the whole batch's: every process post-processes all scores, keeps its own.
         scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(rollout.has_eos), r.missing_eos_penalty, self.moments, r.clip)
-        return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)])
+        return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)]), fields
 
     def ppo_step(self) -> dict:
+        """rollout → rewards (+ KL) → advantages (algorithm.advantage) → update → metrics."""
         cfg, t0 = self.cfg, time.perf_counter()
-        prompts = self.group.local_slice(self.sampler.next_batch())  # every process draws the same batch, keeps its slice
+        rows, group_ids = self.draw_rows()
+        prompts, fields = [row.text for row in rows], {k: [row.fields.get(k) for row in rows] for k in self.field_names}
         with self.accelerator.autocast(), self.whole_weights():  # autocast: the update's precision, so ratios start at 1
-            rollout = generate_rollout(self.models, self.ref_policy, self.tokenizer, prompts, self.rollout_config, self.max_prompt_length,
-                                       self.generator, engine=self.engine)
+            rollout = generate_rollout(self.models, self.ref_policy if cfg.kl.score_reference else None, self.tokenizer, prompts,
+                                       self.rollout_config, self.max_prompt_length, self.generator, engine=self.engine)
+        rollout = replace(rollout, group_ids=group_ids)
         t_gen = time.perf_counter()
         n_sampled = len(rollout)
-        rollout = self.score(rollout)
-        gold = self.gold_reward(rollout.prompts, rollout.responses) if self.gold_reward else None
+        rollout, fields = self.score(rollout, fields)
+        gold = score_with_fields(self.gold_reward, rollout.prompts, rollout.responses, fields) if self.gold_reward else None
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
-        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs)  # per token, estimator as configured
+        # per token, estimator as configured; no reference scored (kl.score_reference false, β = 0): no KL at all
+        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs) if rollout.ref_logprobs is not None else None
         in_reward = cfg.kl.placement == "reward"
-        rewards = shape_rewards(rollout.scores, kl, beta if in_reward else 0.0, mask)
-        advantages, returns = compute_gae(rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
-        if cfg.ppo.whiten_advantages:
-            advantages = whiten_advantages(advantages, mask, all_sum=self.group.sum)
+        a, p = cfg.algorithm, cfg.ppo
+        advantages, returns = self.estimator.compute(AdvantageInputs(
+            scores=rollout.scores, kl=kl if kl is not None else torch.zeros_like(mask), beta=beta if in_reward else 0.0, mask=mask,
+            group_ids=rollout.group_ids, values=rollout.values, gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages,
+            scale=a.scale, std_eps=a.std_eps, all_sum=self.group.sum))
         update_stats = self.update(rollout, advantages, returns, beta)
         self.engine.sync_weights(self.models.policy)  # a separate engine samples the next batch from the new weights
         t_update = time.perf_counter()
@@ -305,39 +341,45 @@ class PPOTrainer:
 
         # Metrics and the KL controller see the whole batch: every process's episodes, gathered.
         g = self.group
-        rollout, kl, rewards, returns = gather_rollout(rollout, g), g.gather_rows(kl), g.gather_rows(rewards), g.gather_rows(returns)
+        rollout, advantages = gather_rollout(rollout, g), g.gather_rows(advantages)
+        kl, returns = (g.gather_rows(x) if x is not None else None for x in (kl, returns))
         gold = g.gather_rows(gold.to(self.device)) if gold is not None else None
         mask = rollout.response_mask
-        seq_kl = masked_sum(kl, mask, 1)
-        self.kl_ctl.update(seq_kl.mean().item(), len(rollout))  # Ziegler: β follows the sequence KL
+        seq_kl = masked_sum(kl, mask, 1) if kl is not None else None
+        if seq_kl is not None:
+            self.kl_ctl.update(seq_kl.mean().item(), len(rollout))  # Ziegler: β follows the sequence KL
         self.step, self.episodes = self.step + 1, self.episodes + len(rollout)
         metrics = {
-            "episodes": self.episodes,
-            "reward/nonfinite_skipped": n_sampled - len(rollout),
-            **rollout_metrics(rollout, kl, beta, rewards),
+            K.EPISODES: self.episodes,
+            K.NONFINITE_SKIPPED: n_sampled - len(rollout),
+            **rollout_metrics(rollout, kl, beta, beta if in_reward else 0.0),
+            **advantage_metrics(advantages, mask, rollout.scores, rollout.group_ids, cfg.rollout.num_generations),
             **update_stats,
-            "value/explained_variance": explained_variance(rollout.values, returns, mask).item(),
-            "time/generate": t_gen - t0,
-            "time/score": t_score - t_gen,
-            "time/update": t_update - t_score,
-            "time/step": t_update - t0,
-            "perf/tokens_per_s": (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
+            K.TIME_GENERATE: t_gen - t0,
+            K.TIME_SCORE: t_score - t_gen,
+            K.TIME_UPDATE: t_update - t_score,
+            K.TIME_STEP: t_update - t0,
+            K.TOKENS_PER_S: (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
             **self.parallel_metrics(),
         }
+        if returns is not None:
+            metrics[K.VALUE_EXPLAINED_VARIANCE] = explained_variance(rollout.values, returns, mask).item()
         if gold is not None:
-            metrics["reward/gold_mean"] = gold.float().mean().item()
-            metrics["reward/gold_std"] = gold.float().std().item() if len(gold) > 1 else 0.0
+            metrics[K.GOLD_MEAN] = gold.float().mean().item()
+            metrics[K.GOLD_STD] = gold.float().std().item() if len(gold) > 1 else 0.0
         self.sink.log_scalars(metrics, self.step)
-        distribution = {"scores": rollout.scores.tolist(), "seq_kl": seq_kl.tolist(), "lengths": rollout.lengths.tolist(),
-                        "gold_scores": gold.tolist() if gold is not None else None}
+        distribution = {"scores": rollout.scores.tolist(), "seq_kl": seq_kl.tolist() if seq_kl is not None else None,
+                        "lengths": rollout.lengths.tolist(), "gold_scores": gold.tolist() if gold is not None else None}
         self.sink.log_histograms(distribution, self.step)
         self.distributions.append({"step": self.step, **distribution})
         self.history.append({"step": self.step, **metrics})
         return metrics
 
-    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor, beta: float) -> dict:
-        p, T = self.cfg.ppo, self.cfg.rollout.temperature
-        stats, skipped = defaultdict(list), 0
+    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float) -> dict:
+        """ppo.epochs passes over shuffled minibatches; each minibatch one optimizer step over its micro-batches.
+        Groups need no care here: their advantages were computed on the whole batch before any shuffling."""
+        p, stats, skipped = self.cfg.ppo, defaultdict(list), 0
+        self.runtime.step = self.step + 1
         if self.cfg.model.gradient_checkpointing:
             self.models.train()  # HF checkpoints activations only in train mode; dropout is already 0 everywhere
         for _ in range(p.epochs):
@@ -346,64 +388,68 @@ class PPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = [i for i in mb_index.tensor_split(p.grad_accum_steps) if len(i)]
                 for j, index in enumerate(micro_batches):
-                    mb = batch.select(index)
-                    # Drop columns that are padding in every row of this micro-batch: trailing response
-                    # columns and leading prompt columns (positions come from the mask, so this is exact).
-                    R = int(mb.lengths.max().clamp(min=1))
-                    first = int(mb.query_mask.any(0).long().argmax())
-                    mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
-                    input_ids = torch.cat([mb.query_ids[:, first:], response_ids], 1)
-                    attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
                     last = j == len(micro_batches) - 1  # gradients are all-reduced once, after the last micro-batch
-                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.train_model):
-                        logits, values = self.train_model(input_ids, attention_mask, R)
-                        logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per minibatch
-                        new_logprobs = gather_tokens(logp, response_ids)
-                        pg_loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[index, :R], mask, p.clip_range)
-                        vf_loss, vf = value_loss(values, mb.values[:, :R], returns[index, :R], mask, p.clip_range_value)
-                        with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
-                            entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
-                        loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy
-                        if self.cfg.kl.placement == "loss":  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
-                            kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
-                            loss = loss + beta * kl_loss
-                            stats["loss/kl"].append(kl_loss.item())
-                        self.backward(self.across_processes(loss, mask), last)
-                    fault_point("kill_in_update", self.step + 1)
-                    for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
-                                 "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
-                                 "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
+                    with self.runtime.accumulating(last):
+                        loss, mask, mb_stats = self.micro_batch_loss(batch.select(index), advantages[index],
+                                                                     returns[index] if returns is not None else None, beta)
+                        self.runtime.backward(loss, mask, last)
+                    for k, v in mb_stats.items():
                         stats[k].append(float(v.detach()))
-                grad_norm = self.clip_gradients(p.max_grad_norm or math.inf)
-                stats["optim/grad_norm"].append(grad_norm.item())
-                if not torch.isfinite(grad_norm):  # a non-finite loss/gradient never reaches the weights
-                    self.optimizer.zero_grad(set_to_none=True)
-                    skipped, self.consecutive_skips = skipped + 1, self.consecutive_skips + 1
-                    if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
-                        raise TrainingError(
-                            f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient (step {self.step + 1}); "
-                            "lower ppo.lr, set reward.clip/normalize, or check the reward for huge values")
-                    continue
-                self.consecutive_skips = 0
-                self.optimizer.step()
-                self.scheduler.step()
+                grad_norm = self.runtime.clip_gradients(p.max_grad_norm or math.inf)
+                stats[K.GRAD_NORM].append(grad_norm.item())
+                skipped += not self.optimizer_step(grad_norm)
         self.models.eval()
         self.skipped_updates += skipped
         finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
         # every epoch visits each episode once: the statistics stand for epochs × this process's tokens
-        out = self.token_weighted({k: finite_mean(v) for k, v in stats.items()}, p.epochs * float(batch.response_mask.sum()))
-        return {**out, "optim/lr": self.scheduler.get_last_lr()[0], "optim/skipped_updates": skipped}
+        out = self.runtime.token_weighted({k: finite_mean(v) for k, v in stats.items()}, p.epochs * float(batch.response_mask.sum()), self.device)
+        return {**out, K.LR: self.scheduler.get_last_lr()[0], K.SKIPPED_UPDATES: skipped}
 
-    def backward(self, loss: torch.Tensor, last: bool) -> None:
-        """One micro-batch's gradients, accumulated over ppo.grad_accum_steps micro-batches. DeepSpeed
-        accumulates itself: its backward divides by its gradient_accumulation_steps (set equal by
-        configure_sharding) and its step clips, steps and zeroes only at the boundary named here."""
-        if self.group.deepspeed:
-            self.train_model.set_gradient_accumulation_boundary(last)
-            self.train_model.backward(loss)
-            self.train_model.step()
-        else:
-            self.accelerator.backward(loss / self.cfg.ppo.grad_accum_steps)
+    def micro_batch_loss(self, mb: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float):
+        """L = clipped surrogate (+ vf_coef · clipped value loss, with a critic) − ent_coef · entropy
+        (+ β · KL(π_θ‖π_ref) with kl.placement loss), token means over the micro-batch. → (loss, mask, stats)."""
+        p, T = self.cfg.ppo, self.cfg.rollout.temperature
+        # Drop columns that are padding in every row of this micro-batch: trailing response
+        # columns and leading prompt columns (positions come from the mask, so this is exact).
+        R = int(mb.lengths.max().clamp(min=1))
+        first = int(mb.query_mask.any(0).long().argmax())
+        mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
+        input_ids = torch.cat([mb.query_ids[:, first:], response_ids], 1)
+        attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
+        logits, values = self.train_model(input_ids, attention_mask, R)
+        logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per micro-batch
+        new_logprobs = gather_tokens(logp, response_ids)
+        loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range)
+        stats = {K.LOSS_POLICY: loss, K.CLIP_FRAC: pg["clip_frac"], K.APPROX_KL: pg["approx_kl"], K.RATIO_MEAN: pg["ratio_mean"],
+                 K.RATIO_VAR: pg["ratio_var"]}
+        if returns is not None:  # an estimator with a critic: its clipped regression to the returns
+            vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value)
+            loss = loss + p.vf_coef * vf_loss
+            stats.update({K.LOSS_VALUE: vf_loss, K.VALUE_CLIP_FRAC: vf["clip_frac"]})
+        with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
+            entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
+        loss = loss - p.ent_coef * entropy
+        if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
+            kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
+            loss = loss + beta * kl_loss
+            stats[K.LOSS_KL] = kl_loss
+        return loss, mask, {**stats, K.LOSS_ENTROPY: entropy, K.LOSS_TOTAL: loss}
+
+    def optimizer_step(self, grad_norm: torch.Tensor) -> bool:
+        """Step unless the gradient is non-finite: a NaN/inf loss or gradient never reaches the weights
+        (too many in a row stop the run). Returns whether it stepped."""
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
+                raise TrainingError(
+                    f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient (step {self.step + 1}); "
+                    "lower ppo.lr, set reward.clip/normalize, or check the reward for huge values")
+            return False
+        self.consecutive_skips = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        return True
 
     def parallel_metrics(self) -> dict:
         """Several processes. `parallel/weights_held_fraction`: the share of the trained weights this
@@ -412,47 +458,24 @@ class PPOTrainer:
         (max − min) of a float64 checksum of the trained weights across processes."""
         if self.group.world_size == 1:
             return {}
-        held = {"parallel/weights_held_fraction": self.weights_held_fraction}
+        held = {K.WEIGHTS_HELD_FRACTION: self.weights_held_fraction}
         if self.group.sharded:
             return held
         checksum = torch.stack([p.detach().double().sum() for p in self.trained_params]).sum()
         sums = self.group.gather_rows(checksum.reshape(1))
-        return {**held, "parallel/replica_checksum_spread": (sums.max() - sums.min()).item()}
+        return {**held, K.REPLICA_CHECKSUM_SPREAD: (sums.max() - sums.min()).item()}
 
-    def save_rollouts(self, rollout: Rollout, kl: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor) -> None:
-        """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order."""
-        local = {f.name: v.detach().cpu() if isinstance(v := getattr(rollout, f.name), torch.Tensor) else v for f in fields(rollout)}
-        local.update(kl=kl.cpu(), advantages=advantages.cpu(), returns=returns.cpu(), rank=self.group.rank)
+    def save_rollouts(self, rollout: Rollout, kl: torch.Tensor | None, advantages: torch.Tensor, returns: torch.Tensor | None) -> None:
+        """RUN_DIR/rollouts/step-N.pt (train.save_rollouts): a list with one dict per process, in rank order
+        (kl None without a reference pass, returns None without a critic)."""
+        cpu = lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        local = {f.name: cpu(getattr(rollout, f.name)) for f in fields(rollout)}
+        local.update(kl=cpu(kl), advantages=cpu(advantages), returns=cpu(returns), rank=self.group.rank)
         every = self.group.gather_objects([local])
         if self.group.is_main:
             out = self.run_dir / "rollouts"
             out.mkdir(exist_ok=True)
             torch.save(every, out / f"step-{self.step + 1}.pt")
-
-    def across_processes(self, loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The micro-batch loss whose process-average (what DDP/FSDP/DeepSpeed apply) is the token
-        mean over every process's tokens: scale this process's token mean by n_local·W / n_global."""
-        if self.group.world_size == 1:
-            return loss
-        n_local = mask.sum()
-        return loss * (n_local * self.group.world_size / self.group.sum(n_local.detach()).clamp(min=1))
-
-    def clip_gradients(self, max_norm: float) -> torch.Tensor:
-        if self.group.sharded or self.accelerator.mixed_precision == "fp16":
-            norm = self.accelerator.clip_grad_norm_(self.trained_params, max_norm)  # sharded grads / unscaling
-            return torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
-        return torch.nn.utils.clip_grad_norm_(self.trained_params, max_norm, foreach=True)  # DDP: grads already all-reduced
-
-    def token_weighted(self, means: dict[str, float], tokens: float) -> dict[str, float]:
-        """Per-process update statistics → one value per key, weighted by each process's token count."""
-        if self.group.world_size == 1:
-            return means
-        keys = sorted(means)
-        local = torch.tensor([[means[k] if math.isfinite(means[k]) else 0.0 for k in keys], [tokens * math.isfinite(means[k]) for k in keys]],
-                             dtype=torch.float64, device=self.device)
-        local[0] *= local[1]
-        total = self.group.sum(local)
-        return {k: (total[0, i] / total[1, i]).item() if total[1, i] > 0 else math.nan for i, k in enumerate(keys)}
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self) -> list[dict]:

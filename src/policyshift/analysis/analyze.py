@@ -163,6 +163,7 @@ class Reference:
     tokenizer: object
     model: torch.nn.Module
     prompts: list[str]
+    fields: dict[str, list]  # the prompt rows' other columns, for reward functions that take them
     reward: object
     gold: object
     rollout: RolloutConfig
@@ -175,7 +176,7 @@ class Reference:
     def probe(self, policy, step: int, model: str, source: str) -> tuple[list[dict], dict]:
         start = time.perf_counter()
         rows = sample_fixed_prompts(PolicyAndCritic(policy), self.model, self.tokenizer, self.prompts, self.rollout, self.max_prompt_length,
-                                    reward=self.reward, gold_reward=self.gold, seed=self.settings.seed)
+                                    reward=self.reward, gold_reward=self.gold, seed=self.settings.seed, fields=self.fields)
         seconds = time.perf_counter() - start
         rows = [{"step": step, **r, "model": model, "checkpoint": source} for r in rows]
         metrics = {FIXED_PREFIX + k: v for k, v in fixed_prompt_metrics(rows).items()}
@@ -183,7 +184,7 @@ class Reference:
 
 
 def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
-    from policyshift.data import load_prompts
+    from policyshift.data import load_prompt_rows
     from policyshift.rewards import make_reward
     from policyshift.trainer import fit_prompt_length
 
@@ -192,13 +193,15 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
         model = freeze(load_causal_lm(reference))
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
-    prompts = load_prompts(settings.prompts, settings.prompt_field)
+    rows = load_prompt_rows(settings.prompts, settings.prompt_field)
+    prompts = [row.text for row in rows]
+    fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
     reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
     gold = (make_reward(settings.gold_reward_model, settings.gold_reward_function)
             if (settings.gold_reward_model or settings.gold_reward_function) else None)
     rollout = RolloutConfig(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
     max_prompt_length = fit_prompt_length(model, tokenizer, prompts, settings.max_prompt_length, settings.max_new_tokens)
-    return Reference(reference, settings, tokenizer, model, prompts, reward, gold, rollout, max_prompt_length)
+    return Reference(reference, settings, tokenizer, model, prompts, fields, reward, gold, rollout, max_prompt_length)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from policyshift import keys as k
+
 
 @dataclass(frozen=True)
 class KeyMap:
@@ -33,17 +35,18 @@ def _one_minus(x: float) -> float:
 
 
 _TRL_GRPO = [
-    KeyMap("reward", "reward/score_mean", "per sequence: batch mean of the weighted sum of the reward functions, raw (before group normalization)"),
-    KeyMap("reward_std", "reward/score_std", "per sequence: batch std of the same summed reward (not the within-group std)"),
-    KeyMap("kl", "kl/k3_token_mean", "per token: k3 estimate of KL(π‖π_ref), masked mean over completion tokens; logged only when β ≠ 0. "
+    KeyMap("reward", k.SCORE_MEAN, "per sequence: batch mean of the weighted sum of the reward functions, raw (before group normalization)"),
+    KeyMap("reward_std", k.SCORE_STD, "per sequence: batch std of the same summed reward (not the within-group std)"),
+    KeyMap("kl", k.KL_K3_TOKEN_MEAN, "per token: k3 estimate of KL(π‖π_ref), masked mean over completion tokens; logged only when β ≠ 0. "
                                      "Not a sequence KL: the KL-budget detector does not read it"),
-    KeyMap("entropy", "policy/entropy", "per token: policy entropy (nats), masked mean over completion tokens"),
-    KeyMap("completions/mean_length", "response/length_mean", "per sequence: completion length in tokens, batch mean"),
-    KeyMap("completions/clipped_ratio", "response/eos_rate", "fraction of completions cut at max_completion_length (no EOS); fed as 1 − x = EOS rate",
+    KeyMap("entropy", k.ENTROPY, "per token: policy entropy (nats), masked mean over completion tokens"),
+    KeyMap("completions/mean_length", k.LENGTH_MEAN, "per sequence: completion length in tokens, batch mean"),
+    KeyMap("completions/clipped_ratio", k.EOS_RATE, "fraction of completions cut at max_completion_length (no EOS); fed as 1 − x = EOS rate",
            _one_minus),
-    KeyMap("clip_ratio/region_mean", "ppo/clip_frac", "per token: fraction where the clipped objective is active (ratio outside 1±ε on the "
+    KeyMap("clip_ratio/region_mean", k.CLIP_FRAC, "per token: fraction where the clipped objective is active (ratio outside 1±ε on the "
                                                      "advantage's side), as ppo/clip_frac"),
-    KeyMap("frac_reward_zero_std", None, "fraction of GRPO groups whose rewards are all equal (no learning signal); no detector input"),
+    KeyMap("frac_reward_zero_std", k.GROUP_ZERO_SPREAD_FRAC, "fraction of GRPO groups whose rewards are all equal (no learning signal), "
+                                                          "as group/zero_spread_frac"),
     KeyMap("clip_ratio/low_mean", None, "per token: fraction clipped below 1−ε (negative advantages)"),
     KeyMap("clip_ratio/high_mean", None, "per token: fraction clipped above 1+ε (positive advantages)"),
     KeyMap("clip_ratio/low_min", None, "minimum over processes of clip_ratio/low_mean"),
@@ -62,8 +65,8 @@ _TRL_GRPO = [
 ]
 
 _TRL_PPO = [
-    KeyMap("objective/scores", "reward/score_mean", "per sequence: reward-model score, raw (before the KL penalty), batch mean"),
-    KeyMap("objective/kl", "kl/seq_mean", "per sequence: sum over response tokens of the configured estimator (k1 by default, or k3), "
+    KeyMap("objective/scores", k.SCORE_MEAN, "per sequence: reward-model score, raw (before the KL penalty), batch mean"),
+    KeyMap("objective/kl", k.KL_SEQ_MEAN, "per sequence: sum over response tokens of the configured estimator (k1 by default, or k3), "
                                          "batch mean — sequence nats, as the KL-budget detector reads"),
     KeyMap("objective/entropy", None, "per sequence: Σ −log π of the sampled tokens (a one-sample sequence entropy), not policyshift's per-token entropy"),
     KeyMap("objective/non_score_reward", None, "per sequence: −β · KL, batch mean"),
@@ -83,16 +86,16 @@ _TRL_PPO = [
 ]
 
 _VERL = [
-    KeyMap("critic/score/mean", "reward/score_mean", "per sequence: the reward function's/model's score (token_level_scores summed), raw, batch mean"),
-    KeyMap("critic/score/max", "reward/score_max", "per sequence: batch maximum of the score"),
-    KeyMap("critic/score/min", "reward/score_min", "per sequence: batch minimum of the score"),
+    KeyMap("critic/score/mean", k.SCORE_MEAN, "per sequence: the reward function's/model's score (token_level_scores summed), raw, batch mean"),
+    KeyMap("critic/score/max", k.SCORE + "_max", "per sequence: batch maximum of the score"),
+    KeyMap("critic/score/min", k.SCORE + "_min", "per sequence: batch minimum of the score"),
     KeyMap("critic/rewards/mean", None, "per sequence: score after the in-reward KL penalty (when on), batch mean"),
     KeyMap("critic/advantages/mean", None, "advantages, masked mean"),
-    KeyMap("response_length/mean", "response/length_mean", "per sequence: response length in tokens, batch mean"),
-    KeyMap("response_length/clip_ratio", "response/eos_rate", "fraction of responses that reached max_response_length; fed as 1 − x = EOS rate",
+    KeyMap("response_length/mean", k.LENGTH_MEAN, "per sequence: response length in tokens, batch mean"),
+    KeyMap("response_length/clip_ratio", k.EOS_RATE, "fraction of responses that reached max_response_length; fed as 1 − x = EOS rate",
            _one_minus),
-    KeyMap("actor/entropy", "policy/entropy", "per token: policy entropy aggregated by loss_agg_mode (token-mean by default)"),
-    KeyMap("actor/pg_clipfrac", "ppo/clip_frac", "per token: masked mean of (clipped loss > unclipped loss), as ppo/clip_frac"),
+    KeyMap("actor/entropy", k.ENTROPY, "per token: policy entropy aggregated by loss_agg_mode (token-mean by default)"),
+    KeyMap("actor/pg_clipfrac", k.CLIP_FRAC, "per token: masked mean of (clipped loss > unclipped loss), as ppo/clip_frac"),
     KeyMap("actor/ppo_kl", None, "old→new policy k1 of the update (−log ratio, masked mean): NOT KL to the reference"),
     KeyMap("actor/kl_loss", None, "per token: KL-to-reference loss with actor.kl_loss_type (low_var_kl = k3 by default), "
                                   "aggregated by loss_agg_mode; estimator set in the run's config, so shown as logged"),
@@ -101,15 +104,15 @@ _VERL = [
     KeyMap("actor/pg_loss", None, "policy-gradient loss"),
     KeyMap("actor/grad_norm", None, "actor gradient norm"),
     KeyMap("actor/lr", None, "actor learning rate"),
-    KeyMap("critic/vf_explained_var", "value/explained_variance", "1 − Var(returns − values)/Var(returns) over response tokens, "
+    KeyMap("critic/vf_explained_var", k.VALUE_EXPLAINED_VARIANCE, "1 − Var(returns − values)/Var(returns) over response tokens, "
                                                                    "as value/explained_variance"),
     KeyMap("response_length/max", None, "per sequence: longest response (tokens)"),
     KeyMap("response_length/min", None, "per sequence: shortest response (tokens)"),
 ]
 
 _OPENRLHF = [
-    KeyMap("reward", "reward/score_mean", "per sequence: the reward model's/function's reward, raw (before the KL penalty), batch mean"),
-    KeyMap("response_length", "response/length_mean", "per sequence: response length in tokens, batch mean"),
+    KeyMap("reward", k.SCORE_MEAN, "per sequence: the reward model's/function's reward, raw (before the KL penalty), batch mean"),
+    KeyMap("response_length", k.LENGTH_MEAN, "per sequence: response length in tokens, batch mean"),
     KeyMap("kl", None, "mean over sequences of each sequence's per-token-mean KL (estimator k1 by default): neither a pooled token mean nor a "
                        "sequence sum, so no detector reads it"),
     KeyMap("return", None, "per sequence: reward with the KL penalty, batch mean"),

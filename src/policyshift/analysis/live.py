@@ -34,6 +34,7 @@ class LiveAnalysis:
             rows = sample_fixed_prompts(
                 models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.rollout_config, t.max_prompt_length,
                 reward=t.reward, gold_reward=t.gold_reward, seed=t.cfg.train.seed + 7,
+                fields={k: [row.fields.get(k) for row in t.fixed_rows] for k in t.field_names},
             )
         for row in rows:
             row["model"] = "reference" if reference else "policy"

@@ -11,12 +11,19 @@ import math
 
 import torch
 
+from policyshift import keys
 from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
 from policyshift.kl import kl_k3
 from policyshift.masked import masked_mean
+from policyshift.rewards import score_with_fields
 from policyshift.rollout import generate_rollout
 
 FIXED_PREFIX = "fixed/"  # metrics.jsonl keys computed on the fixed prompts at a checkpoint, not on a training batch
+# written only as fixed/ aggregates (a training step logs the token means and the configured estimator's seq_mean)
+KL_K1_SEQ_MEAN, KL_K3_SEQ_MEAN = "kl/k1_seq_mean", "kl/k3_seq_mean"
+REF_LOGPROB_MEAN = "response/ref_logprob_mean"  # mean log π_ref per response token
+_KL_KEYS = {"k1": (keys.KL_K1_TOKEN_MEAN, KL_K1_SEQ_MEAN), "k3": (keys.KL_K3_TOKEN_MEAN, KL_K3_SEQ_MEAN),
+            "exact": (keys.KL_EXACT_TOKEN_MEAN, keys.KL_EXACT_SEQ_MEAN)}
 
 
 def _rounded(values: torch.Tensor) -> list[float]:
@@ -24,18 +31,22 @@ def _rounded(values: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0) -> list[dict]:
+def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0,
+                         fields: dict[str, list] | None = None) -> list[dict]:
     """One sample per prompt from `models.policy`, scored by `ref_policy`. Per token: log π/π_ref (= k1),
     k3 and the exact full-vocabulary KL(π‖π_ref) at that state; `seq_*` are their sums over the response
-    (sequence KL in nats), `entropy_mean` the policy's mean entropy per token."""
+    (sequence KL in nats), `entropy_mean` the policy's mean entropy per token.
+    `fields`: the prompt rows' other columns (one list per field, aligned with `prompts`), passed to a reward
+    function that takes them (e.g. `answer` for a verifiable reward)."""
     device = next(models.policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
     for start in range(0, len(prompts), rollout_cfg.batch_size):
         chunk = prompts[start : start + rollout_cfg.batch_size]
         ro = generate_rollout(models, ref_policy, tokenizer, chunk, rollout_cfg, max_prompt_length, generator)
-        scores = reward(ro.prompts, ro.responses).tolist() if reward else [None] * len(chunk)
-        golds = gold_reward(ro.prompts, ro.responses).tolist() if gold_reward else [None] * len(chunk)
+        chunk_fields = {k: v[start : start + rollout_cfg.batch_size] for k, v in (fields or {}).items()}
+        scores = score_with_fields(reward, ro.prompts, ro.responses, chunk_fields).tolist() if reward else [None] * len(chunk)
+        golds = score_with_fields(gold_reward, ro.prompts, ro.responses, chunk_fields).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
         k3 = kl_k3(ro.logprobs, ro.ref_logprobs)
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)
@@ -93,27 +104,29 @@ def fixed_prompt_metrics(rows: list[dict]) -> dict:
     for name, key in (("k1", "seq_kl"), ("k3", "seq_k3"), ("exact", "seq_exact_kl")):
         sums = _finite(rows, key)
         if len(sums) == len(rows) and tokens:
-            out[f"kl/{name}_token_mean"] = sum(sums) / tokens
-            out[f"kl/{name}_seq_mean"] = sum(sums) / len(sums)
-    if "kl/k1_token_mean" in out:  # the sampled estimator of an analyzed run is k1 (config kl.estimator)
-        out["kl/token_mean"], out["kl/seq_mean"] = out["kl/k1_token_mean"], out["kl/k1_seq_mean"]
-    out.update(_moments("reward/score", _finite(rows, "score")))
+            token_key, seq_key = _KL_KEYS[name]
+            out[token_key] = sum(sums) / tokens
+            out[seq_key] = sum(sums) / len(sums)
+    if keys.KL_K1_TOKEN_MEAN in out:  # the sampled estimator of an analyzed run is k1 (config kl.estimator)
+        out[keys.KL_TOKEN_MEAN], out[keys.KL_SEQ_MEAN] = out[keys.KL_K1_TOKEN_MEAN], out[KL_K1_SEQ_MEAN]
+    out.update(_moments(keys.SCORE, _finite(rows, "score")))
     gold = _finite(rows, "gold_score")
     if gold:
-        out.update({k: v for k, v in _moments("reward/gold", gold).items() if k.endswith(("_mean", "_std"))})
+        moments = _moments("reward/gold", gold)
+        out[keys.GOLD_MEAN], out[keys.GOLD_STD] = moments[keys.GOLD_MEAN], moments[keys.GOLD_STD]
     entropy = [(r["entropy_mean"], r["length"]) for r in rows if isinstance(r.get("entropy_mean"), (int, float))]
     if len(entropy) == len(rows) and tokens:
-        out["policy/entropy"] = sum(e * n for e, n in entropy) / tokens
-    out["response/length_mean"] = tokens / len(rows)
-    out["response/eos_rate"] = sum(bool(r.get("eos")) for r in rows) / len(rows)
+        out[keys.ENTROPY] = sum(e * n for e, n in entropy) / tokens
+    out[keys.LENGTH_MEAN] = tokens / len(rows)
+    out[keys.EOS_RATE] = sum(bool(r.get("eos")) for r in rows) / len(rows)
     rep = _finite(rows, "rep_ngram_rate")
     if rep:
-        out["response/rep_ngram_rate"] = sum(rep) / len(rep)
+        out[keys.REP_NGRAM_RATE] = sum(rep) / len(rep)
     # rows keep decoded tokens, not ids: they stand in for the ids (two ids that decode alike count as one)
-    out["response/distinct_2"] = distinct_n([r.get("tokens") or [] for r in rows], 2)
+    out[keys.DISTINCT_2] = distinct_n([r.get("tokens") or [] for r in rows], 2)
     ref_lp = _finite(rows, "ref_logprob_mean")
     if ref_lp:
-        out["response/ref_logprob_mean"] = sum(ref_lp) / len(ref_lp)
+        out[REF_LOGPROB_MEAN] = sum(ref_lp) / len(ref_lp)
     return out
 
 

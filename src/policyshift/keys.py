@@ -1,0 +1,63 @@
+"""Metric keys: each is defined here once and imported where it is written (metrics, trainer) and where
+it is read (detectors, report, demo), so a rename cannot leave a reader looking at a key nobody writes.
+README "Metrics" documents what each holds; KL keys say which estimator they report."""
+
+# ---- KL to the reference (per token unless the key says seq; seq = sum over a response's tokens)
+KL_BETA = "kl/beta"
+KL_TOKEN_MEAN = "kl/token_mean"  # the configured estimator (kl.estimator), the one that is penalized
+KL_SEQ_MEAN = "kl/seq_mean"
+KL_K1_TOKEN_MEAN = "kl/k1_token_mean"
+KL_K3_TOKEN_MEAN = "kl/k3_token_mean"
+KL_EXACT_TOKEN_MEAN = "kl/exact_token_mean"  # full-vocabulary KL(π‖π_ref) at each sampled state
+KL_EXACT_SEQ_MEAN = "kl/exact_seq_mean"
+
+# ---- rewards
+SCORE = "reward/score"  # prefix of _mean/_std/_min/_max
+SCORE_MEAN = "reward/score_mean"
+SCORE_STD = "reward/score_std"
+SHAPED_RETURN_MEAN = "reward/shaped_return_mean"
+KL_PENALTY_MEAN = "reward/kl_penalty_mean"
+NONFINITE_SKIPPED = "reward/nonfinite_skipped"
+GOLD_MEAN = "reward/gold_mean"
+GOLD_STD = "reward/gold_std"
+
+# ---- responses
+LENGTH_MEAN = "response/length_mean"
+EOS_RATE = "response/eos_rate"
+REP_NGRAM_RATE = "response/rep_ngram_rate"
+DISTINCT_2 = "response/distinct_2"
+ENTROPY = "policy/entropy"
+
+# ---- groups (num_generations > 1) and advantages
+GROUP_REWARD_STD_MEAN = "group/reward_std_mean"  # mean over groups of the std of their n scores
+GROUP_ZERO_SPREAD_FRAC = "group/zero_spread_frac"  # groups whose n scores are all equal: no learning signal
+ADVANTAGE = "advantage"  # prefix of /mean, /std, /max_abs (masked, over response tokens)
+
+# ---- critic
+VALUE_MEAN = "value/mean"
+VALUE_EXPLAINED_VARIANCE = "value/explained_variance"
+VALUE_CLIP_FRAC = "value/clip_frac"
+
+# ---- the update
+LOSS_POLICY = "loss/policy"
+LOSS_VALUE = "loss/value"
+LOSS_ENTROPY = "loss/entropy"
+LOSS_KL = "loss/kl"
+LOSS_TOTAL = "loss/total"
+CLIP_FRAC = "ppo/clip_frac"
+APPROX_KL = "ppo/approx_kl"
+RATIO_MEAN = "ppo/ratio_mean"
+RATIO_VAR = "ppo/ratio_var"
+GRAD_NORM = "optim/grad_norm"
+LR = "optim/lr"
+SKIPPED_UPDATES = "optim/skipped_updates"
+
+# ---- bookkeeping
+EPISODES = "episodes"
+TIME_GENERATE, TIME_SCORE, TIME_UPDATE, TIME_STEP = "time/generate", "time/score", "time/update", "time/step"
+TOKENS_PER_S = "perf/tokens_per_s"
+WEIGHTS_HELD_FRACTION = "parallel/weights_held_fraction"
+REPLICA_CHECKSUM_SPREAD = "parallel/replica_checksum_spread"
+ENGINE_LOGPROB_DIFF_MEAN = "rollout/logprob_diff_abs_mean"
+ENGINE_LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
+ENGINE_KL_K3 = "rollout/engine_kl_k3"
