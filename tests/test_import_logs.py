@@ -236,3 +236,15 @@ def test_score_texts_matches_the_sampled_logprobs(tiny_world):
     for i, n in enumerate(ro.lengths.tolist()):
         expected = (ro.logprobs - ro.ref_logprobs)[i, :n].tolist()
         assert scored[i][1] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run):
+    """The TRL run's own TensorBoard events (HF Trainer's callback, tags train/<key>), without trainer_state.json."""
+    imported = import_logs([str(trl_run["grpo"] / "runs")])
+    state = json.loads((trl_run["grpo"] / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = {e["step"]: e for e in state["log_history"] if "reward" in e}
+    assert imported.sources[0]["kind"] == "trl scalars" and imported.sources[0]["mapped"]["kl"] == "kl/k3_token_mean"
+    for step, entry in logged.items():
+        assert imported.history[step]["reward/score_mean"] == pytest.approx(entry["reward"], rel=1e-6)  # float32 in the events
+        assert imported.history[step]["kl/k3_token_mean"] == pytest.approx(entry["kl"], rel=1e-6)
