@@ -196,6 +196,7 @@ def test_bad_input_one_line_and_nothing_written(tiny_world, saved, tmp_path, cap
     other = tmp_path / "other_vocab"
     tok = tiny.make_tokenizer(other, words=tiny.WORDS + ["extra", "words"])
     tiny.make_policy(other, tok)
+    capsys.readouterr()  # save_pretrained's own progress bar (on when no earlier test turned it off) is not ours
     assert main(["analyze", str(other), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out)]) == 2
     assert "vocabulary differs" in error_line(capsys)
     # a LoRA adapter whose base is gone

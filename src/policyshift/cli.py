@@ -133,11 +133,11 @@ def _stage_config(cls, args, extra: list[str]):
 
 
 def _check_model_paths(*paths) -> None:
-    from policyshift.models import _exists_or_hub_id
+    from policyshift.models import local_path_or_hub_id
 
     for path in paths:
         if path:
-            _exists_or_hub_id(path)  # ModelError (one line) for a local path that is not there
+            local_path_or_hub_id(path)  # ModelError (one line) for a local path that is not there
 
 
 def cmd_sft(args, extra: list[str]) -> int:

@@ -10,11 +10,17 @@ KL_K1_TOKEN_MEAN = "kl/k1_token_mean"
 KL_K3_TOKEN_MEAN = "kl/k3_token_mean"
 KL_EXACT_TOKEN_MEAN = "kl/exact_token_mean"  # full-vocabulary KL(π‖π_ref) at each sampled state
 KL_EXACT_SEQ_MEAN = "kl/exact_seq_mean"
+# written only as fixed/ aggregates of the fixed-prompt evaluations (a training step logs the token means and
+# the configured estimator's seq_mean)
+KL_K1_SEQ_MEAN, KL_K3_SEQ_MEAN = "kl/k1_seq_mean", "kl/k3_seq_mean"
+REF_LOGPROB_MEAN = "response/ref_logprob_mean"  # mean log π_ref per response token
 
 # ---- rewards
 SCORE = "reward/score"  # prefix of _mean/_std/_min/_max
 SCORE_MEAN = "reward/score_mean"
 SCORE_STD = "reward/score_std"
+SCORE_MIN, SCORE_MAX = "reward/score_min", "reward/score_max"
+GOLD = "reward/gold"  # prefix of the fixed-prompt gold moments
 SHAPED_RETURN_MEAN = "reward/shaped_return_mean"
 KL_PENALTY_MEAN = "reward/kl_penalty_mean"
 NONFINITE_SKIPPED = "reward/nonfinite_skipped"

@@ -27,7 +27,7 @@ from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_check
 from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
 from policyshift.analysis.runlog import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, SAMPLES_FILE
 from policyshift.config import RolloutConfig
-from policyshift.models import ModelError, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, same_vocabulary
+from policyshift.models import ModelError, PolicyAndCritic, local_path_or_hub_id, freeze, load_causal_lm, load_tokenizer, same_vocabulary
 
 ANALYZE_SOURCE = "policyshift analyze"  # config.yaml analysis.source of an analyzed run (its output dir may be replaced)
 
@@ -79,8 +79,12 @@ def _check_adapter_base(path: Path) -> None:
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ModelError(f"{path}: adapter_config.json names no base_model_name_or_path") from None
-    if not base or (not Path(os.path.expanduser(base)).exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")):
+    if not base:
         raise ModelError(f"{path}: LoRA adapter whose base model '{base}' cannot be found (expected a local model directory)")
+    try:
+        local_path_or_hub_id(base)  # a path that cannot be a hub id (/x, ./x, a/b/c), or any missing one offline
+    except ModelError:
+        raise ModelError(f"{path}: LoRA adapter whose base model '{base}' cannot be found (expected a local model directory)") from None
 
 
 def check_checkpoint(ckpt: Checkpoint, ref_tokenizer) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 
+from policyshift import keys as K
 from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.report import (REPORT_FILE, _axis, _esc, _figure, _line, _panel, _no_data, render_sample_columns, run_findings,
                                          standalone_page, _column)
@@ -39,15 +40,15 @@ def render_comparison(out: Path, name: str) -> str:
     header = (f"<header><h1>policyshift · {_esc(name)}</h1><div class=\"meta\"><span>{len(runs)} runs, one reference "
               f"<code>{_esc(config_get(load_run(out).config, 'analysis.reference', ''))}</code>, the same fixed prompts and seed</span>"
               f"<span>each run's own report: {links}</span></div></header>")
-    kl = _panel(1, "KL to the reference (fixed prompts)", _overlay(runs, figures, "fig-kl", "kl/exact_seq_mean", "exact KL (nats / sequence)"),
+    kl = _panel(1, "KL to the reference (fixed prompts)", _overlay(runs, figures, "fig-kl", K.KL_EXACT_SEQ_MEAN, "exact KL (nats / sequence)"),
                 "Exact full-vocabulary KL(π‖π_ref) summed over each response, mean over the fixed prompts, at each checkpoint.")
-    reward = _panel(2, "Reward (fixed prompts)", _overlay(runs, figures, "fig-reward", "reward/score_mean", "reward (mean)")
-                    + _overlay(runs, figures, "fig-gold", "reward/gold_mean", "gold reward (mean)"),
+    reward = _panel(2, "Reward (fixed prompts)", _overlay(runs, figures, "fig-reward", K.SCORE_MEAN, "reward (mean)")
+                    + _overlay(runs, figures, "fig-gold", K.GOLD_MEAN, "gold reward (mean)"),
                     "Proxy reward (and gold when given) of the fixed prompts' samples at each checkpoint.")
     traces = []
     for i, (label, run) in enumerate(runs.items()):
-        kl_by_step = dict(zip(*metric_series(run.history, FIXED_PREFIX + "kl/exact_seq_mean")))
-        pairs = [(kl_by_step[s], r) for s, r in zip(*metric_series(run.history, FIXED_PREFIX + "reward/score_mean")) if s in kl_by_step]
+        kl_by_step = dict(zip(*metric_series(run.history, FIXED_PREFIX + K.KL_EXACT_SEQ_MEAN)))
+        pairs = [(kl_by_step[s], r) for s, r in zip(*metric_series(run.history, FIXED_PREFIX + K.SCORE_MEAN)) if s in kl_by_step]
         if pairs:
             d = [math.sqrt(max(k, 0.0)) for k, _ in pairs]
             traces.append({"type": "scatter", "mode": "lines+markers", "x": d, "y": [r for _, r in pairs], "name": label,

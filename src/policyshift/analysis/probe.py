@@ -19,10 +19,7 @@ from policyshift.rewards import score_with_fields
 from policyshift.rollout import generate_rollout
 
 FIXED_PREFIX = "fixed/"  # metrics.jsonl keys computed on the fixed prompts at a checkpoint, not on a training batch
-# written only as fixed/ aggregates (a training step logs the token means and the configured estimator's seq_mean)
-KL_K1_SEQ_MEAN, KL_K3_SEQ_MEAN = "kl/k1_seq_mean", "kl/k3_seq_mean"
-REF_LOGPROB_MEAN = "response/ref_logprob_mean"  # mean log π_ref per response token
-_KL_KEYS = {"k1": (keys.KL_K1_TOKEN_MEAN, KL_K1_SEQ_MEAN), "k3": (keys.KL_K3_TOKEN_MEAN, KL_K3_SEQ_MEAN),
+_KL_KEYS = {"k1": (keys.KL_K1_TOKEN_MEAN, keys.KL_K1_SEQ_MEAN), "k3": (keys.KL_K3_TOKEN_MEAN, keys.KL_K3_SEQ_MEAN),
             "exact": (keys.KL_EXACT_TOKEN_MEAN, keys.KL_EXACT_SEQ_MEAN)}
 
 
@@ -108,11 +105,11 @@ def fixed_prompt_metrics(rows: list[dict]) -> dict:
             out[token_key] = sum(sums) / tokens
             out[seq_key] = sum(sums) / len(sums)
     if keys.KL_K1_TOKEN_MEAN in out:  # the sampled estimator of an analyzed run is k1 (config kl.estimator)
-        out[keys.KL_TOKEN_MEAN], out[keys.KL_SEQ_MEAN] = out[keys.KL_K1_TOKEN_MEAN], out[KL_K1_SEQ_MEAN]
+        out[keys.KL_TOKEN_MEAN], out[keys.KL_SEQ_MEAN] = out[keys.KL_K1_TOKEN_MEAN], out[keys.KL_K1_SEQ_MEAN]
     out.update(_moments(keys.SCORE, _finite(rows, "score")))
     gold = _finite(rows, "gold_score")
     if gold:
-        moments = _moments("reward/gold", gold)
+        moments = _moments(keys.GOLD, gold)
         out[keys.GOLD_MEAN], out[keys.GOLD_STD] = moments[keys.GOLD_MEAN], moments[keys.GOLD_STD]
     entropy = [(r["entropy_mean"], r["length"]) for r in rows if isinstance(r.get("entropy_mean"), (int, float))]
     if len(entropy) == len(rows) and tokens:
@@ -126,7 +123,7 @@ def fixed_prompt_metrics(rows: list[dict]) -> dict:
     out[keys.DISTINCT_2] = distinct_n([r.get("tokens") or [] for r in rows], 2)
     ref_lp = _finite(rows, "ref_logprob_mean")
     if ref_lp:
-        out[REF_LOGPROB_MEAN] = sum(ref_lp) / len(ref_lp)
+        out[keys.REF_LOGPROB_MEAN] = sum(ref_lp) / len(ref_lp)
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from policyshift import keys as K
 from policyshift.analysis.detectors import DetectorThresholds, Finding, run_detectors
 from policyshift.analysis.gao import MIN_FIT_POINTS, fit_reward_vs_kl, gao_curve
 from policyshift.analysis.probe import FIXED_PREFIX
@@ -246,20 +247,25 @@ def _estimator(run: RunData) -> str:
 
 def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     estimator = _estimator(run)
-    candidates = [("kl/token_mean", f"sampled {estimator} (token mean)")]
+    candidates = [(K.KL_TOKEN_MEAN, f"sampled {estimator} (token mean)")]
     if estimator != "k1":
-        candidates.append(("kl/k1_token_mean", "sampled k1 (token mean)"))
+        candidates.append((K.KL_K1_TOKEN_MEAN, "sampled k1 (token mean)"))
     if estimator != "k3":
-        candidates.append(("kl/k3_token_mean", "sampled k3 (token mean)"))
-    candidates.append(("kl/exact_token_mean", "exact full-vocab KL (token mean)"))
+        candidates.append((K.KL_K3_TOKEN_MEAN, "sampled k3 (token mean)"))
+    candidates.append((K.KL_EXACT_TOKEN_MEAN, "exact full-vocab KL (token mean)"))
     traces = []
     for key, name in candidates:
         steps, values = metric_series(run.history, key)
         if len(values):
             traces.append(_line(steps, values, name + _source(key, fixed), mode="lines+markers" if len(values) < 10 else "lines"))
     if not traces:
+        if config_get(run.config, "kl.score_reference") is False:  # β = 0 and the reference was told to skip the batches
+            return _panel(1, "KL to the reference policy", _no_data(
+                "the run set kl.score_reference false, so the reference scored no training batch and the per-step KL curves are "
+                "missing; the fixed-prompt samples (panel 7) still carry each evaluation's KL to the reference",
+                "train with kl.score_reference true (the default), or run `policyshift analyze` on the run's checkpoints"))
         return _panel(1, "KL to the reference policy", _no_data("no KL logged in metrics.jsonl", FILL_KL))
-    steps, beta = metric_series(run.history, "kl/beta")
+    steps, beta = metric_series(run.history, K.KL_BETA)
     layout = {"xaxis": _axis("step"), "yaxis": _axis("KL (nats / token)")}
     if len(beta):
         traces.append(_line(steps, beta, "β (KL coefficient)", yaxis="y2", line={"dash": "dot", "color": "#777"}))
@@ -287,23 +293,23 @@ def _eval_means(samples: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def panel_reward(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
-    steps, mean = metric_series(run.history, "reward/score_mean")
+    steps, mean = metric_series(run.history, K.SCORE_MEAN)
     if not len(mean):
         return _panel(2, "Reward", _no_data("no reward logged in metrics.jsonl", FILL_REWARD))
     traces = []
-    std_rows = {int(s): v for s, v in zip(*metric_series(run.history, "reward/score_std"))}
+    std_rows = {int(s): v for s, v in zip(*metric_series(run.history, K.SCORE_STD))}
     if std_rows:
         std = np.array([std_rows.get(int(s), math.nan) for s in steps])
         traces.append(_line(steps, mean + std, "+1 std", line={"width": 0}, showlegend=False, hoverinfo="skip"))
         traces.append(_line(steps, mean - std, "±1 std (batch)", line={"width": 0}, fill="tonexty", fillcolor="rgba(31,119,180,0.18)", hoverinfo="skip"))
-    for key, name in [("reward/score_min", "min"), ("reward/score_max", "max")]:
+    for key, name in [(K.SCORE_MIN, "min"), (K.SCORE_MAX, "max")]:
         s, v = metric_series(run.history, key)
         if len(v):
             traces.append(_line(s, v, name, line={"dash": "dot", "width": 1, "color": "rgba(31,119,180,0.45)"}))
-    traces.append(_line(steps, mean, "proxy reward (mean)" + _source("reward/score_mean", fixed), mode="lines+markers" if len(mean) < 3 else "lines", line={"color": "#1f77b4", "width": 2}))
-    s, v = metric_series(run.history, "reward/gold_mean")
+    traces.append(_line(steps, mean, "proxy reward (mean)" + _source(K.SCORE_MEAN, fixed), mode="lines+markers" if len(mean) < 3 else "lines", line={"color": "#1f77b4", "width": 2}))
+    s, v = metric_series(run.history, K.GOLD_MEAN)
     if len(v):
-        traces.append(_line(s, v, "gold reward (mean)" + _source("reward/gold_mean", fixed), line={"color": "#e377c2", "width": 2}))
+        traces.append(_line(s, v, "gold reward (mean)" + _source(K.GOLD_MEAN, fixed), line={"color": "#e377c2", "width": 2}))
     for key, name, color in [("gold_score", "gold reward (eval prompts)", "#e377c2"), ("score", "proxy reward (eval prompts)", "#1f77b4")]:
         eval_steps, eval_means = _eval_means(run.samples, key)
         if eval_steps:
@@ -364,7 +370,38 @@ def panel_distributions(run: RunData, figures: dict) -> str:
         "distribution; a growing far tail (many samples above the start's p95, max racing ahead of p50) is where "
         "reward-model exploits usually appear first — read those samples."
     )
-    return _panel(3, "Reward distribution over training", _figure(figures, "fig-dist", traces, layout) + table, caption)
+    groups, group_caption = group_cells(run, figures)
+    return _panel(3, "Reward distribution over training", _figure(figures, "fig-dist", traces, layout) + table + groups, caption + group_caption)
+
+
+def group_cells(run: RunData, figures: dict) -> tuple[str, str]:
+    """Beside the distribution: the learning signal of a group run (rollout.num_generations > 1) and the
+    advantages the loss weighed (any estimator). Empty when the run logged none of them."""
+    series = [
+        (K.GROUP_REWARD_STD_MEAN, "Reward std within a group (mean over groups)", ""),
+        (K.GROUP_ZERO_SPREAD_FRAC, "Groups with zero reward spread (no signal)", ""),
+        (f"{K.ADVANTAGE}/std", "Advantage std / max |A| (over tokens)", f"{K.ADVANTAGE}/max_abs"),
+    ]
+    cells = []
+    for i, (key, title, second) in enumerate(series):
+        steps, values = metric_series(run.history, key)
+        if not len(values):
+            continue
+        traces = [_line(steps, values, key, mode="lines+markers" if len(values) < 10 else "lines")]
+        if second:
+            s2, v2 = metric_series(run.history, second)
+            traces.append(_line(s2, v2, second, line={"dash": "dot"}))
+        cells.append(f'<div class="cell"><h3>{_esc(title)}</h3>' + _figure(
+            figures, f"fig-group-{i}", traces, {"xaxis": _axis("step"), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}},
+            height=200) + "</div>")
+    if not cells:
+        return "", ""
+    caption = (
+        " Below: with n samples per prompt, each group's rewards are the baseline of its own samples — a group whose "
+        "rewards are all equal has every advantage 0 and teaches nothing, so a rising zero-spread share means the "
+        "batch learns from ever fewer prompts (the zero_spread detector watches it)."
+    )
+    return f'<div class="multiples">{"".join(cells)}</div>', caption
 
 
 def _gao_traces(d: np.ndarray, rewards: np.ndarray, seq_kl: np.ndarray, name: str, color: str, symbol: str, steps: np.ndarray, colorbar: bool):
@@ -392,14 +429,14 @@ def _gao_traces(d: np.ndarray, rewards: np.ndarray, seq_kl: np.ndarray, name: st
 
 def panel_gao(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     title = "Reward vs √KL (over-optimization curve)"
-    kl_key = "kl/seq_mean" if len(metric_series(run.history, "kl/seq_mean")[1]) else "kl/exact_seq_mean"
+    kl_key = K.KL_SEQ_MEAN if len(metric_series(run.history, K.KL_SEQ_MEAN)[1]) else K.KL_EXACT_SEQ_MEAN
     kl_by_step = dict(zip(*metric_series(run.history, kl_key)))
     traces, texts = [], []
     # reward and KL of one point must come from the same samples: a KL measured on the fixed prompts
     # pairs with the fixed prompts' reward, never with a training batch's logged at the same step
     reward_prefix = FIXED_PREFIX if kl_key in fixed else ""
-    for key, name, color, symbol in [(reward_prefix + "reward/score_mean", "proxy reward", "#d62728", "circle"),
-                                     (reward_prefix + "reward/gold_mean", "gold reward", "#e377c2", "diamond")]:
+    for key, name, color, symbol in [(reward_prefix + K.SCORE_MEAN, "proxy reward", "#d62728", "circle"),
+                                     (reward_prefix + K.GOLD_MEAN, "gold reward", "#e377c2", "diamond")]:
         r_steps, reward = metric_series(run.history, key)
         pairs = [(s, kl_by_step[s], r) for s, r in zip(r_steps, reward) if s in kl_by_step]
         if not pairs:
@@ -423,11 +460,11 @@ def panel_gao(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str
 
 def panel_shape(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     metrics = [
-        ("response/length_mean", "Response length (tokens)"),
-        ("response/eos_rate", "EOS rate (responses that end)"),
-        ("policy/entropy", "Policy entropy (nats / token)"),
-        ("response/rep_ngram_rate", "Repeated 3-gram rate (within response)"),
-        ("response/distinct_2", "distinct-2 (across the batch)"),
+        (K.LENGTH_MEAN, "Response length (tokens)"),
+        (K.EOS_RATE, "EOS rate (responses that end)"),
+        (K.ENTROPY, "Policy entropy (nats / token)"),
+        (K.REP_NGRAM_RATE, "Repeated 3-gram rate (within response)"),
+        (K.DISTINCT_2, "distinct-2 (across the batch)"),
     ]
     cells, any_data = [], False
     for i, (key, title) in enumerate(metrics):
