@@ -92,11 +92,13 @@ def test_existing_run_is_refused_without_resume_or_overwrite(reference_run, caps
     assert len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0]
 
 
-def test_resume_without_checkpoint_is_refused(tiny_world, tmp_path, capsys):
+def test_resume_without_checkpoint_is_refused(tiny_world, tmp_path):
+    from policyshift.rundir import RunDirError
+
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(write_config(tiny_world, tmp_path).read_text())
-    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
-    assert "no complete checkpoint" in capsys.readouterr().err
+    (tmp_path / "run" / "samples.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(RunDirError, match="has no checkpoint to resume from; start it again without resume"):
+        PPOTrainer(small_config(tiny_world, tmp_path / "run"), resume=True)
 
 
 def small_config(world, out, **train):

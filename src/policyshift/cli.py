@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -16,40 +17,57 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from policyshift.models import ModelError
     from policyshift.rewards import RewardError
     from policyshift.tracking import TrackingError
-    from policyshift.trainer import RunDirError, TrainingError
+    from policyshift.rundir import RunDirError
+    from policyshift.trainer import TrainingError
 
     return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError, TrackingError
 
 
 def cmd_train(args, extra: list[str]) -> int:
-    from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
-    from policyshift.trainer import PPOTrainer
-
     from pathlib import Path
 
-    from policyshift.checkpoint import list_checkpoints
+    from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
+    from policyshift.rundir import run_state
+    from policyshift.trainer import PPOTrainer
 
     overrides = parse_overrides(extra)
     if args.stop_on:
         overrides["analysis.stop_on"] = args.stop_on
+    if args.resume is not None and not args.resume.strip():
+        raise ConfigError("--resume needs a run directory or 'auto'")
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         config = PPOConfig.from_dict(load_yaml(args.config or run_dir / "config.yaml"), {**overrides, "train.output_dir": str(run_dir)})
-        resume = True
     else:
         config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
-        resume = args.resume == "auto" and bool(list_checkpoints(config.train.output_dir))  # auto: continue if there is a checkpoint
+    # --resume RUN_DIR / auto continue a run that has a checkpoint; one that died before its first
+    # checkpoint (or none at all, for auto) starts over
+    resume = bool(args.resume) and run_state(config.train.output_dir or ".").kind in ("resumable", "finished")
     trainer = PPOTrainer(config, resume=resume)
     if resume:
         print(f"resuming {config.train.output_dir} from {trainer.resumed_from.name}", file=sys.stderr)
     trainer.train()
     trainer.close()
+    if trainer.run_lock is not None:
+        trainer.run_lock.release()
     if trainer.stop_signal is not None:
         print(f"stopped by signal; checkpoint at step {trainer.step} in {config.train.output_dir}", file=sys.stderr)
         return 130 if trainer.stop_signal == signal.SIGINT else 0
     print(f"run written to {config.train.output_dir}")
+    return 0
+
+
+def cmd_verify(args, extra: list[str]) -> int:
+    from policyshift.checkpoint import CheckpointError, verify_run
+
+    results = verify_run(args.run_dir)
+    for name, problem, how in results:
+        print(f"{name}: DAMAGED: {problem}" if problem else f"{name}: ok ({how})")
+    bad = [(name, problem) for name, problem, _ in results if problem]
+    if bad:
+        raise CheckpointError(f"{len(bad)} of {len(results)} checkpoint directories in {args.run_dir} are damaged; first: {bad[0][1]}")
     return 0
 
 
@@ -209,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--kl-budget", type=float, help="sequence-KL nats the KL-runaway detector allows (default 10)")
     analyze.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     analyze.set_defaults(func=cmd_analyze)
+    verify = sub.add_parser("verify", help="check every checkpoint and final/ of RUN_DIR against its manifest (sizes, SHA-256) without training")
+    verify.add_argument("run_dir")
+    verify.set_defaults(func=cmd_verify)
     compare = sub.add_parser("compare", help="KL and side-by-side samples of two checkpoints (e.g. SFT vs RL)")
     compare.add_argument("a", help="reference checkpoint (e.g. the SFT model)")
     compare.add_argument("b", help="checkpoint to compare (e.g. the RL model)")
@@ -246,6 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("train", "sft", "reward-model"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
+        warnings.showwarning = _one_line_warning(args.command)
+        return _run(args, extra)
+
+
+def _one_line_warning(command: str):
+    """Every warning as one line `policyshift CMD: warning: ...` (no source line, no file:line): the
+    user acts on the message, and an error that follows stays the last, unmistakable line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        kind = "" if issubclass(category, UserWarning) and category.__module__ == "builtins" else f"{category.__name__}: "
+        print(f"policyshift {command}: warning: {kind}{text}", file=sys.stderr if file is None else file)
+
+    return show
+
+
+def _run(args, extra: list[str]) -> int:
     try:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         if processes > 1 and args.command != "train":  # each process would redo the whole job and write the same files
