@@ -124,9 +124,21 @@ def cmd_analyze(args, extra: list[str]) -> int:
 
 
 def cmd_compare(args, extra: list[str]) -> int:
-    from policyshift.analysis.compare import compare_checkpoints
+    import math
 
-    out = args.out or "compare_out"
+    from policyshift.analysis.compare import compare_checkpoints
+    from policyshift.checks import check_output_dir
+    from policyshift.config import ConfigError
+
+    out = "compare_out" if args.out is None else args.out
+    check_output_dir(out, "--out")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1; got {value}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be > 0 (sampling divides the logits by it); got {args.temperature}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0; got {args.seed}")
     r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
                             args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field)
     kl = r["kl_b_from_a"]
@@ -159,28 +171,40 @@ def _check_model_paths(*paths) -> None:
 
 
 def cmd_sft(args, extra: list[str]) -> int:
+    from policyshift.checks import fit_stage_length, validate_stage
     from policyshift.stages.sft import SFTConfig, run_sft
 
     cfg = _stage_config(SFTConfig, args, extra)
+    validate_stage(cfg)
     _check_model_paths(cfg.model, cfg.tokenizer)
+    if cfg.model:
+        fit_stage_length(cfg, "seq_len", cfg.model)
     metrics = run_sft(cfg)
     print(f"SFT model written; held-out loss {metrics.get('eval_loss') or float('nan'):.4f}")
     return 0
 
 
 def cmd_reward_model(args, extra: list[str]) -> int:
+    from policyshift.checks import fit_stage_length, validate_stage
     from policyshift.stages.reward_model import RewardModelConfig, run_reward_model
 
     cfg = _stage_config(RewardModelConfig, args, extra)
+    validate_stage(cfg)
     _check_model_paths(cfg.base_model)
+    fit_stage_length(cfg, "max_length", cfg.base_model)
     metrics = run_reward_model(cfg)
     print(f"reward model written; held-out pairwise accuracy {metrics.get('eval_accuracy') or float('nan'):.3f}")
     return 0
 
 
 def cmd_demo(args, extra: list[str]) -> int:
+    from policyshift.checks import check_output_dir
+    from policyshift.config import ConfigError
     from policyshift.demo.pipeline import run_demo
 
+    check_output_dir(args.out, "--out")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0; got {args.seed}")
     run_demo(args.out, seed=args.seed, quick=args.quick, algorithm=args.algorithm)
     return 0
 
@@ -300,6 +324,13 @@ def _run(args, extra: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"policyshift {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the user's input: still one line, with the way to the traceback
+        if os.environ.get("POLICYSHIFT_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"policyshift {args.command}: internal error: {type(exc).__name__}: {first} (POLICYSHIFT_DEBUG=1 shows the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

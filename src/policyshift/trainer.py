@@ -32,6 +32,7 @@ import torch
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models
+from policyshift.checks import check_vocabularies
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
@@ -162,6 +163,7 @@ class PPOTrainer:
             self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
             self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
                                                                                      with_critic=self.estimator.needs_critic)
+        check_vocabularies(policy, self.tokenizer, self.ref_policy, m)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
