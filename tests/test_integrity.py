@@ -211,3 +211,20 @@ def test_verify_command_checks_every_checkpoint_and_final(finished_run, tmp_path
     assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}  # verify changes nothing
     assert main(["verify", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_critic_free_checkpoints_list_what_exists_and_fall_back(tiny_world, tmp_path):
+    """A critic-free estimator saves no critic/: the manifest lists the files there are, nothing assumed."""
+    cfg = run_config(tiny_world, tmp_path / "run", steps=2)
+    cfg.algorithm.advantage, cfg.rollout.num_generations = "grpo", 2
+    trainer = PPOTrainer(cfg)
+    trainer.train()
+    trainer.close()
+    listed = json.loads((tmp_path / "run" / "checkpoints" / "step-2" / MANIFEST).read_text())["files"]
+    assert not any(name.startswith("critic/") for name in listed) and "policy/model.safetensors" in listed
+    (tmp_path / "run" / "checkpoints" / "step-2" / "rng.pt").unlink()
+    cfg.train.steps = 3
+    with pytest.warns(UserWarning, match="step-2 is damaged: .*step-2/rng.pt is missing"):
+        resumed = PPOTrainer(cfg, resume=True)
+    assert resumed.resumed_from.name == "step-1"
+    resumed.close()

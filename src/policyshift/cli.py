@@ -209,8 +209,17 @@ def cmd_demo(args, extra: list[str]) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line like every other user error (its default prints the usage
+    block first); --help still prints the usage."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
+    parser = OneLineParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
                            description="Any config field can be overridden: --section.key value (e.g. --ppo.clip_range 0.1).")
@@ -290,10 +299,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("train", "sft", "reward-model"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
-        warnings.showwarning = _one_line_warning(args.command)
-        return _run(args, extra)
+        print(f"policyshift {args.command}: error: unrecognized arguments: {' '.join(extra)} (see policyshift {args.command} --help)", file=sys.stderr)
+        return 2
+    bars = args.command in MODEL_COMMANDS and _hf_progress_bars(False)  # per-file load/save bars: our own console reports progress
+    try:
+        with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
+            warnings.showwarning = _one_line_warning(args.command)
+            return _run(args, extra)
+    finally:
+        if bars:
+            _hf_progress_bars(True)
+
+
+MODEL_COMMANDS = ("train", "compare", "sft", "reward-model", "demo")
+
+
+def _hf_progress_bars(on: bool) -> bool:
+    """Switch transformers' progress bars; returns whether they were on."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if on:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    return was
 
 
 def _one_line_warning(command: str):
