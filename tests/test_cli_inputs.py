@@ -50,7 +50,8 @@ def test_compare_rejects_impossible_sampling_settings(capsys, tmp_path, tiny_wor
 def test_compare_fits_long_prompts_into_the_context(capsys, tmp_path, tiny_world, bad_models):
     assert main(compare_args(tiny_world, bad_models, tmp_path, prompts=bad_models / "long.jsonl")) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert "policyshift compare: warning: prompts cut to 60 tokens so that prompt + 4 response tokens fit the 64-token context" in err
+    assert err[0] == ("policyshift compare: warning: 2 of 2 prompts are longer than 60 tokens (prompt + 4 response tokens must fit the "
+                      "model's 64-token context); they are cut from the left"), err
     assert (tmp_path / "cmp" / "compare.json").is_file()
 
 

@@ -69,14 +69,22 @@ def check_vocabularies(policy, tokenizer, reference, model_cfg) -> None:
                              f"{rows}: the KL to the reference needs the same vocabulary")
 
 
-def fit_context(max_prompt_length: int, max_new_tokens: int, context: int | None, new_tokens_flag: str) -> int:
-    """The prompt budget so that prompt + response fits `context`; longer prompts are cut from the left."""
-    if context is None or max_prompt_length + max_new_tokens <= context:
-        return max_prompt_length
-    budget = context - max_new_tokens
-    if budget < 1:
-        raise ConfigError(f"{new_tokens_flag} ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
-    warnings.warn(f"prompts cut to {budget} tokens so that prompt + {max_new_tokens} response tokens fit the {context}-token context", stacklevel=2)
+def fit_prompt_budget(tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int, context: int | None,
+                      new_tokens_key: str) -> int:
+    """The prompt budget: `max_prompt_length`, shrunk so that prompt + response fits the model's
+    `context`. Prompts longer than it are cut from the left; one warning line says how many and why —
+    none when no prompt is affected (a shrunk budget that cuts nothing is not news)."""
+    budget = max_prompt_length
+    if context is not None and budget + max_new_tokens > context:
+        budget = context - max_new_tokens
+        if budget < 1:
+            raise ConfigError(f"{new_tokens_key} ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    too_long = sum(n > budget for n in lengths)
+    if too_long:
+        why = (f" (prompt + {max_new_tokens} response tokens must fit the model's {context}-token context)" if budget < max_prompt_length
+               else "")
+        warnings.warn(f"{too_long} of {len(prompts)} prompts are longer than {budget} tokens{why}; they are cut from the left", stacklevel=3)
     return budget
 
 

@@ -20,7 +20,6 @@ import shutil
 import signal
 import threading
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import fields, replace
 from functools import partial
@@ -118,18 +117,9 @@ def check_world_size(cfg: PPOConfig, world_size: int) -> None:
 def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
     """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
     Longer prompts are cut from the left; say how many, once."""
-    context = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
-    budget = max_prompt_length
-    if context is not None and budget + max_new_tokens > context:
-        budget = context - max_new_tokens
-        if budget < 1:
-            raise ConfigError(f"rollout.max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
-        warnings.warn(f"prompts cut to {budget} tokens so that prompt + {max_new_tokens} response tokens fit the {context}-token context", stacklevel=2)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-    too_long = sum(n > budget for n in lengths)
-    if too_long:
-        warnings.warn(f"{too_long} of {len(prompts)} prompts are longer than {budget} tokens; they are cut from the left", stacklevel=2)
-    return budget
+    from policyshift.checks import fit_prompt_budget, model_context
+
+    return fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(policy.config), "rollout.max_new_tokens")
 
 
 class PPOTrainer:

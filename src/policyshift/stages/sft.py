@@ -147,6 +147,10 @@ def run_sft(cfg: SFTConfig) -> dict:
         model = GPT2LMHeadModel(config)
     else:
         model = load_causal_lm(cfg.model)  # one-line ModelError for a damaged or wrong model
+    if getattr(model, "loss_type", "") is None:
+        # GPT2LMHeadModel's class name maps to no entry of transformers' loss table (it warns and falls back):
+        # name the loss this stage trains
+        model.loss_type = "ForCausalLM"
     model.to(device).train()
     if cfg.model is None:
         tok.model_max_length = cfg.n_positions
