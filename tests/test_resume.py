@@ -47,6 +47,7 @@ def reference_run(tiny_world, tmp_path_factory):
     ("kill_after_step:3", "step-2"),  # between checkpoints: step 3's logs must be cut back
     ("kill_in_update:5", "step-4"),  # in the middle of an optimizer pass
     ("kill_in_checkpoint:4", "step-2"),  # while step-4 is being written: step-2 must still be whole
+    ("kill_in_manifest:4", "step-2"),  # step-4's files written, its manifest not yet: step-4 does not count
 ])
 def test_killed_and_resumed_run_matches_uninterrupted(reference_run, tmp_path, fault, resumes_from):
     config, ref = reference_run

@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, sche
     needs the same number of processes. `sharded` (FSDP, DeepSpeed): {"model": the gathered weights,
     "optimizer": the gathered optimizer state or None, "engine_dir": a directory the engine wrote
     (DeepSpeed's own per-process checkpoint) moved in as `engine/`}."""
+    wait_for_checkpoints()
     sharded = sharded or {}
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
@@ -104,21 +106,63 @@ def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, sche
         torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save({**rng_state(), "rank_generators": rank_generators}, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(run_dir, step, exc) from None
+    errors: list[CheckpointError] = []
+    thread = threading.Thread(target=_finish, args=(tmp, final, Path(run_dir), step, keep_last_n, errors), name=f"checkpoint step-{step}")
+    thread.start()
+    _finishing.append((thread, errors))
+    return final
+
+
+# The manifest is written by a background thread: SHA-256 runs at about the speed a checkpoint's bytes
+# are written, so hashing in line would add 25-50% to the write on the demo's models, and the training
+# loop has no need to wait for it. The thread hashes every file into manifest.json, renames
+# .tmp-step-N to step-N and prunes old checkpoints; until it has, step-N does not exist, so a kill in
+# between leaves the previous checkpoint the newest. Readers in this process (list_checkpoints) and
+# the next save wait for it (wait_for_checkpoints); Python waits for it at exit (not a daemon thread).
+_finishing: list[tuple[threading.Thread, list]] = []
+
+
+def _write_error(run_dir: Path, step: int, exc: OSError) -> "CheckpointError":
+    previous = _listed(run_dir)
+    kept = f"; {previous[-1].name} is intact" if previous else ""
+    return CheckpointError(f"cannot write checkpoint step-{step} in {Path(run_dir) / 'checkpoints'} ({exc.strerror or exc}){kept}")
+
+
+def _finish(tmp: Path, final: Path, run_dir: Path, step: int, keep_last_n: int, errors: list) -> None:
+    try:
+        fault_point("kill_in_manifest", step)
         write_manifest(tmp)  # last: hashes everything above, DeepSpeed's per-process files in engine/ included
         if final.exists():  # a re-save of the same step (e.g. a stop right after a periodic save): replace it whole
             shutil.rmtree(final)
         tmp.rename(final)  # atomic on one filesystem: a checkpoint dir either exists complete or not at all
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = list_checkpoints(run_dir)
-        kept = f"; {previous[-1].name} is intact" if previous else ""
-        raise CheckpointError(f"cannot write checkpoint step-{step} in {root} ({exc.strerror or exc}){kept}") from None
-    for old in list_checkpoints(run_dir)[:-keep_last_n]:
+        errors.append(_write_error(run_dir, step, exc))
+        return
+    for old in _listed(run_dir)[:-keep_last_n]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def wait_for_checkpoints() -> None:
+    """Block until every checkpoint this process is writing is complete (manifest written, renamed
+    into place); a write that failed raises its CheckpointError here."""
+    while _finishing:
+        thread, errors = _finishing.pop(0)
+        thread.join()
+        if errors:
+            raise errors[0]
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first (after any this process is still finishing)."""
+    wait_for_checkpoints()
+    return _listed(run_dir)
+
+
+def _listed(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []

@@ -27,6 +27,7 @@ def cmd_train(args, extra: list[str]) -> int:
     from pathlib import Path
 
     from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
+    from policyshift.checkpoint import wait_for_checkpoints
     from policyshift.rundir import run_state
     from policyshift.trainer import PPOTrainer
 
@@ -50,6 +51,7 @@ def cmd_train(args, extra: list[str]) -> int:
         print(f"resuming {config.train.output_dir} from {trainer.resumed_from.name}", file=sys.stderr)
     trainer.train()
     trainer.close()
+    wait_for_checkpoints()  # the last checkpoint's manifest (written in the background) before the lock goes
     if trainer.run_lock is not None:
         trainer.run_lock.release()
     if trainer.stop_signal is not None:

@@ -30,7 +30,7 @@ import torch
 
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
-from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models
+from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
 from policyshift.checks import check_vocabularies
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
@@ -532,6 +532,7 @@ class PPOTrainer:
 
             build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
         self.sink.close()
+        wait_for_checkpoints()  # the last checkpoint's manifest was hashed in the background: complete on return
         self.group.barrier()
         return self.history
 
