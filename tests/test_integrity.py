@@ -228,3 +228,25 @@ def test_critic_free_checkpoints_list_what_exists_and_fall_back(tiny_world, tmp_
         resumed = PPOTrainer(cfg, resume=True)
     assert resumed.resumed_from.name == "step-1"
     resumed.close()
+
+
+def test_a_manifest_that_cannot_be_written_fails_the_save_and_keeps_the_previous_checkpoint(tiny_world, tmp_path, monkeypatch):
+    """The manifest is written in the background: its failure (disk full) surfaces at the next wait —
+    here the end of train() — as one CheckpointError naming the intact previous checkpoint."""
+    import errno
+
+    import policyshift.checkpoint as checkpoint
+
+    real = checkpoint.write_manifest
+
+    def full_at_step_2(root):
+        if root.name == ".tmp-step-2":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(root)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", full_at_step_2)
+    trainer = PPOTrainer(run_config(tiny_world, tmp_path / "run", steps=2))
+    with pytest.raises(CheckpointError, match="cannot write checkpoint step-2 .*No space left on device.*; step-1 is intact"):
+        trainer.train()
+    trainer.close()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-1"]
