@@ -62,7 +62,8 @@ def check_vocabularies(policy, tokenizer, reference, model_cfg) -> None:
     if own is not None and (own / "tokenizer_config.json").is_file() and not same_vocabulary(load_tokenizer(str(own)), tokenizer):
         raise ModelError(f"tokenizer {tokenizer_name} is not the one saved with policy {policy_name} (other tokens or ids); "
                          "drop model.tokenizer or point it at the policy's own")
-    if reference is not None and reference is not policy:
+    # a LoRA run's reference is the policy with its adapter off (no embedding of its own to compare)
+    if reference is not None and reference is not policy and hasattr(reference, "get_input_embeddings"):
         ref_rows = reference.get_input_embeddings().num_embeddings
         if ref_rows != rows:
             raise ModelError(f"reference {model_cfg.reference or '(given object)'} has a {ref_rows}-token vocabulary, policy {policy_name} "
