@@ -250,3 +250,25 @@ def test_a_manifest_that_cannot_be_written_fails_the_save_and_keeps_the_previous
         trainer.train()
     trainer.close()
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-1"]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_fallback(tiny_world, tmp_path):
+    """Under `accelerate launch` (2 processes, gloo): the newest checkpoint damaged, both processes
+    continue from the same older one and reproduce the step they redo."""
+    from test_distributed import launch, write_config
+    from tiny import assert_same_metrics
+
+    config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "run")
+    first = launch("--config", str(config), "--train.save_every", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    original = rows(tmp_path / "run" / "metrics.jsonl")
+    (tmp_path / "run" / "checkpoints" / "step-4" / "rng.pt").unlink()  # DDP: every process reads these same files
+    resumed = launch("--resume", str(tmp_path / "run"), "--train.steps", "5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    damaged = [line for line in resumed.stderr.splitlines() if "is damaged" in line]
+    assert len(damaged) == 1 and "step-4/rng.pt is missing" in damaged[0]  # said once, by the main process
+    assert "from step-3" in resumed.stderr
+    after = rows(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in after] == [1, 2, 3, 4, 5]
+    assert_same_metrics(original, after[:4])  # step 4 redone from step-3 by both processes: the same numbers
