@@ -66,7 +66,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference_run, tmp_path, f
     assert (out / "final" / "config.json").is_file()
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path):
+def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path, capsys):
     config = write_config(tiny_world, tmp_path, steps=400)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "policyshift", "train", "--config", str(config), "--train.output_dir", str(out)],
@@ -74,6 +74,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3):
         time.sleep(0.1)
+    # while it runs, the directory is its own: a second process gets one line naming the owner
+    assert main(["train", "--resume", str(out)]) == 2
+    assert f"is in use by process {proc.pid} on " in capsys.readouterr().err.strip().splitlines()[-1]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
@@ -81,6 +84,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 400
     assert list_checkpoints(out)[-1].name == f"step-{steps[-1]}"  # the stop wrote a checkpoint of its last step
     assert not (out / "final").exists()
+    assert not (out / ".policyshift.lock").exists()  # released by the process that held it
     resumed = cli("--resume", str(out), "--train.steps", str(steps[-1] + 2))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["step"] for r in rows(out / "metrics.jsonl")] == list(range(1, steps[-1] + 3))

@@ -161,3 +161,19 @@ def test_crash_before_the_first_checkpoint_then_resume_auto_and_resume_dir(tiny_
     (run / "final").rename(tmp_path / "gone-final")
     assert main(["train", "--resume", str(run)]) == 0
     assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_lock_without_hard_links(tmp_path, monkeypatch):
+    """Filesystems without hard links: the lock is created exclusively and still excludes a live owner."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = RunLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "another-machine", "start": None}))
+    with pytest.raises(RunDirError, match="in use by process 1 on another-machine"):
+        RunLock(tmp_path).acquire()

@@ -110,6 +110,19 @@ def _alive(owner: dict) -> bool:
     return start is None or owner.get("start") in (None, start)
 
 
+def _create_exclusive(complete: Path, lock: Path) -> None:
+    """`lock` appears with `complete`'s content, or FileExistsError. A hard link makes it appear whole;
+    where links are not supported, O_EXCL creation and a write (a reader may then briefly see it empty)."""
+    try:
+        os.link(complete, lock)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as f:
+            f.write(complete.read_text())
+
+
 class RunLock:
     """RUN_DIR/.policyshift.lock: {"pid", "host", "start"} of the process that writes the run. Created
     with a hard link from a complete temporary file, so it is never seen half-written. A lock whose
@@ -127,7 +140,7 @@ class RunLock:
         try:
             for _ in range(3):
                 try:
-                    os.link(tmp, self.path)
+                    _create_exclusive(tmp, self.path)
                     break
                 except FileExistsError:
                     owner = self.owner()
