@@ -103,6 +103,23 @@ def check_output_dir(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: {parent} is a file, not a directory")
 
 
+def from_pretrained_checked(auto_cls, path: str, kind: str, **kwargs):
+    """`auto_cls.from_pretrained(path, **kwargs)` as saved (the training stages fine-tune the model as
+    it is: unlike models.load_*, no dropout or activation changes), with a missing, damaged or
+    unusable model as one ModelError line that names the damaged file."""
+    from policyshift.models import _damaged_weights, _exists_or_hub_id
+
+    local = _exists_or_hub_id(path)
+    try:
+        return auto_cls.from_pretrained(local, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # safetensors' SafetensorError (its own Exception subclass): a damaged weights file
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"cannot load {kind} from '{path}': {_damaged_weights(local)} ({str(exc).splitlines()[0][:160]})") from None
+
+
 # ---- the stage commands (sft, reward-model): flat configs ----------------------------------------------
 POSITIVE = ("steps", "batch_size", "n_layer", "n_embd", "n_head", "n_positions", "seq_len", "vocab_size", "max_length")
 

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from policyshift.models import ModelError, load_causal_lm, load_tokenizer
+from policyshift.checks import from_pretrained_checked
+from policyshift.models import ModelError, load_tokenizer
 from policyshift.data import DataError, iter_jsonl, join_prompt_response  # noqa: F401 (re-exported)
 from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
@@ -146,7 +147,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         )
         model = GPT2LMHeadModel(config)
     else:
-        model = load_causal_lm(cfg.model)  # one-line ModelError for a damaged or wrong model
+        model = from_pretrained_checked(AutoModelForCausalLM, cfg.model, "causal language model")
     if getattr(model, "loss_type", "") is None:
         # GPT2LMHeadModel's class name maps to no entry of transformers' loss table (it warns and falls back):
         # name the loss this stage trains
