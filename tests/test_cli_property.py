@@ -154,20 +154,35 @@ def test_reward_model(capsys, paths, tmp_path_factory, chosen):
     check(capsys, argv_of("reward-model", base, chosen, paths, fresh))
 
 
-@settings(BUDGET, max_examples=10)
-@given(st.sampled_from(["report", "verify"]), st.sampled_from(["finished", "damaged", "missing", "a-file", "empty-dir"]))
-def test_report_and_verify(capsys, paths, command, run_dir):
-    status = check(capsys, [command, paths[run_dir]])
-    assert (status == 0) == (run_dir == "finished" or (command == "report" and run_dir == "damaged"))
+@settings(BUDGET, max_examples=20)
+@given(st.sampled_from(["policy", "finished", "missing", "a-file", "empty-dir"]), flags(**{
+    "--reference": ["trunc", "bigger", "missing", "finished"], "--prompts": ["long.jsonl", "malformed.jsonl", "empty.jsonl", "missing"],
+    "--max-new-tokens": ["-3", "0", "100"], "--temperature": ["0", "-1", "nan"], "--batch-size": ["0"], "--out": ["", "a-file"],
+    "--seed": ["-1"], "--max-prompt-length": ["0", "-5"], "--kl-budget": ["-1", "0", "5"], "--fail-on": ["warning", "critical"],
+    "--label": ["one"], "--reward-function": ["tiny:good_fraction", "nomodule:f"], "--logs": ["a-file", "missing", "finished"],
+}))
+def test_analyze(capsys, paths, tmp_path_factory, path, chosen):
+    fresh = tmp_path_factory.mktemp("analyze") / "out"
+    base = {"--reference": "policy", "--prompts": "two.jsonl", "--max-new-tokens": "4", "--out": "FRESH"}
+    check(capsys, argv_of("analyze", base, chosen, paths, fresh, positional=(path,)))
 
 
 @settings(BUDGET, max_examples=12)
-@given(flags(**{"--out": ["FRESH", "", "a-file"], "--seed": ["-1", "x", "7"], "--quick": [True]}))
+@given(st.sampled_from(["report", "verify"]), st.sampled_from(["finished", "damaged", "missing", "a-file", "empty-dir"]),
+       st.sampled_from([None, "warning", "critical"]))
+def test_report_and_verify(capsys, paths, command, run_dir, fail_on):
+    argv = [command, paths[run_dir]] + (["--fail-on", fail_on] if fail_on and command == "report" else [])
+    status = check(capsys, argv)
+    assert (status in (0, 3)) == (run_dir == "finished" or (command == "report" and run_dir == "damaged"))
+
+
+@settings(BUDGET, max_examples=12)
+@given(flags(**{"--out": ["FRESH", "", "a-file"], "--seed": ["-1", "x", "7"], "--quick": [True], "--algorithm": ["grpo", "nope"]}))
 def test_demo_arguments(capsys, paths, tmp_path_factory, monkeypatch, chosen):
     import policyshift.demo.pipeline as pipeline
 
     calls = []
-    monkeypatch.setattr(pipeline, "run_demo", lambda out, seed, quick: calls.append((out, seed, quick)))
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, **settings: calls.append((out, settings)))
     fresh = tmp_path_factory.mktemp("demo") / "out"
     status = check(capsys, argv_of("demo", {}, chosen, paths, fresh))
     assert (status == 0) == bool(calls)

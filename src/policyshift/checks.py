@@ -107,9 +107,9 @@ def from_pretrained_checked(auto_cls, path: str, kind: str, **kwargs):
     """`auto_cls.from_pretrained(path, **kwargs)` as saved (the training stages fine-tune the model as
     it is: unlike models.load_*, no dropout or activation changes), with a missing, damaged or
     unusable model as one ModelError line that names the damaged file."""
-    from policyshift.models import _damaged_weights, _exists_or_hub_id
+    from policyshift.models import _damaged_weights, local_path_or_hub_id
 
-    local = _exists_or_hub_id(path)
+    local = local_path_or_hub_id(path)
     try:
         return auto_cls.from_pretrained(local, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:

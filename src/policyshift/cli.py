@@ -113,6 +113,7 @@ def _fail_on(run_dir, level: str | None) -> int:
 def cmd_analyze(args, extra: list[str]) -> int:
     from policyshift.analysis.analyze import AnalyzeSettings, analyze
 
+    _check_sampling_flags(args, args.out)
     settings = AnalyzeSettings(
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
@@ -125,22 +126,32 @@ def cmd_analyze(args, extra: list[str]) -> int:
     return _fail_on(result["out"], args.fail_on)
 
 
-def cmd_compare(args, extra: list[str]) -> int:
+def _check_sampling_flags(args, out: str) -> None:
+    """The sampling commands' (compare, analyze) flags, before any model loads."""
     import math
 
-    from policyshift.analysis.compare import compare_checkpoints
     from policyshift.checks import check_output_dir
     from policyshift.config import ConfigError
 
-    out = "compare_out" if args.out is None else args.out
     check_output_dir(out, "--out")
-    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+    positive = [("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)]
+    for flag, value in positive + [("--max-prompt-length", getattr(args, "max_prompt_length", 1))]:
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"--temperature must be > 0 (sampling divides the logits by it); got {args.temperature}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0; got {args.seed}")
+    budget = getattr(args, "kl_budget", None)
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"--kl-budget must be > 0 nats; got {budget}")
+
+
+def cmd_compare(args, extra: list[str]) -> int:
+    from policyshift.analysis.compare import compare_checkpoints
+
+    out = "compare_out" if args.out is None else args.out
+    _check_sampling_flags(args, out)
     r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
                             args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field)
     kl = r["kl_b_from_a"]
