@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from policyshift.analysis.report import _esc, render_sample_columns, standalone_page
+from policyshift.checks import fit_prompt_budget, model_context
 from policyshift.config import RolloutConfig
 from policyshift.data import load_prompts
 from policyshift.kl import kl_k1, kl_k3
@@ -49,7 +50,9 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
     if not same_vocabulary(tok_a, tok_b):
         raise ModelError(f"{a} and {b} use different vocabularies: a per-token KL between them is undefined")
     model_a, model_b = freeze(load_causal_lm(a)), freeze(load_causal_lm(b))
+    contexts = [c for c in (model_context(model_a.config), model_context(model_b.config)) if c is not None]
     prompts = load_prompts(prompts_file, prompt_field)
+    max_prompt_length = fit_prompt_budget(tok_a, prompts, max_prompt_length, max_new_tokens, min(contexts, default=None), "--max-new-tokens")
     reward = make_reward(reward_model, reward_function) if (reward_model or reward_function) else None
     cfg = RolloutConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature)
 

@@ -33,6 +33,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from policyshift.data import DataError, iter_jsonl, join_prompt_response
+from policyshift.checks import from_pretrained_checked
 from policyshift.models import load_tokenizer
 from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
@@ -146,7 +147,7 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the new score head being "newly initialized" is the point
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.base_model, num_labels=1)
+        model = from_pretrained_checked(AutoModelForSequenceClassification, cfg.base_model, "reward-model base", num_labels=1)
     finally:
         transformers.logging.set_verbosity(verbosity)
     # GPT-2's seq-cls head reads the rightmost token that is not pad_token_id; without it set, batches fail
