@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from policyshift.kv_cache import cache_kwargs
 from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
 from policyshift.models import position_ids_from_mask, response_logits
 
@@ -108,7 +109,7 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
         if t == max_new_tokens - 1:
             break  # the next token's logits would be thrown away
         out = model(input_ids=token, attention_mask=attention_mask[:, : P + t + 1], position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    use_cache=True, **cache_kwargs(out))
         next_position = next_position + 1
     return torch.cat(tokens, 1), torch.stack(step_logits, 1)
 
