@@ -32,7 +32,7 @@ from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
-from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
+from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
@@ -184,10 +184,11 @@ class PPOTrainer:
                     enable_activation_checkpointing(module)
 
         # rows: each prompt with its other fields (reward functions get them as keyword arguments)
-        all_rows = ([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts] if prompts is not None
-                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split))
+        # chat rows ({"messages": [...]}) are rendered here, once, with the policy's tokenizer (policyshift.chat)
+        all_rows = (render_rows([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts], self.tokenizer, "prompts") if prompts is not None
+                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split, self.tokenizer))
         if cfg.analysis.prompts:
-            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field)
+            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field, tokenizer=self.tokenizer)
         else:
             self.train_rows, held = split_fixed_prompts(all_rows, cfg.analysis.num_prompts, cfg.train.seed)
             first_row = {row.text: row for row in reversed(all_rows)}

@@ -49,7 +49,7 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
     if not same_vocabulary(tok_a, tok_b):
         raise ModelError(f"{a} and {b} use different vocabularies: a per-token KL between them is undefined")
     model_a, model_b = freeze(load_causal_lm(a)), freeze(load_causal_lm(b))
-    prompts = load_prompts(prompts_file, prompt_field)
+    prompts = load_prompts(prompts_file, prompt_field, tokenizer=tok_a)  # chat rows: tok_a's chat template
     reward = make_reward(reward_model, reward_function) if (reward_model or reward_function) else None
     cfg = RolloutConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature)
 
