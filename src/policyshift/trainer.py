@@ -43,7 +43,7 @@ from policyshift.losses import entropy_bonus, explained_variance, policy_loss, v
 from policyshift.masked import masked_mean, masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
-from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_with_fields
+from policyshift.rewards import FunctionReward, ModelReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_rollout
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
@@ -176,6 +176,9 @@ class PPOTrainer:
             self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
             self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
                                                                                      with_critic=self.estimator.needs_critic)
+        for r in (self.reward, self.gold_reward):  # a rendering the tokenizers cannot give fails now, not at the first score
+            if isinstance(r, ModelReward):
+                r.rendering(self.tokenizer)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
@@ -258,7 +261,8 @@ class PPOTrainer:
             return obj if hasattr(obj, "tokenizer") or isinstance(obj, FunctionReward) else FunctionReward(obj, "reward callable")
         if model_path is None and function_spec is None:
             return None
-        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, self.cfg.reward.batch_size, self.cfg.reward.max_length)
+        rc = self.cfg.reward  # (the gold reward model reads the same rendering as the proxy)
+        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, rc.batch_size, rc.max_length, rc.template, rc.keep_eos)
         if hasattr(r, "model"):
             r.model.to(self.device)
         return r
@@ -293,7 +297,7 @@ class PPOTrainer:
         """The rollout with its scores (and the prompt-row fields of the episodes kept). With
         reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
         group's baseline needs all of its n samples."""
-        raw = score_with_fields(self.reward, rollout.prompts, rollout.responses, fields).to(self.device)
+        raw = score_rollout(self.reward, rollout, fields, self.tokenizer).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
         if self.group.any(not bool(finite.all())):
@@ -322,7 +326,7 @@ class PPOTrainer:
         t_gen = time.perf_counter()
         n_sampled = len(rollout)
         rollout, fields = self.score(rollout, fields)
-        gold = score_with_fields(self.gold_reward, rollout.prompts, rollout.responses, fields) if self.gold_reward else None
+        gold = score_rollout(self.gold_reward, rollout, fields, self.tokenizer) if self.gold_reward else None
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta

@@ -7,7 +7,7 @@ import torch
 
 from policyshift.analysis.textstats import repeated_ngram_rate
 from policyshift.masked import masked_mean
-from policyshift.rewards import score_with_fields
+from policyshift.rewards import score_rollout
 from policyshift.rollout import generate_rollout
 
 
@@ -24,8 +24,8 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
         chunk = prompts[start : start + rollout_cfg.batch_size]
         ro = generate_rollout(models, ref_policy, tokenizer, chunk, rollout_cfg, max_prompt_length, generator)
         chunk_fields = {k: v[start : start + rollout_cfg.batch_size] for k, v in (fields or {}).items()}
-        scores = score_with_fields(reward, ro.prompts, ro.responses, chunk_fields).tolist() if reward else [None] * len(chunk)
-        golds = score_with_fields(gold_reward, ro.prompts, ro.responses, chunk_fields).tolist() if gold_reward else [None] * len(chunk)
+        scores = score_rollout(reward, ro, chunk_fields, tokenizer).tolist() if reward else [None] * len(chunk)
+        golds = score_rollout(gold_reward, ro, chunk_fields, tokenizer).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)
         for i, n in enumerate(ro.lengths.tolist()):
