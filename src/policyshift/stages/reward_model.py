@@ -26,7 +26,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,7 @@ class RewardModelConfig:
     seed: int = 0
     eval_fraction: float = 0.1
     max_length: int = 128  # longer texts lose their *start* (the score is read at the last token)
-    template: str = "auto"  # the rendering PPO's reward.template will score with (auto: tokens, the base's own vocabulary)
+    template: Literal["auto", "tokens", "chat", "text"] = "auto"  # the rendering PPO's reward.template will score with (auto: tokens, the base's own vocabulary)
     keep_eos: Optional[bool] = None  # as reward.keep_eos (null: the rendering's own convention)
     device: Optional[str] = None
     log_every: int = 100
