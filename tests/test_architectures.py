@@ -97,7 +97,7 @@ def test_greedy_tokens_equal_transformers_generate(arch):
     ours, _ = sample(policy, enc["input_ids"], enc["attention_mask"], 10, 1e-7, tok.eos_token_id, stop_at_eos=False,
                      generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = policy.generate(**enc, do_sample=False, max_new_tokens=10, eos_token_id=tok.eos_token_id,
+        ref = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False, max_new_tokens=10, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
     ref = torch.nn.functional.pad(ref, (0, 10 - ref.shape[1]), value=tok.pad_token_id)  # generate stops when every row is done
     ours_ids, _, _ = truncate_after_eos(ours, tok.eos_token_id, tok.pad_token_id)
