@@ -177,3 +177,16 @@ def test_cli_chat_prompts_for_a_tokenizer_without_template(chat_world, tiny_worl
 
     message = error_line(capsys, run_args(tiny_world, tmp_path / "run", data__prompts=chat_world["prompts"]))
     assert message.startswith(f"{chat_world['prompts']} row 0: a chat prompt ('messages'), but the tokenizer")
+
+
+def test_cli_chat_prompt_longer_than_the_context(chat_world, tmp_path, capsys):
+    """The tiny Llama has 64 positions: 56 new tokens leave 8 for the prompt, fewer than the chats need."""
+    from test_cli_errors import error_line, run_args
+
+    args = run_args({"policy": chat_world["policy"], "prompts": chat_world["prompts"]}, tmp_path / "run", rollout__max_new_tokens="56")
+    message = error_line(capsys, args)
+    tok = load_tokenizer(chat_world["policy"])
+    lengths = [len(tok(row.text)["input_ids"]) for row in load_prompt_rows(chat_world["prompts"], tokenizer=tok) if row.messages]
+    n = sum(k > 8 for k in lengths)
+    assert 0 < n < len(lengths)  # the short chats fit; those that do not are counted
+    assert message.startswith(f"{chat_world['prompts']}: {n} chat prompt(s) are longer than the 8-token prompt budget (the longest: {max(lengths)} tokens)")

@@ -51,6 +51,23 @@ def render_chat(messages, tokenizer, where: str, add_generation_prompt: bool = T
     return text
 
 
+def check_chat_fits(rows, tokenizer, budget: int, source: str) -> None:
+    """A chat prompt longer than the prompt budget (data.max_prompt_length, shrunk to the model's context less
+    max_new_tokens) is an error, not a cut: prompts are cut from the left, which would drop the system message and
+    the template's start and leave a conversation the model never saw."""
+    from policyshift.data import DataError
+
+    chats = [row for row in rows if getattr(row, "messages", None) is not None]
+    if not chats:
+        return
+    lengths = [len(ids) for ids in tokenizer([row.text for row in chats], add_special_tokens=True)["input_ids"]]
+    too_long = [n for n in lengths if n > budget]
+    if too_long:
+        raise DataError(f"{source}: {len(too_long)} chat prompt(s) are longer than the {budget}-token prompt budget (the longest: {max(too_long)} "
+                        "tokens); cutting would drop the start of the conversation: raise data.max_prompt_length (within the model's "
+                        "context less rollout.max_new_tokens) or shorten them")
+
+
 def adds_bos(tokenizer) -> bool:
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id

@@ -32,6 +32,7 @@ from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
+from policyshift.chat import check_chat_fits
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
@@ -204,6 +205,7 @@ class PPOTrainer:
         self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
         self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
                                                    cfg.rollout.max_new_tokens)
+        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, self.max_prompt_length, cfg.data.prompts or "prompts")
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
