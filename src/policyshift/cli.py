@@ -63,7 +63,46 @@ def cmd_report(args, extra: list[str]) -> int:
         raise DataError(f"{args.run_dir} is not a policyshift run directory (no metrics.jsonl or config.yaml)")
     path = build_report(args.run_dir)
     print(path)
-    return 0
+    return _fail_on(args.run_dir, args.fail_on)
+
+
+FAIL_EXIT = 3  # --fail-on: a finding at least that severe stands (0 ok, 2 user error, 130 interrupted)
+
+
+def _fail_on(run_dir, level: str | None) -> int:
+    """Exit status 3 and one stderr line per finding when a finding of `level` or worse stands (CI gate)."""
+    if not level:
+        return 0
+    from pathlib import Path
+
+    from policyshift.analysis.report import run_findings
+    from policyshift.analysis.runlog import config_get, load_run
+
+    worst = {"warning": ("warning", "critical"), "critical": ("critical",)}[level]
+    run = load_run(run_dir)
+    labels = config_get(run.config, "analysis.runs") or []  # `analyze --label`: each run gated on its own findings
+    status = 0
+    for label, loaded in [(label, load_run(Path(run_dir) / label)) for label in labels] or [("", run)]:
+        findings = [f for f in run_findings(loaded)[0] if f.severity in worst]
+        for f in findings:
+            print(f"{label + ': ' if label else ''}{f.severity} {f.detector} (step {f.step}): {f.message}", file=sys.stderr)
+        status = FAIL_EXIT if findings else status
+    return status
+
+
+def cmd_analyze(args, extra: list[str]) -> int:
+    from policyshift.analysis.analyze import AnalyzeSettings, analyze
+
+    settings = AnalyzeSettings(
+        prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
+        gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length,
+        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions)
+    result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
+    for note in result["notes"]:
+        print(note, file=sys.stderr)
+    print(f"{len(result['checkpoints'])} checkpoints analyzed ({result['seconds_per_checkpoint']:.2f} s each): {result['out']}/report.html")
+    return _fail_on(result["out"], args.fail_on)
 
 
 def cmd_compare(args, extra: list[str]) -> int:
@@ -94,11 +133,11 @@ def _stage_config(cls, args, extra: list[str]):
 
 
 def _check_model_paths(*paths) -> None:
-    from policyshift.models import _exists_or_hub_id
+    from policyshift.models import local_path_or_hub_id
 
     for path in paths:
         if path:
-            _exists_or_hub_id(path)  # ModelError (one line) for a local path that is not there
+            local_path_or_hub_id(path)  # ModelError (one line) for a local path that is not there
 
 
 def cmd_sft(args, extra: list[str]) -> int:
@@ -124,7 +163,7 @@ def cmd_reward_model(args, extra: list[str]) -> int:
 def cmd_demo(args, extra: list[str]) -> int:
     from policyshift.demo.pipeline import run_demo
 
-    run_demo(args.out, seed=args.seed, quick=args.quick)
+    run_demo(args.out, seed=args.seed, quick=args.quick, algorithm=args.algorithm)
     return 0
 
 
@@ -141,7 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     report = sub.add_parser("report", help="write RUN_DIR/report.html")
     report.add_argument("run_dir")
+    report.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     report.set_defaults(func=cmd_report)
+    analyze = sub.add_parser("analyze", help="the policy-shift analysis of any trainer's checkpoints (TRL, verl, OpenRLHF, HF directories)",
+                             description="Sample fixed prompts from the reference and each checkpoint, score them with the reference "
+                                         "(per-token KL), the reward and gold; write a run directory with report.html.")
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="run directories (checkpoints found by trainer convention) or model directories")
+    analyze.add_argument("--reference", required=True, help="the model the run started from (SFT), HF directory")
+    analyze.add_argument("--prompts", required=True, help="fixed prompts (.jsonl/.json/.txt/...)")
+    analyze.add_argument("--prompt-field", default="prompt")
+    reward = analyze.add_mutually_exclusive_group()
+    reward.add_argument("--reward", dest="reward_model", help="HF sequence-classification reward model")
+    reward.add_argument("--reward-function", help="module:function or file.py:function")
+    gold = analyze.add_mutually_exclusive_group()
+    gold.add_argument("--gold-reward", dest="gold_reward_model", help="gold reward model (measured, for proxy-vs-gold divergence)")
+    gold.add_argument("--gold-reward-function", help="gold reward as module:function or file.py:function")
+    analyze.add_argument("--logs", nargs="+", metavar="LOG", help="other trainers' logs to import: trainer_state.json, verl JSONL, "
+                         "TensorBoard event dirs, TRL completions/ parquet, verl rollout dump dirs")
+    analyze.add_argument("--score-completions", action="store_true", help="colour imported completions logged at a checkpoint's step "
+                         "by log π_checkpoint/π_ref (one forward pass of each model per completion)")
+    analyze.add_argument("--label", action="append", help="one per PATH: each PATH is its own run (OUT/LABEL/), shown side by side in OUT/report.html")
+    analyze.add_argument("--out", default="analyze_out", help="output run directory (default analyze_out)")
+    analyze.add_argument("--max-new-tokens", type=int, default=48)
+    analyze.add_argument("--temperature", type=float, default=1.0)
+    analyze.add_argument("--batch-size", type=int, default=16)
+    analyze.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every checkpoint (a policyshift run's own: train.seed + 7)")
+    analyze.add_argument("--max-prompt-length", type=int, default=64)
+    analyze.add_argument("--kl-budget", type=float, help="sequence-KL nats the KL-runaway detector allows (default 10)")
+    analyze.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
+    analyze.set_defaults(func=cmd_analyze)
     compare = sub.add_parser("compare", help="KL and side-by-side samples of two checkpoints (e.g. SFT vs RL)")
     compare.add_argument("a", help="reference checkpoint (e.g. the SFT model)")
     compare.add_argument("b", help="checkpoint to compare (e.g. the RL model)")
@@ -165,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a smaller, faster version (under 2 minutes)")
+    demo.add_argument("--algorithm", choices=["ppo", "grpo"], default="ppo",
+                      help="ppo: with a critic (GAE); grpo: critic-free, 4 samples per prompt, KL as a loss term")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -10,11 +10,17 @@ KL_K1_TOKEN_MEAN = "kl/k1_token_mean"
 KL_K3_TOKEN_MEAN = "kl/k3_token_mean"
 KL_EXACT_TOKEN_MEAN = "kl/exact_token_mean"  # full-vocabulary KL(π‖π_ref) at each sampled state
 KL_EXACT_SEQ_MEAN = "kl/exact_seq_mean"
+# written only as fixed/ aggregates of the fixed-prompt evaluations (a training step logs the token means and
+# the configured estimator's seq_mean)
+KL_K1_SEQ_MEAN, KL_K3_SEQ_MEAN = "kl/k1_seq_mean", "kl/k3_seq_mean"
+REF_LOGPROB_MEAN = "response/ref_logprob_mean"  # mean log π_ref per response token
 
 # ---- rewards
 SCORE = "reward/score"  # prefix of _mean/_std/_min/_max
 SCORE_MEAN = "reward/score_mean"
 SCORE_STD = "reward/score_std"
+SCORE_MIN, SCORE_MAX = "reward/score_min", "reward/score_max"
+GOLD = "reward/gold"  # prefix of the fixed-prompt gold moments
 SHAPED_RETURN_MEAN = "reward/shaped_return_mean"
 KL_PENALTY_MEAN = "reward/kl_penalty_mean"
 NONFINITE_SKIPPED = "reward/nonfinite_skipped"
@@ -33,6 +39,11 @@ GROUP_REWARD_STD_MEAN = "group/reward_std_mean"  # mean over groups of the std o
 GROUP_ZERO_SPREAD_FRAC = "group/zero_spread_frac"  # groups whose n scores are all equal: no learning signal
 ADVANTAGE = "advantage"  # prefix of /mean, /std, /max_abs (masked, over response tokens)
 
+# ---- DAPO dynamic sampling (algorithm.dynamic_sampling)
+SAMPLING_ROUNDS = "sampling/rounds"  # generation rounds this step (1 = no refill)
+SAMPLING_DROPPED_GROUPS = "sampling/dropped_groups"  # zero-spread groups dropped
+SAMPLING_FLAT_GROUPS_KEPT = "sampling/flat_groups_kept"  # zero-spread groups kept to fill the batch after the last round
+
 # ---- critic
 VALUE_MEAN = "value/mean"
 VALUE_EXPLAINED_VARIANCE = "value/explained_variance"
@@ -45,6 +56,11 @@ LOSS_ENTROPY = "loss/entropy"
 LOSS_KL = "loss/kl"
 LOSS_TOTAL = "loss/total"
 CLIP_FRAC = "ppo/clip_frac"
+CLIP_FRAC_LOW = "ppo/clip_frac_low"  # clipped below 1 − ε_low (A < 0)
+CLIP_FRAC_HIGH = "ppo/clip_frac_high"  # clipped above 1 + ε_high (A > 0)
+DUAL_CLIP_FRAC = "ppo/dual_clip_frac"  # A < 0 tokens whose loss the dual clip bounded
+SEQ_RATIO_MEAN, SEQ_RATIO_MIN, SEQ_RATIO_MAX = "gspo/seq_ratio_mean", "gspo/seq_ratio_min", "gspo/seq_ratio_max"
+SEQ_CLIP_FRAC = "gspo/seq_clip_frac"  # share of responses whose sequence ratio was clipped
 APPROX_KL = "ppo/approx_kl"
 RATIO_MEAN = "ppo/ratio_mean"
 RATIO_VAR = "ppo/ratio_var"

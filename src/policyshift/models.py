@@ -18,7 +18,7 @@ class ModelError(ValueError):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _exists_or_hub_id(path: str) -> str:
+def local_path_or_hub_id(path: str) -> str:
     """The expanded local path, or the hub id. A path that cannot be a hub id ('./x', '/x', '~/x',
     'a/b/c', or 'x' with no slash while offline) fails fast instead of retrying the hub."""
     expanded = os.path.expanduser(path)
@@ -55,7 +55,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 def _load_config(path: str, kind: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    local = _exists_or_hub_id(path)
+    local = local_path_or_hub_id(path)
     try:
         return local, AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -115,7 +115,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     lengths and the first EOS, never from comparing token ids with the pad id, so the overlap is safe."""
     from transformers import AutoTokenizer
 
-    local = _exists_or_hub_id(path)
+    local = local_path_or_hub_id(path)
     try:
         tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:

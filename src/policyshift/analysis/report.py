@@ -12,6 +12,7 @@ reuses them to put two checkpoints side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -24,8 +25,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from policyshift import keys as K
 from policyshift.analysis.detectors import DetectorThresholds, Finding, run_detectors
 from policyshift.analysis.gao import MIN_FIT_POINTS, fit_reward_vs_kl, gao_curve
+from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.runlog import RunData, as_float, config_get, load_run, metric_series
 
 REPORT_FILE = "report.html"
@@ -117,8 +120,54 @@ def _panel(number: int, title: str, body: str, caption: str = "") -> str:
     return f'<section class="panel" id="panel-{number}"><h2>{number}. {_esc(title)}</h2>{body}{caption_html}</section>'
 
 
-def _no_data(what: str) -> str:
-    return f'<p class="no-data">No data yet: {_esc(what)}.</p>'
+def _no_data(what: str, fill: str = "") -> str:
+    """`fill`: what input would fill the panel (a run analyzed from another trainer's checkpoints lacks
+    what its trainer never logged; say which flag or file brings it)."""
+    hint = f" To fill it: {_esc(fill)}." if fill else ""
+    return f'<p class="no-data">No data yet: {_esc(what)}.{hint}</p>'
+
+
+FILL_KL = "run `policyshift analyze` on the run's checkpoints with --reference (KL on fixed prompts), or import a log that has a KL to the reference (--logs)"
+FILL_REWARD = "give `policyshift analyze` --reward or --reward-function (the fixed prompts are scored), or import training logs with a reward (--logs)"
+FILL_DIST = ("per-sample training rewards: a policyshift run logs them every step; for another trainer import its logged completions "
+             "with --logs (TRL completions/completions_*.parquet, verl rollout dumps {step}.jsonl)")
+
+
+def detector_inputs(history: list[dict]) -> tuple[list[dict], set[str]]:
+    """The history the panels and detectors read, and the keys taken from the fixed prompts.
+
+    A metric a training log provides (a policyshift run's batches, an imported log whose key has the
+    same meaning) is read as logged; a metric only the checkpoints' fixed-prompt evaluation provides
+    (`fixed/KEY` in metrics.jsonl, written by `policyshift analyze`) is read under KEY. So a run that
+    has nothing but checkpoints gets every panel and detector, and the report names each curve's source."""
+    logged = {k for row in history for k in row if not k.startswith(FIXED_PREFIX)}
+    fixed = {k[len(FIXED_PREFIX):] for row in history for k in row if k.startswith(FIXED_PREFIX)}
+    fallback = fixed - logged
+    if not fallback:
+        return history, set()
+    return [{**row, **{k: row[FIXED_PREFIX + k] for k in fallback if FIXED_PREFIX + k in row}} for row in history], fallback
+
+
+# A fixed-prompt history has one point per checkpoint (plus the reference at step 0), each a paired
+# comparison on the same prompts and seed, not a noisy training batch: judge from 4 points, start = reference.
+FIXED_ONLY_THRESHOLDS = {"min_steps": 4, "min_window": 1}
+
+
+def run_findings(run: RunData) -> tuple[list[Finding], DetectorThresholds, RunData, set[str]]:
+    """Findings of a loaded run as the report shows them (and `--fail-on` gates on): the detectors on
+    `detector_inputs(run.history)`. Returns (findings, thresholds, the run with that history, fixed keys)."""
+    history, fixed = detector_inputs(run.history)
+    from policyshift.analysis.ingest_map import RAW_PREFIXES
+
+    training_keys = {k for row in run.history for k in row if k != "step" and not k.startswith((FIXED_PREFIX, *RAW_PREFIXES))}
+    overrides = FIXED_ONLY_THRESHOLDS if fixed and not training_keys else {}
+    thresholds = DetectorThresholds.from_config(run.config, **overrides)
+    view = dataclasses.replace(run, history=history)
+    return run_detectors(history, run.samples, thresholds, run.distributions), thresholds, view, fixed
+
+
+def _source(key: str, fixed: set[str]) -> str:
+    return " · fixed prompts at checkpoints" if key in fixed else ""
 
 
 def _figure(figures: dict, fig_id: str, data: list[dict], layout: dict, height: int = 360) -> str:
@@ -196,23 +245,28 @@ def _estimator(run: RunData) -> str:
     return str(config_get(run.config, "kl.estimator", "") or "configured estimator")
 
 
-def panel_kl(run: RunData, figures: dict) -> str:
+def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     estimator = _estimator(run)
-    candidates = [("kl/token_mean", f"sampled {estimator} (token mean)")]
+    candidates = [(K.KL_TOKEN_MEAN, f"sampled {estimator} (token mean)")]
     if estimator != "k1":
-        candidates.append(("kl/k1_token_mean", "sampled k1 (token mean)"))
+        candidates.append((K.KL_K1_TOKEN_MEAN, "sampled k1 (token mean)"))
     if estimator != "k3":
-        candidates.append(("kl/k3_token_mean", "sampled k3 (token mean)"))
-    candidates.append(("kl/exact_token_mean", "exact full-vocab KL (token mean)"))
+        candidates.append((K.KL_K3_TOKEN_MEAN, "sampled k3 (token mean)"))
+    candidates.append((K.KL_EXACT_TOKEN_MEAN, "exact full-vocab KL (token mean)"))
     traces = []
     for key, name in candidates:
         steps, values = metric_series(run.history, key)
         if len(values):
-            traces.append(_line(steps, values, name, mode="lines+markers" if len(values) < 3 else "lines"))
+            traces.append(_line(steps, values, name + _source(key, fixed), mode="lines+markers" if len(values) < 10 else "lines"))
     if not traces:
-        return _panel(1, "KL to the reference policy", _no_data("no KL logged in metrics.jsonl"))
-    steps, beta = metric_series(run.history, "kl/beta")
-    layout = {"xaxis": _axis("PPO step"), "yaxis": _axis("KL (nats / token)")}
+        if config_get(run.config, "kl.score_reference") is False:  # β = 0 and the reference was told to skip the batches
+            return _panel(1, "KL to the reference policy", _no_data(
+                "the run set kl.score_reference false, so the reference scored no training batch and the per-step KL curves are "
+                "missing; the fixed-prompt samples (panel 7) still carry each evaluation's KL to the reference",
+                "train with kl.score_reference true (the default), or run `policyshift analyze` on the run's checkpoints"))
+        return _panel(1, "KL to the reference policy", _no_data("no KL logged in metrics.jsonl", FILL_KL))
+    steps, beta = metric_series(run.history, K.KL_BETA)
+    layout = {"xaxis": _axis("step"), "yaxis": _axis("KL (nats / token)")}
     if len(beta):
         traces.append(_line(steps, beta, "β (KL coefficient)", yaxis="y2", line={"dash": "dot", "color": "#777"}))
         layout["yaxis2"] = _axis("β", overlaying="y", side="right", showgrid=False)
@@ -238,31 +292,32 @@ def _eval_means(samples: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [float(np.mean(by_step[s])) for s in steps]
 
 
-def panel_reward(run: RunData, figures: dict) -> str:
-    steps, mean = metric_series(run.history, "reward/score_mean")
+def panel_reward(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
+    steps, mean = metric_series(run.history, K.SCORE_MEAN)
     if not len(mean):
-        return _panel(2, "Reward", _no_data("no reward logged in metrics.jsonl"))
+        return _panel(2, "Reward", _no_data("no reward logged in metrics.jsonl", FILL_REWARD))
     traces = []
-    std_rows = {int(s): v for s, v in zip(*metric_series(run.history, "reward/score_std"))}
+    std_rows = {int(s): v for s, v in zip(*metric_series(run.history, K.SCORE_STD))}
     if std_rows:
         std = np.array([std_rows.get(int(s), math.nan) for s in steps])
         traces.append(_line(steps, mean + std, "+1 std", line={"width": 0}, showlegend=False, hoverinfo="skip"))
         traces.append(_line(steps, mean - std, "±1 std (batch)", line={"width": 0}, fill="tonexty", fillcolor="rgba(31,119,180,0.18)", hoverinfo="skip"))
-    for key, name in [("reward/score_min", "min"), ("reward/score_max", "max")]:
+    for key, name in [(K.SCORE_MIN, "min"), (K.SCORE_MAX, "max")]:
         s, v = metric_series(run.history, key)
         if len(v):
             traces.append(_line(s, v, name, line={"dash": "dot", "width": 1, "color": "rgba(31,119,180,0.45)"}))
-    traces.append(_line(steps, mean, "proxy reward (mean)", mode="lines+markers" if len(mean) < 3 else "lines", line={"color": "#1f77b4", "width": 2}))
-    s, v = metric_series(run.history, "reward/gold_mean")
+    traces.append(_line(steps, mean, "proxy reward (mean)" + _source(K.SCORE_MEAN, fixed), mode="lines+markers" if len(mean) < 3 else "lines", line={"color": "#1f77b4", "width": 2}))
+    s, v = metric_series(run.history, K.GOLD_MEAN)
     if len(v):
-        traces.append(_line(s, v, "gold reward (mean)", line={"color": "#e377c2", "width": 2}))
+        traces.append(_line(s, v, "gold reward (mean)" + _source(K.GOLD_MEAN, fixed), line={"color": "#e377c2", "width": 2}))
     for key, name, color in [("gold_score", "gold reward (eval prompts)", "#e377c2"), ("score", "proxy reward (eval prompts)", "#1f77b4")]:
         eval_steps, eval_means = _eval_means(run.samples, key)
         if eval_steps:
             traces.append(_line(eval_steps, eval_means, name, mode="markers", marker={"symbol": "diamond", "size": 8, "color": color}))
-    layout = {"xaxis": _axis("PPO step"), "yaxis": _axis("reward")}
+    layout = {"xaxis": _axis("step"), "yaxis": _axis("reward")}
     caption = (
-        "Proxy reward (the reward model the policy is trained on) per PPO batch, with the batch ±1 std band and min/max. "
+        "Proxy reward (the reward model the policy is trained on) per training batch, with the batch ±1 std band and min/max "
+        "(for a run analyzed from its checkpoints without training logs: the fixed prompts at each checkpoint). "
         "Diamonds are the fixed eval prompts (step 0 = reference policy). When a gold reward is logged, a gap opening "
         "between proxy and gold is the signature of reward hacking."
     )
@@ -287,7 +342,7 @@ def panel_distributions(run: RunData, figures: dict) -> str:
     stages = [(label, _finite(row.get("scores"))) for label, row in _stage_rows(run.distributions)] if run.distributions else []
     stages = [(label, scores) for label, scores in stages if scores.size]
     if not stages:
-        return _panel(3, "Reward distribution over training", _no_data("no distributions.jsonl rows with scores"))
+        return _panel(3, "Reward distribution over training", _no_data("no distributions.jsonl rows with scores", FILL_DIST))
     colors = _STAGE_COLORS if len(stages) == len(_STAGE_COLORS) else _STAGE_COLORS[:: max(1, len(_STAGE_COLORS) // len(stages))]
     # Shared bins: per-trace automatic bins make overlaid densities incomparable.
     lo = min(float(scores.min()) for _, scores in stages)
@@ -315,7 +370,38 @@ def panel_distributions(run: RunData, figures: dict) -> str:
         "distribution; a growing far tail (many samples above the start's p95, max racing ahead of p50) is where "
         "reward-model exploits usually appear first — read those samples."
     )
-    return _panel(3, "Reward distribution over training", _figure(figures, "fig-dist", traces, layout) + table, caption)
+    groups, group_caption = group_cells(run, figures)
+    return _panel(3, "Reward distribution over training", _figure(figures, "fig-dist", traces, layout) + table + groups, caption + group_caption)
+
+
+def group_cells(run: RunData, figures: dict) -> tuple[str, str]:
+    """Beside the distribution: the learning signal of a group run (rollout.num_generations > 1) and the
+    advantages the loss weighed (any estimator). Empty when the run logged none of them."""
+    series = [
+        (K.GROUP_REWARD_STD_MEAN, "Reward std within a group (mean over groups)", ""),
+        (K.GROUP_ZERO_SPREAD_FRAC, "Groups with zero reward spread (no signal)", ""),
+        (f"{K.ADVANTAGE}/std", "Advantage std / max |A| (over tokens)", f"{K.ADVANTAGE}/max_abs"),
+    ]
+    cells = []
+    for i, (key, title, second) in enumerate(series):
+        steps, values = metric_series(run.history, key)
+        if not len(values):
+            continue
+        traces = [_line(steps, values, key, mode="lines+markers" if len(values) < 10 else "lines")]
+        if second:
+            s2, v2 = metric_series(run.history, second)
+            traces.append(_line(s2, v2, second, line={"dash": "dot"}))
+        cells.append(f'<div class="cell"><h3>{_esc(title)}</h3>' + _figure(
+            figures, f"fig-group-{i}", traces, {"xaxis": _axis("step"), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}},
+            height=200) + "</div>")
+    if not cells:
+        return "", ""
+    caption = (
+        " Below: with n samples per prompt, each group's rewards are the baseline of its own samples — a group whose "
+        "rewards are all equal has every advantage 0 and teaches nothing, so a rising zero-spread share means the "
+        "batch learns from ever fewer prompts (the zero_spread detector watches it)."
+    )
+    return f'<div class="multiples">{"".join(cells)}</div>', caption
 
 
 def _gao_traces(d: np.ndarray, rewards: np.ndarray, seq_kl: np.ndarray, name: str, color: str, symbol: str, steps: np.ndarray, colorbar: bool):
@@ -341,12 +427,16 @@ def _gao_traces(d: np.ndarray, rewards: np.ndarray, seq_kl: np.ndarray, name: st
     return traces, fit, text
 
 
-def panel_gao(run: RunData, figures: dict) -> str:
+def panel_gao(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     title = "Reward vs √KL (over-optimization curve)"
-    kl_key = "kl/seq_mean" if len(metric_series(run.history, "kl/seq_mean")[1]) else "kl/exact_seq_mean"
+    kl_key = K.KL_SEQ_MEAN if len(metric_series(run.history, K.KL_SEQ_MEAN)[1]) else K.KL_EXACT_SEQ_MEAN
     kl_by_step = dict(zip(*metric_series(run.history, kl_key)))
     traces, texts = [], []
-    for key, name, color, symbol in [("reward/score_mean", "proxy reward", "#d62728", "circle"), ("reward/gold_mean", "gold reward", "#e377c2", "diamond")]:
+    # reward and KL of one point must come from the same samples: a KL measured on the fixed prompts
+    # pairs with the fixed prompts' reward, never with a training batch's logged at the same step
+    reward_prefix = FIXED_PREFIX if kl_key in fixed else ""
+    for key, name, color, symbol in [(reward_prefix + K.SCORE_MEAN, "proxy reward", "#d62728", "circle"),
+                                     (reward_prefix + K.GOLD_MEAN, "gold reward", "#e377c2", "diamond")]:
         r_steps, reward = metric_series(run.history, key)
         pairs = [(s, kl_by_step[s], r) for s, r in zip(r_steps, reward) if s in kl_by_step]
         if not pairs:
@@ -357,7 +447,7 @@ def panel_gao(run: RunData, figures: dict) -> str:
         traces += new_traces
         texts.append(text)
     if not traces:
-        return _panel(4, title, _no_data("needs kl/seq_mean and reward/score_mean"))
+        return _panel(4, title, _no_data("needs kl/seq_mean and reward/score_mean", FILL_REWARD))
     layout = {"xaxis": _axis("d = √(sequence KL)  [√nats]"), "yaxis": _axis("reward (batch mean)"), "hovermode": "closest"}
     caption = (
         " ".join(texts) + " Gao, Schulman &amp; Hilton (2022) find that gold reward follows R(d) = d(α − β log d) in "
@@ -368,20 +458,20 @@ def panel_gao(run: RunData, figures: dict) -> str:
     return _panel(4, title, _figure(figures, "fig-gao", traces, layout), caption)
 
 
-def panel_shape(run: RunData, figures: dict) -> str:
+def panel_shape(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
     metrics = [
-        ("response/length_mean", "Response length (tokens)"),
-        ("response/eos_rate", "EOS rate (responses that end)"),
-        ("policy/entropy", "Policy entropy (nats / token)"),
-        ("response/rep_ngram_rate", "Repeated 3-gram rate (within response)"),
-        ("response/distinct_2", "distinct-2 (across the batch)"),
+        (K.LENGTH_MEAN, "Response length (tokens)"),
+        (K.EOS_RATE, "EOS rate (responses that end)"),
+        (K.ENTROPY, "Policy entropy (nats / token)"),
+        (K.REP_NGRAM_RATE, "Repeated 3-gram rate (within response)"),
+        (K.DISTINCT_2, "distinct-2 (across the batch)"),
     ]
     cells, any_data = [], False
     for i, (key, title) in enumerate(metrics):
         steps, values = metric_series(run.history, key)
         body = _no_data(key) if not len(values) else _figure(
-            figures, f"fig-shape-{i}", [_line(steps, values, title, mode="lines+markers" if len(values) < 3 else "lines")],
-            {"xaxis": _axis("PPO step"), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}}, height=220)
+            figures, f"fig-shape-{i}", [_line(steps, values, title, mode="lines+markers" if len(values) < 10 else "lines")],
+            {"xaxis": _axis("step" + _source(key, fixed)), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}}, height=220)
         any_data |= bool(len(values))
         cells.append(f'<div class="cell"><h3>{_esc(title)}</h3>{body}</div>')
     eval_steps, ref_logprob = _eval_means(run.samples, "ref_logprob_mean")
@@ -394,7 +484,7 @@ def panel_shape(run: RunData, figures: dict) -> str:
         body = _no_data("ref_logprob_mean in samples.jsonl")
     cells.append(f'<div class="cell"><h3>Reference perplexity of eval outputs</h3>{body}</div>')
     if not any_data:
-        return _panel(5, "Response shape", _no_data("no length/entropy/repetition metrics logged"))
+        return _panel(5, "Response shape", _no_data("no length/entropy/repetition metrics logged", FILL_KL))
     caption = (
         "Small multiples of what the responses look like. Healthy RLHF moves these slowly: length within ~1.5× of the "
         "start, entropy falling gently (not to a small fraction), repetition flat, distinct-2 roughly flat. Reference "
@@ -451,7 +541,7 @@ def panel_samples(run: RunData) -> str:
     for row in run.samples:
         by_prompt.setdefault(row.get("prompt_id"), []).append(row)
     if not by_prompt:
-        return _panel(7, "Sample browser", _no_data("no evaluation samples in samples.jsonl"))
+        return _panel(7, "Sample browser", _no_data("no evaluation samples in samples.jsonl", "run `policyshift analyze` with --prompts on the run's checkpoints"))
     blocks = []
     for i, (prompt_id, rows) in enumerate(sorted(by_prompt.items(), key=lambda item: str(item[0]).zfill(12))):
         references = [r for r in rows if r.get("model") == "reference"]
@@ -496,24 +586,29 @@ def _header(run: RunData, findings: list[Finding], thresholds: DetectorThreshold
         health = f'<div class="health health-ok">Healthy so far: no detector fired over {run.last_step} steps.</div>'
     else:
         health = f'<div class="health health-info">Too early to judge: {run.last_step} steps logged (detectors need {thresholds.min_steps}).</div>'
-    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in enumerate(["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"], 1))
+    names = ["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"]
+    if config_get(run.config, "analysis.imported"):  # panels 8 and 9 exist only for imported logs
+        names += ["Imported logs", "Completions"]
+    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in enumerate(names, 1))
     return f"<header><h1>policyshift · {_esc(run.name)}</h1><div class=\"meta\">{''.join(f'<span>{m}</span>' for m in meta)}</div>{health}<nav>{nav}</nav></header>"
 
 
 def render_report(run: RunData) -> str:
     """The report page for an already-loaded run."""
-    thresholds = DetectorThresholds.from_config(run.config)
-    findings = run_detectors(run.history, run.samples, thresholds, run.distributions)
+    from policyshift.analysis.report_imports import imported_panels  # panels 8-9 use this module's helpers
+
+    findings, thresholds, run, fixed = run_findings(run)
     figures: dict[str, dict] = {}
     body = "\n".join([
         _header(run, findings, thresholds),
-        panel_kl(run, figures),
-        panel_reward(run, figures),
+        panel_kl(run, figures, fixed),
+        panel_reward(run, figures, fixed),
         panel_distributions(run, figures),
-        panel_gao(run, figures),
-        panel_shape(run, figures),
+        panel_gao(run, figures, fixed),
+        panel_shape(run, figures, fixed),
         panel_findings(findings, run, thresholds),
         panel_samples(run),
+        *imported_panels(run, figures),
     ])
     return standalone_page(f"policyshift · {run.name}", body, figures)
 
@@ -525,6 +620,10 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
     the trainer rebuilds it never sees half a page.
     """
     run = load_run(run_dir)
+    if config_get(run.config, "analysis.runs") and out_path is None:  # `analyze --label`: the runs side by side
+        from policyshift.analysis.multirun import write_comparison
+
+        return write_comparison(run.run_dir)
     out = Path(out_path) if out_path is not None else run.run_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(run)

@@ -21,6 +21,7 @@ SAMPLES_FILE = "samples.jsonl"
 DISTRIBUTIONS_FILE = "distributions.jsonl"
 FINDINGS_FILE = "findings.jsonl"
 CONFIG_FILE = "config.yaml"
+COMPLETIONS_FILE = "completions.jsonl"  # training completions imported from another trainer's logs (policyshift analyze --logs)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class RunData:
     samples: list[dict] = field(default_factory=list)  # samples.jsonl rows, one per (eval step, prompt)
     distributions: list[dict] = field(default_factory=list)  # distributions.jsonl rows, one per PPO step
     findings: list[dict] = field(default_factory=list)  # findings.jsonl as the trainer wrote it
+    completions: list[dict] = field(default_factory=list)  # completions.jsonl: another trainer's logged completions
 
     @property
     def name(self) -> str:
@@ -108,6 +110,7 @@ def load_run(run_dir: str | Path) -> RunData:
         samples=_samples_sorted(read_jsonl(run_dir / SAMPLES_FILE)),
         distributions=_by_step(read_jsonl(run_dir / DISTRIBUTIONS_FILE)),
         findings=read_jsonl(run_dir / FINDINGS_FILE),
+        completions=read_jsonl(run_dir / COMPLETIONS_FILE),
     )
 
 

@@ -29,12 +29,18 @@ PPO_RUNS = {
     "overoptimized": {"kl": {"beta": 0.0}, "ppo": {"lr": 6e-4}},
 }
 PPO_STEPS = {"quick": 30, "full": 80}
+# `policyshift demo --algorithm`: the same two runs with another estimator. GRPO as TRL/verl run it: a group of
+# 4 samples per prompt (8 prompts × 4 = the same 32 episodes per step), no critic, KL (k3) as a loss term.
+ALGORITHMS = {
+    "ppo": {},
+    "grpo": {"algorithm": {"advantage": "grpo"}, "rollout": {"num_generations": 4}, "kl": {"placement": "loss", "estimator": "k3"}},
+}
 
 
-def ppo_config(name: str, out: Path, paths: dict, steps: int, seed: int):
+def ppo_config(name: str, out: Path, paths: dict, steps: int, seed: int, algorithm: str = "ppo"):
     from policyshift.config import PPOConfig, _deep_merge
 
-    return PPOConfig.from_dict(_deep_merge(_deep_merge(PPO_SHARED, PPO_RUNS[name]), {
+    return PPOConfig.from_dict(_deep_merge(_deep_merge(_deep_merge(PPO_SHARED, ALGORITHMS[algorithm]), PPO_RUNS[name]), {
         "model": {"policy": paths["sft"]},
         "data": {"prompts": paths["prompts"]},
         "reward": {"model": paths["reward_model"]},
@@ -64,7 +70,7 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, console: Console | None = None) -> dict:
+def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, console: Console | None = None, algorithm: str = "ppo") -> dict:
     from policyshift.demo.corpus import write_demo_data
     from policyshift.demo.gold import labeler_preference
     from policyshift.demo.presets import FULL, QUICK
@@ -107,8 +113,8 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
     paths = {"sft": str(out / "sft"), "prompts": data["prompts"], "reward_model": str(out / "reward_model")}
     summaries = {}
     for name in PPO_RUNS:
-        t = stage(f"4/5 PPO {name}")
-        PPOTrainer(ppo_config(name, out, paths, PPO_STEPS[mode], seed)).train()
+        t = stage(f"4/5 {algorithm.upper()} {name}")
+        PPOTrainer(ppo_config(name, out, paths, PPO_STEPS[mode], seed, algorithm)).train()
         times[f"ppo_{name}"] = time.perf_counter() - t
     t = stage("5/5 summary")  # (each run wrote its report.html at its end)
     for name in PPO_RUNS:
@@ -116,14 +122,14 @@ def run_demo(out_dir: str = "demo_out", seed: int = 0, quick: bool = False, cons
     times["summary"] = time.perf_counter() - t
     times["total"] = sum(times.values())
 
-    result = {"mode": mode, "seed": seed, "times_s": times, "sft": sft, "reward_model": rm, "runs": summaries}
+    result = {"mode": mode, "algorithm": algorithm, "seed": seed, "times_s": times, "sft": sft, "reward_model": rm, "runs": summaries}
     (out / "demo_summary.json").write_text(json.dumps(result, indent=1, default=str))
     print_summary(console, out, result)
     return result
 
 
 def print_summary(console: Console, out: Path, result: dict) -> None:
-    table = Table(title="policyshift demo")
+    table = Table(title=f"policyshift demo ({result['algorithm']})")
     for col in ("run", "proxy reward", "gold reward", "seq KL (end)", "length (end)", "findings"):
         table.add_column(col)
     for name, s in result["runs"].items():
