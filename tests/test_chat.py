@@ -190,3 +190,17 @@ def test_cli_chat_prompt_longer_than_the_context(chat_world, tmp_path, capsys):
     n = sum(k > 8 for k in lengths)
     assert 0 < n < len(lengths)  # the short chats fit; those that do not are counted
     assert message.startswith(f"{chat_world['prompts']}: {n} chat prompt(s) are longer than the 8-token prompt budget (the longest: {max(lengths)} tokens)")
+
+
+def test_cli_end_of_turn_id_the_tokenizer_does_not_know(tiny_world, tmp_path, capsys):
+    import shutil
+
+    from test_cli_errors import error_line, run_args
+    from transformers import GenerationConfig
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_world["policy"], policy)
+    n = len(load_tokenizer(str(policy)))
+    GenerationConfig(eos_token_id=[1, n + 3]).save_pretrained(policy)
+    message = error_line(capsys, run_args(tiny_world, tmp_path / "run", model__policy=str(policy)))
+    assert message == f"generation_config.eos_token_id names {n + 3}, which is not a token of the tokenizer ({n} tokens); fix generation_config.json or the tokenizer"

@@ -33,7 +33,7 @@ from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
-from policyshift.chat import check_chat_fits
+from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
@@ -185,7 +185,10 @@ class PPOTrainer:
             self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
             self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
                                                                                      with_critic=self.estimator.needs_critic)
-        for r in (self.reward, self.gold_reward):  # a rendering the tokenizers cannot give fails now, not at the first score
+        # fail now, not at the first rollout: an end-of-turn id the tokenizer does not know, a reward rendering the
+        # tokenizers cannot give
+        end_of_turn_ids(self.models.policy, self.tokenizer)
+        for r in (self.reward, self.gold_reward):
             if isinstance(r, ModelReward):
                 r.rendering(self.tokenizer)
         self.models.to(self.device)
