@@ -33,7 +33,8 @@ from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
 from policyshift.checks import check_vocabularies
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
-from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
+from policyshift.chat import check_chat_fits, end_of_turn_ids
+from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
@@ -46,7 +47,7 @@ from policyshift.manifest import write_manifest
 from policyshift.masked import masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
-from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_with_fields
+from policyshift.rewards import FunctionReward, ModelReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_rollout
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
@@ -154,6 +155,12 @@ class PPOTrainer:
             self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
                                                                                      with_critic=self.estimator.needs_critic)
         check_vocabularies(policy, self.tokenizer, self.ref_policy, m)
+        # fail now, not at the first rollout: an end-of-turn id the tokenizer does not know, a reward rendering the
+        # tokenizers cannot give
+        end_of_turn_ids(self.models.policy, self.tokenizer)
+        for r in (self.reward, self.gold_reward):
+            if isinstance(r, ModelReward):
+                r.rendering(self.tokenizer)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
@@ -162,10 +169,11 @@ class PPOTrainer:
                     enable_activation_checkpointing(module)
 
         # rows: each prompt with its other fields (reward functions get them as keyword arguments)
-        all_rows = ([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts] if prompts is not None
-                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split))
+        # chat rows ({"messages": [...]}) are rendered here, once, with the policy's tokenizer (policyshift.chat)
+        all_rows = (render_rows([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts], self.tokenizer, "prompts") if prompts is not None
+                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split, self.tokenizer))
         if cfg.analysis.prompts:
-            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field)
+            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field, tokenizer=self.tokenizer)
         else:
             self.train_rows, held = split_fixed_prompts(all_rows, cfg.analysis.num_prompts, cfg.train.seed)
             first_row = {row.text: row for row in reversed(all_rows)}
@@ -178,6 +186,7 @@ class PPOTrainer:
         self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
         self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
                                                    cfg.rollout.max_new_tokens)
+        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, self.max_prompt_length, cfg.data.prompts or "prompts")
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
@@ -235,7 +244,8 @@ class PPOTrainer:
             return obj if hasattr(obj, "tokenizer") or isinstance(obj, FunctionReward) else FunctionReward(obj, "reward callable")
         if model_path is None and function_spec is None:
             return None
-        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, self.cfg.reward.batch_size, self.cfg.reward.max_length)
+        rc = self.cfg.reward  # (the gold reward model reads the same rendering as the proxy)
+        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, rc.batch_size, rc.max_length, rc.template, rc.keep_eos)
         if hasattr(r, "model"):
             r.model.to(self.device)
         return r
@@ -270,7 +280,7 @@ class PPOTrainer:
         """The rollout with its scores (and the prompt-row fields of the episodes kept). With
         reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
         group's baseline needs all of its n samples."""
-        raw = score_with_fields(self.reward, rollout.prompts, rollout.responses, fields).to(self.device)
+        raw = score_rollout(self.reward, rollout, fields, self.tokenizer).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
         if self.group.any(not bool(finite.all())):
@@ -326,7 +336,7 @@ class PPOTrainer:
         cfg, t0, seconds = self.cfg, time.perf_counter(), defaultdict(float)
         rollout, fields, sampling_stats = self.sample_episodes(seconds)
         t_sampled = time.perf_counter()
-        gold = score_with_fields(self.gold_reward, rollout.prompts, rollout.responses, fields) if self.gold_reward else None
+        gold = score_rollout(self.gold_reward, rollout, fields, self.tokenizer) if self.gold_reward else None
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
