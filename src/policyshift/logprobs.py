@@ -1,0 +1,147 @@
+"""Per-token log-probabilities, entropy and exact KL from hidden states, a chunk of tokens at a time.
+
+A (batch, length, vocabulary) logits tensor is what makes RLHF memory grow with the vocabulary: at
+Qwen's 151,936 tokens, batch 64 × 256 response tokens is 2.5e9 logits (10 GB in fp32) per copy, and a
+log-softmax, its exp and the backward each make another. Here the LM head is applied to at most
+`chunk` token positions at once, so no more than (chunk, V) logits exist at any time:
+
+    hidden (N, H) ──split──▶ (chunk, H) ──head──▶ (chunk, V) ──log_softmax/T──▶ gather / entropy / KL ──▶ (chunk,)
+
+In the update (autograd on), each chunk's head + log-softmax + gather + entropy runs under
+non-reentrant activation checkpointing: the forward keeps only the chunk's inputs (its hidden rows and
+tokens), and the backward recomputes one chunk's logits at a time (autograd runs the chunks' subgraphs
+one after the other, latest first), so a micro-batch's memory is bounded by its chunk, not by
+length × vocabulary. The price is one more LM-head matmul per chunk in the backward.
+
+N counts real response tokens only: padding positions are never sent through the head, and the (B, R)
+results hold 0 there. Shapes: B batch, R response length, H hidden size, V vocabulary, N = mask.sum().
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
+
+# rollout.logit_chunk_size null: as many tokens as keep one (chunk, V) fp32 tensor at 128 MiB
+# (220 tokens at V = 151,936; 8,192 at V = 4,096, i.e. no chunking at all for small vocabularies).
+LOGITS_PER_CHUNK = 2**25
+
+
+def chunk_tokens(chunk_size: int | None, vocab_size: int) -> int:
+    """Tokens per chunk: the configured size, or LOGITS_PER_CHUNK // V."""
+    return int(chunk_size) if chunk_size else max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
+
+
+def _hf_model(model):
+    if hasattr(model, "peft_model"):  # lora.AdapterOffReference (the reference of a LoRA run)
+        return _hf_model(model.peft_model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+
+
+def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden (..., H) → float32 logits (..., V), as the model's own forward computes them: its output
+    embedding, then the post-processing the config declares (Gemma 2/3 final-logit softcapping,
+    Cohere's logit_scale, Granite's logits_scaling). response_hidden checks the result against the
+    model's own logits once per model, so an architecture with other post-processing fails loudly."""
+    hf = _hf_model(model)
+    head, cfg = hf.get_output_embeddings(), hf.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    divide = getattr(cfg, "logits_scaling", None)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        if scale is not None:
+            out = out * scale
+        if divide is not None:
+            out = out / divide
+        out = out.float()
+        if cap:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+    if hasattr(model, "peft_model"):  # the adapter is off for the reference's head too (peft may wrap lm_head)
+        def adapter_off(hidden: torch.Tensor) -> torch.Tensor:
+            with model.peft_model.disable_adapter():
+                return logits(hidden)
+        return adapter_off
+    return logits
+
+
+_head_checked: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def response_hidden(model, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    """Last-layer hidden states that predict each response token (positions P−1 … P+R−2 of
+    [prompt | response]): (B, R, H). The model runs its own forward (so peft adapters, a disabled
+    adapter, FSDP/ZeRO hooks all apply) with the LM head on one position only; that position's logits
+    check output_head the first time a model is seen."""
+    from policyshift.models import ModelError, position_ids_from_mask
+
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    hidden = out.hidden_states[-1]
+    if model not in _head_checked:
+        with torch.no_grad():
+            mine, theirs = output_head(model)(hidden[:, -1]), out.logits[:, -1].float()
+            if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * (1 + float(theirs.abs().max()))):
+                raise ModelError(f"{type(_hf_model(model)).__name__}: its logits are not output_embeddings(last hidden state) with a known "
+                                 f"post-processing (max difference {float((mine - theirs).abs().max()):.3g}); policyshift cannot chunk them")
+        _head_checked.add(model)
+    return hidden[:, -(n_response + 1) : -1]
+
+
+def _map_chunks(fn, chunk: int, *rows: torch.Tensor) -> list[torch.Tensor | None]:
+    """fn over row-chunks of `rows` (each (N, ...)), its (n,)-shaped outputs concatenated. With autograd
+    on, each chunk runs under non-reentrant checkpointing (only its inputs are kept)."""
+    n = rows[0].shape[0]
+    if n == 0:  # no real token: fn on an empty chunk gives the right dtypes and shapes
+        return list(fn(*rows))
+    run = (lambda *a: checkpoint(fn, *a, use_reentrant=False)) if torch.is_grad_enabled() else fn
+    parts = [run(*(r[s : s + chunk] for r in rows)) for s in range(0, n, chunk)]
+    return [None if p[0] is None else torch.cat(p) for p in zip(*parts)]
+
+
+def token_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk: int,
+                   entropy: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(head(hidden)/T)[tokens] and (with `entropy`) H(softmax(head(hidden)/T)), chunk by chunk.
+    (N, H), (N,) → (N,), (N,) or None. `entropy_grad` false: the entropy carries no gradient (it is only
+    logged), so the backward never recomputes it."""
+
+    def stats(h, tok):
+        logp = log_softmax_t(head(h), temperature)
+        lp = gather_tokens(logp, tok)
+        if not entropy:
+            return lp, None
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            return lp, entropy_from_logprobs(logp)
+
+    lp, ent = _map_chunks(stats, chunk, hidden, tokens)
+    return lp, ent
+
+
+def reference_logprobs(ref_head, ref_hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk: int,
+                       head=None, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π_ref(tokens) and, given the policy's `head` and `hidden` for the same positions, the exact
+    KL(π‖π_ref) = Σ_v π_v (log π_v − log π_ref,v) at each, both at temperature T, chunk by chunk.
+    (N, H), (N,) → (N,), (N,) or None."""
+
+    def stats(ref_h, tok, *policy_h):
+        ref_logp = log_softmax_t(ref_head(ref_h), temperature)
+        kl = exact_kl_from_logprobs(log_softmax_t(head(policy_h[0]), temperature), ref_logp) if policy_h else None
+        return gather_tokens(ref_logp, tok), kl
+
+    ref_lp, kl = _map_chunks(stats, chunk, ref_hidden, tokens, *(() if hidden is None else (hidden,)))
+    return ref_lp, kl
+
+
+def scatter_rows(values: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """(N,) values of the real tokens back to (B, R), 0 on padding (differentiable)."""
+    if values is None:
+        return None
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask.bool(), values)
