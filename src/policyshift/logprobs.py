@@ -76,23 +76,33 @@ def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
 _head_checked: "weakref.WeakSet" = weakref.WeakSet()
 
 
+def check_head(model, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+    """The first time `model` is seen: output_head(model)(hidden) must equal the model's own `logits`
+    for the same positions ((n, H), (n, V)); otherwise chunked logprobs would silently be another
+    distribution's. ModelError (one line) if not."""
+    from policyshift.models import ModelError
+
+    if model in _head_checked:
+        return
+    with torch.no_grad():
+        mine, theirs = output_head(model)(hidden), logits.float()
+        if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * (1 + float(theirs.abs().max()))):
+            raise ModelError(f"{type(_hf_model(model)).__name__}: its logits are not output_embeddings(last hidden state) with a known "
+                             f"post-processing (max difference {float((mine - theirs).abs().max()):.3g}); policyshift cannot chunk them")
+    _head_checked.add(model)
+
+
 def response_hidden(model, input_ids, attention_mask, n_response: int) -> torch.Tensor:
     """Last-layer hidden states that predict each response token (positions P−1 … P+R−2 of
     [prompt | response]): (B, R, H). The model runs its own forward (so peft adapters, a disabled
     adapter, FSDP/ZeRO hooks all apply) with the LM head on one position only; that position's logits
     check output_head the first time a model is seen."""
-    from policyshift.models import ModelError, position_ids_from_mask
+    from policyshift.models import position_ids_from_mask
 
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 output_hidden_states=True, logits_to_keep=1, use_cache=False)
     hidden = out.hidden_states[-1]
-    if model not in _head_checked:
-        with torch.no_grad():
-            mine, theirs = output_head(model)(hidden[:, -1]), out.logits[:, -1].float()
-            if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * (1 + float(theirs.abs().max()))):
-                raise ModelError(f"{type(_hf_model(model)).__name__}: its logits are not output_embeddings(last hidden state) with a known "
-                                 f"post-processing (max difference {float((mine - theirs).abs().max()):.3g}); policyshift cannot chunk them")
-        _head_checked.add(model)
+    check_head(model, hidden[:, -1], out.logits[:, -1])
     return hidden[:, -(n_response + 1) : -1]
 
 
@@ -145,3 +155,18 @@ def scatter_rows(values: torch.Tensor | None, mask: torch.Tensor) -> torch.Tenso
     if values is None:
         return None
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask.bool(), values)
+
+
+def vocab_size(model) -> int:
+    # from the config: under ZeRO-3 the head's weight is a 0-element placeholder outside its forward
+    return _hf_model(model).config.get_text_config().vocab_size
+
+
+def response_token_stats(model, hidden: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float,
+                         chunk_size: int | None, entropy: bool = False, entropy_grad: bool = False):
+    """token_logprobs on the real tokens of a (B, R) response, results back to (B, R) (0 on padding).
+    hidden: (B, R, H) from response_hidden(model, ...)."""
+    m = response_mask.bool()
+    lp, ent = token_logprobs(output_head(model), hidden[m], response_ids[m], temperature, chunk_tokens(chunk_size, vocab_size(model)),
+                             entropy, entropy_grad)
+    return scatter_rows(lp, m), scatter_rows(ent, m)

@@ -31,8 +31,6 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rew
         "kl/seq_mean": masked_sum(kl_per_token, mask, 1).mean().item(),
         "kl/k1_token_mean": masked_mean(k1, mask).item(),
         "kl/k3_token_mean": masked_mean(k3, mask).item(),
-        "kl/exact_token_mean": masked_mean(rollout.exact_kl, mask).item(),
-        "kl/exact_seq_mean": masked_sum(rollout.exact_kl, mask, 1).mean().item(),
         **_stats("reward/score", rollout.scores),
         "reward/shaped_return_mean": masked_sum(shaped_rewards, mask, 1).mean().item(),
         "reward/kl_penalty_mean": (beta * masked_sum(kl_per_token, mask, 1)).mean().item(),
@@ -40,9 +38,13 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor, beta: float, shaped_rew
         "response/eos_rate": rollout.has_eos.float().mean().item(),
         "response/rep_ngram_rate": sum(repeated_ngram_rate(t, 3) for t in token_ids) / len(token_ids),
         "response/distinct_2": distinct_n(token_ids, 2),
-        "policy/entropy": masked_mean(rollout.entropy, mask).item(),
         "value/mean": masked_mean(rollout.values, mask).item(),
     }
+    if rollout.exact_kl is not None:  # rollout.exact_kl false: absent, not zero
+        metrics["kl/exact_token_mean"] = masked_mean(rollout.exact_kl, mask).item()
+        metrics["kl/exact_seq_mean"] = masked_sum(rollout.exact_kl, mask, 1).mean().item()
+    if rollout.entropy is not None:
+        metrics["policy/entropy"] = masked_mean(rollout.entropy, mask).item()
     if rollout.engine_logprobs is not None:
         metrics.update(engine_mismatch_metrics(rollout.logprobs, rollout.engine_logprobs, mask))
     return metrics

@@ -34,7 +34,7 @@ from policyshift.distributed import (ProcessGroup, configure_sharding, gather_ro
                                      make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
-from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
+from policyshift.kl import kl_estimate, make_kl_controller
 from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
 from policyshift.masked import masked_mean, masked_sum
 from policyshift.metrics import rollout_metrics
@@ -356,21 +356,25 @@ class PPOTrainer:
                     attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
                     last = j == len(micro_batches) - 1  # gradients are all-reduced once, after the last micro-batch
                     with contextlib.nullcontext() if last else self.accelerator.no_sync(self.train_model):
-                        logits, values = self.train_model(input_ids, attention_mask, R)
-                        logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per minibatch
-                        new_logprobs = gather_tokens(logp, response_ids)
+                        # logprobs and entropy chunk by chunk over tokens (rollout.logit_chunk_size): no (B, R, V) logits;
+                        # the entropy is only logged (no backward through it) when there is no bonus
+                        with_entropy = p.ent_coef > 0 or self.cfg.rollout.exact_kl
+                        new_logprobs, token_entropy, values = self.train_model(
+                            input_ids, attention_mask, response_ids, mask, T, self.cfg.rollout.logit_chunk_size, with_entropy, p.ent_coef > 0)
                         pg_loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[index, :R], mask, p.clip_range)
                         vf_loss, vf = value_loss(values, mb.values[:, :R], returns[index, :R], mask, p.clip_range_value)
-                        with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
-                            entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
-                        loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy
+                        loss = pg_loss + p.vf_coef * vf_loss
+                        if token_entropy is not None:
+                            entropy = entropy_bonus(token_entropy, mask)
+                            loss = loss - p.ent_coef * entropy
+                            stats["loss/entropy"].append(float(entropy.detach()))
                         if self.cfg.kl.placement == "loss":  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
                             kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
                             loss = loss + beta * kl_loss
                             stats["loss/kl"].append(kl_loss.item())
                         self.backward(self.across_processes(loss, mask), last)
                     fault_point("kill_in_update", self.step + 1)
-                    for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/entropy": entropy, "loss/total": loss,
+                    for k, v in {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/total": loss,
                                  "ppo/clip_frac": pg["clip_frac"], "ppo/approx_kl": pg["approx_kl"], "ppo/ratio_mean": pg["ratio_mean"],
                                  "ppo/ratio_var": pg["ratio_var"], "value/clip_frac": vf["clip_frac"]}.items():
                         stats[k].append(float(v.detach()))

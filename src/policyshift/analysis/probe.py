@@ -3,6 +3,8 @@ steps reflect the policy, not sampling noise) and record what the report and det
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from policyshift.analysis.textstats import repeated_ngram_rate
@@ -12,7 +14,9 @@ from policyshift.rollout import generate_rollout
 
 @torch.no_grad()
 def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0) -> list[dict]:
-    """One sample per prompt from `models.policy`. Per-token log π/π_ref is k1 per token; seq_kl is its sum."""
+    """One sample per prompt from `models.policy`. Per-token log π/π_ref is k1 per token; seq_kl is its sum.
+    The exact KL and entropy are always computed here, whatever rollout.exact_kl says for training batches."""
+    rollout_cfg = replace(rollout_cfg, exact_kl=True)
     device = next(models.policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
@@ -23,6 +27,7 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
         golds = gold_reward(ro.prompts, ro.responses).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)
+        entropy_mean = masked_mean(ro.entropy, ro.response_mask, 1)
         for i, n in enumerate(ro.lengths.tolist()):
             ids = ro.response_ids[i, :n].tolist()
             rows.append({
@@ -34,6 +39,8 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
                 "score": scores[i],
                 "gold_score": golds[i],
                 "seq_kl": log_ratio[i, :n].sum().item(),
+                "seq_exact_kl": ro.exact_kl[i, :n].sum().item(),  # Σ_t KL(π‖π_ref) over the full vocabulary
+                "entropy_mean": entropy_mean[i].item(),
                 "length": n,
                 "eos": bool(ro.has_eos[i]),
                 "ref_logprob_mean": ref_lp_mean[i].item(),
