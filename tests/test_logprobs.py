@@ -70,6 +70,10 @@ def test_no_more_than_one_chunk_of_logits_in_forward_and_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logprobs_from_logits(head(hidden), tokens, T)
     assert biggest[0] >= N * V  # the straightforward path keeps the full logits
+    rows.clear()
+    lp, _ = token_logprobs(recording, hidden, tokens, T, N)
+    lp.sum().backward()
+    assert rows == [N]  # one chunk holds everything: no checkpoint, no recomputation in the backward
 
 
 @pytest.mark.parametrize("chunk", [1, 6, 100])

@@ -7,8 +7,8 @@ log-softmax, its exp and the backward each make another. Here the LM head is app
 
     hidden (N, H) ──split──▶ (chunk, H) ──head──▶ (chunk, V) ──log_softmax/T──▶ gather / entropy / KL ──▶ (chunk,)
 
-In the update (autograd on), each chunk's head + log-softmax + gather + entropy runs under
-non-reentrant activation checkpointing: the forward keeps only the chunk's inputs (its hidden rows and
+In the update (autograd on), when there is more than one chunk, each chunk's head + log-softmax +
+gather + entropy runs under non-reentrant activation checkpointing: the forward keeps only the chunk's inputs (its hidden rows and
 tokens), and the backward recomputes one chunk's logits at a time (autograd runs the chunks' subgraphs
 one after the other, latest first), so a micro-batch's memory is bounded by its chunk, not by
 length × vocabulary. The price is one more LM-head matmul per chunk in the backward.
@@ -108,9 +108,11 @@ def response_hidden(model, input_ids, attention_mask, n_response: int) -> torch.
 
 def _map_chunks(fn, chunk: int, *rows: torch.Tensor) -> list[torch.Tensor | None]:
     """fn over row-chunks of `rows` (each (N, ...)), its (n,)-shaped outputs concatenated. With autograd
-    on, each chunk runs under non-reentrant checkpointing (only its inputs are kept)."""
+    on and more than one chunk, each chunk runs under non-reentrant checkpointing (only its inputs are
+    kept). A single chunk is not checkpointed: what autograd keeps of it is one chunk's worth already,
+    and the backward is spared the recomputation (small vocabularies: the default chunk holds it all)."""
     n = rows[0].shape[0]
-    if n == 0:  # no real token: fn on an empty chunk gives the right dtypes and shapes
+    if n <= chunk:  # also n = 0 (no real token): fn on the empty rows gives the right dtypes and shapes
         return list(fn(*rows))
     run = (lambda *a: checkpoint(fn, *a, use_reentrant=False)) if torch.is_grad_enabled() else fn
     parts = [run(*(r[s : s + chunk] for r in rows)) for s in range(0, n, chunk)]

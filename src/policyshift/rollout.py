@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from policyshift.kl import entropy_from_logprobs, gather_tokens, log_softmax_t
+from policyshift.kl import gather_tokens
 from policyshift.logprobs import (check_head, chunk_tokens, output_head, reference_logprobs, response_hidden, scatter_rows, token_logprobs,
                                   vocab_size)
 from policyshift.models import position_ids_from_mask
@@ -120,13 +120,14 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
         logits = out.logits[:, -1].float()
         probs = torch.softmax(logits / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)
-        logp = log_softmax_t(logits, temperature)
         tokens.append(token)
-        logprobs.append(gather_tokens(logp, token.squeeze(1)))
+        # log p of the drawn token from the probabilities already at hand (one pass over V fewer than a
+        # log-softmax; p ≥ its sampling probability, far from fp32 underflow), H = Σ −p log p (entr: 0 at p = 0)
+        logprobs.append(gather_tokens(probs, token.squeeze(1)).log())
         if exact:
             if t == 0:
                 check_head(model, out.hidden_states[-1][:, -1], logits)  # the KL recomputes these logits from the hidden state
-            entropy.append(entropy_from_logprobs(logp))
+            entropy.append(torch.special.entr(probs).sum(-1))
             hidden.append(out.hidden_states[-1][:, -1])
         if eos_token_id is not None:
             done |= token.squeeze(1) == eos_token_id
