@@ -116,7 +116,8 @@ def run(ns) -> dict:
     dt = time.perf_counter() - t0
     return {"label": ns.label, "src": str(Path(policyshift.__file__).parent), "vocab": ns.vocab, "batch": ns.batch, "response": ns.response,
             "grad_accum": ns.grad_accum, "chunk": ns.chunk if new else None, "forward_batch": ns.forward_batch if new else None,
-            "exact_kl": (not ns.no_exact_kl) if new else True, "rss_before_gib": before,
+            "exact_kl": (not ns.no_exact_kl) if new else True, "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            "rss_before_gib": before,
             "peak_gib": rss_gib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "step_s": dt, "generate_s": metrics["time/generate"], "update_s": metrics["time/update"],
             "response_len": metrics["response/length_mean"], "status": "ok"}
@@ -135,7 +136,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-gib", type=float, default=20.0, help="RLIMIT_DATA cap: a run needing more fails instead of swapping")
     ap.add_argument("--assets", default=os.path.join(tempfile.gettempdir(), "ps-mem-assets"))
     ap.add_argument("--out", help="append the result as one JSON line here")
+    ap.add_argument("--fixed-mmap-threshold", action="store_true",
+                    help="rerun under MALLOC_MMAP_THRESHOLD_=1 MiB: glibc then returns every freed large tensor to the OS at once "
+                         "(its default threshold adapts upward and keeps freed ~10 MB blocks resident, which inflates and blurs the peak)")
     ns = ap.parse_args(argv)
+    if ns.fixed_mmap_threshold and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)})
     cap = int(ns.limit_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -151,7 +157,8 @@ def main(argv=None) -> int:
             f.write(json.dumps(row) + "\n")
     peak = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else row["status"]
     step = f"{row['step_s']:.1f}" if "step_s" in row else "—"
-    print(f"| {row['label']} | {row['vocab']:,} | {row['batch']} × {row['response']} | {row['grad_accum']} | {row.get('forward_batch') or '—'} | "
+    malloc = "1 MiB" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"
+    print(f"| {row['label']} | {malloc} | {row['vocab']:,} | {row['batch']} × {row['response']} | {row['grad_accum']} | {row.get('forward_batch') or '—'} | "
           f"{row.get('chunk') or '—'} | {peak} | {step} |")
     return 0
 

@@ -102,8 +102,8 @@ def test_empty_input_and_scatter_rows():
 
 def test_chunk_tokens_default_follows_the_vocabulary():
     assert chunk_tokens(7, 151936) == 7
-    assert chunk_tokens(None, 151936) == LOGITS_PER_CHUNK // 151936 == 220
-    assert chunk_tokens(None, 4096) == 8192
+    assert chunk_tokens(None, 151936) == LOGITS_PER_CHUNK // 151936 == 110
+    assert chunk_tokens(None, 4096) == 4096
 
 
 def tiny_causal_lm(kind: str):

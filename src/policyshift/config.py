@@ -86,7 +86,7 @@ class RolloutConfig:
     # critic and (with an engine holding its own weights) the policy's scoring; null: the whole batch.
     forward_batch_size: Optional[int] = None
     # Response tokens whose full-vocabulary logits exist at once, in the rollout and in the update (where
-    # each chunk is recomputed in the backward); null: 2^25 // vocabulary size (128 MiB of fp32 logits).
+    # each chunk is recomputed in the backward); null: 2^24 // vocabulary size (64 MiB of fp32 logits).
     logit_chunk_size: Optional[int] = None
     # The exact full-vocabulary KL(π‖π_ref) and the policy entropy of every training batch (kl/exact_*,
     # policy/entropy, loss/entropy): false skips them (those metrics are then absent); the fixed-prompt

@@ -27,9 +27,10 @@ from torch.utils.checkpoint import checkpoint
 
 from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
 
-# rollout.logit_chunk_size null: as many tokens as keep one (chunk, V) fp32 tensor at 128 MiB
-# (220 tokens at V = 151,936; 8,192 at V = 4,096, i.e. no chunking at all for small vocabularies).
-LOGITS_PER_CHUNK = 2**25
+# rollout.logit_chunk_size null: as many tokens as keep one (chunk, V) fp32 tensor at 64 MiB (110 tokens
+# at V = 151,936; 4,096 at V = 4,096, i.e. no chunking at all for small vocabularies and batches). A chunk
+# holds up to ~6 such tensors at once (the exact KL's: both log-softmaxes, p, the difference, ...).
+LOGITS_PER_CHUNK = 2**24
 
 
 def chunk_tokens(chunk_size: int | None, vocab_size: int) -> int:
