@@ -141,3 +141,22 @@ def test_unknown_logit_post_processing_is_a_model_error():
     ids = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(4))
     with pytest.raises(ModelError, match="cannot chunk"):
         response_hidden(model, ids, torch.ones_like(ids), 3)
+
+
+def test_padding_chunks_keep_every_process_in_step(monkeypatch):
+    """Another process holding more tokens makes this one run empty chunks too (ZeRO-3: each LM-head call
+    is a collective); the results are unchanged and the empty chunks run in the backward as well."""
+    import policyshift.logprobs as lp_module
+
+    head, hidden, tokens = setup()
+    rows = []
+    recording = lambda h: (rows.append(h.shape[0]), head(h))[1]  # noqa: E731
+    monkeypatch.setattr(lp_module, "agreed_chunk_count", lambda n, chunk, device: 9)  # 9 × 4 rows ≥ N = 23
+    lp, ent = token_logprobs(recording, hidden, tokens, T, 4, entropy=True, entropy_grad=True)
+    (lp.sum() + ent.sum()).backward()
+    assert rows == [4] * 5 + [3] + [0] * 3 + sorted([4] * 5 + [3] + [0] * 3)  # forward, then the backward (latest chunk first)
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    logits = head(hidden)
+    (logprobs_from_logits(logits, tokens, T).sum() + entropy_from_logits(logits, T).sum()).backward()
+    assert torch.allclose(lp, logprobs_from_logits(logits, tokens, T), atol=1e-5) and torch.allclose(grad, hidden.grad, atol=1e-5)

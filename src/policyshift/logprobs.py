@@ -107,16 +107,30 @@ def response_hidden(model, input_ids, attention_mask, n_response: int) -> torch.
     return hidden[:, -(n_response + 1) : -1]
 
 
+def agreed_chunk_count(n: int, chunk: int, device) -> int:
+    """ceil(n / chunk) (at least 1), the largest over processes when torch.distributed runs: under
+    DeepSpeed ZeRO-3 every call of the LM head is a collective (its weight is all-gathered), and the
+    processes hold different numbers of real tokens, so they must all make the same number of calls
+    (the shorter ones run empty chunks)."""
+    count = max(1, -(-n // chunk))
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        t = torch.tensor([count], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        count = int(t)
+    return count
+
+
 def _map_chunks(fn, chunk: int, *rows: torch.Tensor) -> list[torch.Tensor | None]:
     """fn over row-chunks of `rows` (each (N, ...)), its (n,)-shaped outputs concatenated. With autograd
     on and more than one chunk, each chunk runs under non-reentrant checkpointing (only its inputs are
     kept). A single chunk is not checkpointed: what autograd keeps of it is one chunk's worth already,
-    and the backward is spared the recomputation (small vocabularies: the default chunk holds it all)."""
-    n = rows[0].shape[0]
-    if n <= chunk:  # also n = 0 (no real token): fn on the empty rows gives the right dtypes and shapes
+    and the backward is spared the recomputation (small vocabularies: the default chunk holds it all).
+    The number of chunks is the same on every process (agreed_chunk_count)."""
+    count = agreed_chunk_count(rows[0].shape[0], chunk, rows[0].device)
+    if count == 1:  # also N = 0 (no real token): fn on the empty rows gives the right dtypes and shapes
         return list(fn(*rows))
     run = (lambda *a: checkpoint(fn, *a, use_reentrant=False)) if torch.is_grad_enabled() else fn
-    parts = [run(*(r[s : s + chunk] for r in rows)) for s in range(0, n, chunk)]
+    parts = [run(*(r[i * chunk : (i + 1) * chunk] for r in rows)) for i in range(count)]
     return [None if p[0] is None else torch.cat(p) for p in zip(*parts)]
 
 
