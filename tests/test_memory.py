@@ -79,3 +79,23 @@ def test_bad_size_on_the_command_line(tiny_world, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err[-1] == "policyshift train: error: rollout.logit_chunk_size must be in [1, rollout.batch_size × max_new_tokens = 192] or null; got 0"
     assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.slow
+def test_chunks_under_zero3_equal_ddp(tiny_world, tmp_path):
+    """ZeRO-3 all-gathers the LM head's weight at every call: with several logit chunks and different real
+    token counts per process, each process must still make the same number of calls (agreed_chunk_count),
+    else the run deadlocks. Step 1 equals DDP's with the same chunks."""
+    pytest.importorskip("deepspeed")
+    from test_distributed import launch, write_config
+    from test_sharded import ARGS, COMPARED, close, sharded_launch
+
+    chunks = ["--rollout.logit_chunk_size", "3", "--rollout.forward_batch_size", "2"]
+    config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "unused")
+    ddp = launch("--config", str(config), "--train.output_dir", str(tmp_path / "ddp"), *ARGS, *chunks)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    zero3 = sharded_launch("zero3", "--config", str(config), "--train.output_dir", str(tmp_path / "zero3"), *ARGS, *chunks)
+    assert zero3.returncode == 0, zero3.stderr[-4000:]
+    a, b = rows(tmp_path / "ddp" / "metrics.jsonl"), rows(tmp_path / "zero3" / "metrics.jsonl")
+    assert len(a) == len(b) == 4
+    assert not close(a[0], b[0], COMPARED, rel=1e-4), close(a[0], b[0], COMPARED, rel=1e-4)
