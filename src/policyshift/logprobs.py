@@ -8,10 +8,11 @@ log-softmax, its exp and the backward each make another. Here the LM head is app
     hidden (N, H) ──split──▶ (chunk, H) ──head──▶ (chunk, V) ──log_softmax/T──▶ gather / entropy / KL ──▶ (chunk,)
 
 In the update (autograd on), when there is more than one chunk, each chunk's head + log-softmax +
-gather + entropy runs under non-reentrant activation checkpointing: the forward keeps only the chunk's inputs (its hidden rows and
-tokens), and the backward recomputes one chunk's logits at a time (autograd runs the chunks' subgraphs
-one after the other, latest first), so a micro-batch's memory is bounded by its chunk, not by
-length × vocabulary. The price is one more LM-head matmul per chunk in the backward.
+gather + entropy runs under non-reentrant activation checkpointing: the forward keeps only the chunk's
+inputs (its hidden rows and tokens), and the backward recomputes one chunk's logits at a time (autograd
+runs the chunks' subgraphs one after the other, latest first), so a micro-batch's memory is bounded by
+its chunk, not by length × vocabulary. The price is one more LM-head matmul and log-softmax per chunk
+in the backward.
 
 N counts real response tokens only: padding positions are never sent through the head, and the (B, R)
 results hold 0 there. Shapes: B batch, R response length, H hidden size, V vocabulary, N = mask.sum().
@@ -47,8 +48,8 @@ def _hf_model(model):
 def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden (..., H) → float32 logits (..., V), as the model's own forward computes them: its output
     embedding, then the post-processing the config declares (Gemma 2/3 final-logit softcapping,
-    Cohere's logit_scale, Granite's logits_scaling). response_hidden checks the result against the
-    model's own logits once per model, so an architecture with other post-processing fails loudly."""
+    Cohere's logit_scale, Granite's logits_scaling). check_head compares the result with the model's
+    own logits once per model, so an architecture with other post-processing fails loudly."""
     hf = _hf_model(model)
     head, cfg = hf.get_output_embeddings(), hf.config
     cap = getattr(cfg, "final_logit_softcapping", None)
