@@ -85,6 +85,16 @@ class RolloutConfig:
     # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
     # block per token, and every process generates max_new_tokens so the collectives line up)
     gather_weights: bool = True
+    # Memory (README "Memory: batch × length × vocabulary"). Rows per forward pass of the reference, the
+    # critic and (with an engine holding its own weights) the policy's scoring; null: the whole batch.
+    forward_batch_size: Optional[int] = None
+    # Response tokens whose full-vocabulary logits exist at once, in the rollout and in the update (where
+    # each chunk is recomputed in the backward); null: 2^24 // vocabulary size (64 MiB of fp32 logits).
+    logit_chunk_size: Optional[int] = None
+    # The exact full-vocabulary KL(π‖π_ref) and the policy entropy of every training batch (kl/exact_*,
+    # policy/entropy, loss/entropy): false skips them (those metrics are then absent); the fixed-prompt
+    # evaluations always compute them.
+    exact_kl: bool = True
 
 
 @dataclass
@@ -416,6 +426,12 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.rollout.batch_size > 0, "rollout.batch_size must be > 0")
     _check(cfg.rollout.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
     _check(math.isfinite(cfg.rollout.temperature) and cfg.rollout.temperature > 0, "rollout.temperature must be > 0")
+    r = cfg.rollout
+    _check(r.forward_batch_size is None or 0 < r.forward_batch_size <= r.batch_size,
+           f"rollout.forward_batch_size must be in [1, rollout.batch_size = {r.batch_size}] or null; got {r.forward_batch_size}")
+    _check(r.logit_chunk_size is None or 0 < r.logit_chunk_size <= r.batch_size * r.max_new_tokens,
+           f"rollout.logit_chunk_size must be in [1, rollout.batch_size × max_new_tokens = {r.batch_size * r.max_new_tokens}] or null; "
+           f"got {r.logit_chunk_size}")
     _check(cfg.data.max_prompt_length > 0, "data.max_prompt_length must be > 0")
     _check(math.isfinite(cfg.kl.beta) and cfg.kl.beta >= 0, f"kl.beta must be >= 0; got {cfg.kl.beta}")
     _check(cfg.kl.target > 0, "kl.target must be > 0")
