@@ -318,10 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
             warnings.showwarning = _one_line_warning(args.command)
-            return _run(args, extra)
+            code = _run(args, extra)
     finally:
         if bars:
             _hf_progress_bars(True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # One of several processes under `accelerate launch`, its run complete (files closed, process group left):
+        # end now, skipping the interpreter's teardown, where gloo's and autograd's C++ threads can still be torn
+        # down after the GIL is gone and abort a finished run (SIGABRT, "terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 MODEL_COMMANDS = ("train", "compare", "sft", "reward-model", "demo")
