@@ -21,15 +21,20 @@ class LiveAnalysis:
         self.samples: list[dict] = list(trainer.logged_samples)
         self._evaluated_steps: set[int] = {r["step"] for r in self.samples}
         self.reported: set[tuple[str, str]] = {(f["detector"], f["severity"]) for f in trainer.logged_findings}
+        from policyshift.analysis.suites import load_suites
+
+        cfg = trainer.cfg
+        self.suites = load_suites(cfg.analysis.probes, trainer.tokenizer, trainer.ref_policy, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
 
     def evaluated(self, step: int) -> bool:
         return step in self._evaluated_steps
 
     def evaluate(self, step: int, reference: bool = False) -> None:
         t = self.trainer
+        models = PolicyAndCritic(policy=t.ref_policy, critic=t.models.critic, value_head=t.models.value_head) if reference else t.models
+        self.evaluate_probes(step, models)
         if not t.fixed_prompts:
             return
-        models = PolicyAndCritic(policy=t.ref_policy, critic=t.models.critic, value_head=t.models.value_head) if reference else t.models
         with t.accelerator.autocast(), t.whole_weights():
             rows = sample_fixed_prompts(
                 models, t.ref_policy, t.tokenizer, t.fixed_prompts, t.rollout_config, t.max_prompt_length,
@@ -41,6 +46,21 @@ class LiveAnalysis:
         t.sink.log_samples(rows, step)
         self.samples.extend({"step": step, **r} for r in rows)
         self._evaluated_steps.add(step)
+
+    def evaluate_probes(self, step: int, models) -> None:
+        """Score each probe suite; its metrics (probe/<name>) join the step's row in metrics.jsonl and the sinks."""
+        from policyshift.analysis.suites import evaluate_suites
+
+        t = self.trainer
+        if not any(not s.disabled for s in self.suites):
+            return
+        warn = lambda line: self.console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        with t.accelerator.autocast(), t.whole_weights():
+            metrics, _ = evaluate_suites(self.suites, models, t.ref_policy, t.tokenizer, t.rollout_config, t.cfg.train.seed + 7, warn)
+        if metrics:
+            t.sink.log_scalars(metrics, step)
+            if t.history and t.history[-1].get("step") == step:
+                t.history[-1].update(metrics)
 
     def after_step(self, step: int, evaluate: bool) -> str | None:
         """Returns a reason to stop (a finding at or above analysis.stop_on), else None."""

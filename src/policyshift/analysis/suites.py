@@ -1,0 +1,111 @@
+"""Probe suites (README "Probe suites"): a named set of fixed prompts, a scorer and a direction,
+scored on the reference at step 0 and on the policy at each evaluation — by the trainer's live
+analysis, `policyshift analyze` and `policyshift compare`, all through `evaluate_suites`.
+
+A scorer is anything policyshift.rewards can call: a built-in (`instructions`: analysis.instructions),
+a user function `module:function` / `file.py:function` called as f(prompts, responses, **fields) with
+the prompt rows' other fields it names, or an HF sequence-classification model (a reward model or a
+classifier whose logit is the score). A suite whose scorer raises or returns a non-finite value is
+disabled with one line, and the run goes on without it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+from policyshift import keys
+from policyshift.config import OneLineError
+from policyshift.models import ModelError
+
+
+class SuiteError(OneLineError):
+    """A probe suite that cannot be loaded: names the suite and the problem."""
+
+
+@dataclass
+class Suite:
+    name: str
+    higher_is_better: bool
+    prompts: list[str]
+    fields: dict[str, list]  # the prompt rows' other columns, one list per field (the scorer's arguments)
+    scorer: object  # policyshift.rewards.FunctionReward or ModelReward
+    max_prompt_length: int
+    disabled: str | None = None  # why the suite stopped being scored
+
+
+def shipped_prompts(scorer: str) -> str:
+    """The prompt set shipped with a built-in scorer (package data)."""
+    return str(resources.files("policyshift.analysis") / "probe_data" / f"{scorer}.jsonl")
+
+
+def make_scorer(spec: str):
+    from policyshift.rewards import FunctionReward, make_reward
+
+    if spec == "instructions":
+        from policyshift.analysis.instructions import instruction_scorer
+
+        return FunctionReward(instruction_scorer, "probe scorer instructions")
+    if ":" in spec or spec.endswith(".py"):
+        return make_reward(function=spec)
+    return make_reward(model=spec)
+
+
+def load_suites(configs: list, tokenizer, model, max_prompt_length: int, max_new_tokens: int) -> list[Suite]:
+    """Each configured suite's prompts (chat rows rendered with `tokenizer`), fields and scorer;
+    SuiteError (one line) when a prompts file or scorer cannot be used."""
+    from policyshift.checks import fit_prompt_budget, model_context
+    from policyshift.data import load_prompt_rows
+
+    suites = []
+    for c in configs:
+        try:
+            rows = load_prompt_rows(c.prompts or shipped_prompts(c.scorer), c.prompt_field, tokenizer=tokenizer)
+            scorer = make_scorer(c.scorer)
+        except (OneLineError, ModelError) as exc:
+            raise SuiteError(f"probe suite {c.name}: {exc}") from None
+        prompts = [row.text for row in rows]
+        fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
+        budget = fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(model.config), "max_new_tokens")
+        suites.append(Suite(c.name, c.higher_is_better, prompts, fields, scorer, budget))
+    return suites
+
+
+def mean_and_se(scores: list[float]) -> tuple[float, float]:
+    """Mean and its standard error, sample std (n − 1) / √n; 0 for a single score."""
+    n = len(scores)
+    mean = sum(scores) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1) / n)
+
+
+def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_cfg, seed: int, warn: Callable[[str], None]) -> tuple[dict, dict]:
+    """Sample every enabled suite's prompts from `models.policy` (the same seed at every step) and score
+    them. Returns ({probe/<name>: mean, probe/<name>_se: standard error}, {name: the rows}). A scorer
+    that fails disables its suite: `warn` gets one line, the other suites go on."""
+    from policyshift.analysis.probe import sample_fixed_prompts
+    from policyshift.rewards import RewardError
+
+    metrics, rows_by_suite = {}, {}
+    for s in suites:
+        if s.disabled:
+            continue
+        try:
+            rows = sample_fixed_prompts(models, ref_policy, tokenizer, s.prompts, rollout_cfg, s.max_prompt_length, reward=s.scorer,
+                                        seed=seed, fields=s.fields)
+        except (RewardError, OneLineError) as exc:
+            s.disabled = str(exc)
+            warn(f"probe suite {s.name} disabled: {exc}")
+            continue
+        scores = [r["score"] for r in rows]
+        bad = [i for i, v in enumerate(scores) if not math.isfinite(v)]
+        if bad:
+            s.disabled = f"scorer returned {scores[bad[0]]} for prompt {s.prompts[bad[0]][:60]!r}"
+            warn(f"probe suite {s.name} disabled: {s.disabled}")
+            continue
+        mean, se = mean_and_se(scores)
+        metrics[keys.probe_key(s.name)], metrics[keys.probe_se_key(s.name)] = mean, se
+        rows_by_suite[s.name] = rows
+    return metrics, rows_by_suite

@@ -1,0 +1,131 @@
+"""Probe suites: the instruction-following rules on hand-written responses, the suite config's one-line
+errors, and a short training run that scores suites at step 0 and each evaluation, disabling a scorer
+that raises or returns NaN without stopping the run."""
+
+import json
+import math
+
+import pytest
+
+from policyshift import PPOConfig, PPOTrainer, keys
+from policyshift.analysis.instructions import ConstraintError, check_constraint, constraint_score, count_sentences, count_words
+from policyshift.analysis.runlog import load_run
+from policyshift.analysis.suites import SuiteError, load_suites, mean_and_se, shipped_prompts
+from policyshift.config import ConfigError
+from policyshift.data import load_prompt_rows
+
+
+# ---- instruction-following rules: each on a response that meets it and one that does not
+@pytest.mark.parametrize("constraint, yes, no", [
+    ({"type": "max_words", "n": 3}, "don't stop now", "one two three four"),
+    ({"type": "min_words", "n": 4}, "a well-known cat sits", "a well-known cat"),
+    ({"type": "max_sentences", "n": 1}, "It rains. ", "It rains. It pours!"),
+    ({"type": "min_sentences", "n": 2}, "Hi there. Who are you?", "Version 2.5 is out."),
+    ({"type": "contains", "keyword": "snow"}, "Snow fell.", "Snowfall came."),
+    ({"type": "not_contains", "keyword": "red"}, "Colours: blue, reddish.", "It is RED."),
+    ({"type": "starts_with", "phrase": "Dear  reader"}, "  dear reader, hello", "Hello, dear reader"),
+    ({"type": "ends_with", "phrase": "Good luck."}, "Study hard. Good luck.\n", "Good luck. Study hard."),
+    ({"type": "lowercase"}, "all lower, 42 times", "All lower"),
+    ({"type": "no_commas"}, "no commas here", "one, two"),
+    ({"type": "list_items", "n": 3}, "Pack:\n- socks\n* soap\n  3) map", "- socks\n- soap\n1. map\n2. hat"),
+])
+def test_each_rule_on_a_positive_and_a_negative_response(constraint, yes, no):
+    assert check_constraint(yes, constraint) is True
+    assert check_constraint(no, constraint) is False
+
+
+def test_counts_and_the_score_is_the_fraction_met():
+    assert count_words("It's a well-known fact, isn't it?") == 6
+    assert count_sentences("One. Two!  Three? four") == 4
+    assert count_sentences("...") == 0  # punctuation alone is no sentence
+    assert not check_constraint("", {"type": "lowercase"})  # no letters: nothing shows it was written in lower case
+    cs = [{"type": "max_words", "n": 2}, {"type": "lowercase"}, {"type": "contains", "keyword": "cat"}]
+    assert constraint_score("the cat sat", cs) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("constraint, message", [
+    ({"type": "max_wordz", "n": 3}, "unknown constraint 'max_wordz'"),
+    ({"type": "max_words"}, "needs 'n'"),
+    ({"type": "max_words", "n": True}, "needs 'n'"),
+    ({"type": "contains", "keyword": " "}, "needs 'keyword'"),
+])
+def test_unreadable_constraints_are_one_line_errors(constraint, message):
+    with pytest.raises(ConstraintError, match=message):
+        check_constraint("x", constraint)
+
+
+def test_shipped_instruction_set_is_readable_and_every_constraint_is_known():
+    rows = load_prompt_rows(shipped_prompts("instructions"))
+    assert len(rows) >= 12
+    for row in rows:
+        constraint_score("some response", row.fields["constraints"])  # raises on any unknown or malformed constraint
+
+
+def test_mean_and_standard_error():
+    assert mean_and_se([1.0, 0.0, 1.0, 0.0]) == pytest.approx((0.5, math.sqrt(1 / 3 / 4)))
+    assert mean_and_se([0.25]) == (0.25, 0.0)
+
+
+# ---- configuration
+def _cfg(world, out, probes, **analysis):
+    return PPOConfig.from_dict({
+        "model": {"policy": world["policy"]}, "data": {"prompts": world["prompts"]}, "reward": {"function": "tiny:good_fraction"},
+        "rollout": {"batch_size": 8, "max_new_tokens": 6}, "ppo": {"lr": 3e-3, "num_minibatches": 2},
+        "analysis": {"every": 2, "num_prompts": 4, "probes": probes, **analysis},
+        "train": {"steps": 3, "output_dir": str(out), "save_every": 0, "seed": 0}})
+
+
+@pytest.mark.parametrize("probes, message", [
+    ([{"name": "a b", "prompts": "p.jsonl", "scorer": "m:f"}], r"analysis.probes\[0\].name must be letters"),
+    ([{"name": "a", "prompts": "p", "scorer": "m:f"}, {"name": "a", "prompts": "p", "scorer": "m:f"}], "used by another suite"),
+    ([{"name": "a", "prompts": "p"}], r"analysis.probes\[0\] \(a\): scorer is missing"),
+    ([{"name": "a", "scorer": "m:f"}], "prompts is missing"),
+    ([{"name": "a", "scorer": "m:f", "higher": True}], r"unknown config key 'analysis.probes\[0\].higher'"),
+])
+def test_bad_suite_configs_are_one_line_errors(tiny_world, tmp_path, probes, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _cfg(tiny_world, tmp_path, probes)
+    assert "\n" not in str(err.value)
+
+
+def test_unusable_suite_files_and_scorers_name_the_suite(tiny_world, tmp_path):
+    from policyshift.config import ProbeSuiteConfig
+
+    tok = tiny_world["tokenizer"]
+    policy = type("P", (), {"config": type("C", (), {"n_positions": 64})()})()
+    with pytest.raises(SuiteError, match="probe suite ifx: .*not found"):
+        load_suites([ProbeSuiteConfig("ifx", str(tmp_path / "missing.jsonl"), "instructions")], tok, policy, 16, 6)
+    with pytest.raises(SuiteError, match="probe suite s: .*nosuchmodule"):
+        load_suites([ProbeSuiteConfig("s", tiny_world["prompts"], "nosuchmodule:f")], tok, policy, 16, 6)
+
+
+# ---- in training: reference at step 0, the policy at each evaluation; a failing scorer is disabled
+def raises(prompts, responses):
+    raise RuntimeError("scorer crashed\nsecond line")
+
+
+def nan_scores(prompts, responses):
+    return [float("nan")] * len(prompts)
+
+
+def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, tmp_path, capfd):
+    probes = [{"name": "good", "prompts": tiny_world["prompts"], "scorer": "tiny:good_fraction"},
+              {"name": "crash", "prompts": tiny_world["prompts"], "scorer": "test_probes:raises"},
+              {"name": "nan", "prompts": tiny_world["prompts"], "scorer": "test_probes:nan_scores", "higher_is_better": False}]
+    out = tmp_path / "run"
+    history = PPOTrainer(_cfg(tiny_world, out, probes)).train()
+    assert len(history) == 3  # the failing suites did not stop training
+    err = capfd.readouterr().err
+    assert "probe suite crash disabled: reward function test_probes:raises raised RuntimeError: scorer crashed second line" in err
+    assert "probe suite nan disabled: scorer returned nan" in err
+    run = load_run(out)
+    by_step = {r["step"]: r for r in run.history}
+    assert sorted(s for s, r in by_step.items() if keys.probe_key("good") in r) == [0, 2, 3]  # reference, every=2, the last step
+    assert keys.LOSS_TOTAL in by_step[2] and keys.probe_key("good") in by_step[2]  # merged into the training step's row
+    assert not any(keys.probe_key("crash") in r or keys.probe_key("nan") in r for r in run.history)
+    # the step-0 score is the reference's: recomputed here with the reference's samples
+    raw = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in raw if keys.probe_key("good") in r] == [0, 2, 3]
+    for r in raw:
+        if keys.probe_key("good") in r:
+            assert 0.0 <= r[keys.probe_key("good")] <= 1.0 and r[keys.probe_se_key("good")] >= 0.0
