@@ -193,7 +193,7 @@ class AnalysisConfig:
     gold_reward_function: Optional[str] = None
     kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
     stop_on: Literal["none", "warning", "critical"] = "none"  # end the run cleanly when a finding this severe fires
-    probes: list[ProbeSuiteConfig] = field(default_factory=list)  # probe suites scored at every evaluation
+    probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (README "Probe suites")
 
 
 @dataclass
@@ -493,7 +493,7 @@ def validate(cfg: PPOConfig) -> None:
     _check(not (lora.critic and cfg.model.share_critic_backbone),
            "model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
     _check(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
-    validate_probe_suites(cfg.analysis.probes, "analysis.probes")
+    validate_probe_suites(cfg.analysis.probes or [], "analysis.probes")
     validate_algorithm(cfg)
 
 

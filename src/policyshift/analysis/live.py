@@ -24,7 +24,7 @@ class LiveAnalysis:
         from policyshift.analysis.suites import load_suites
 
         cfg = trainer.cfg
-        self.suites = load_suites(cfg.analysis.probes, trainer.tokenizer, trainer.ref_policy, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
+        self.suites = load_suites(cfg.analysis.probes or [], trainer.tokenizer, trainer.ref_policy, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
 
     def evaluated(self, step: int) -> bool:
         return step in self._evaluated_steps
