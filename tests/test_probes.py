@@ -129,3 +129,69 @@ def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, tmp_
     for r in raw:
         if keys.probe_key("good") in r:
             assert 0.0 <= r[keys.probe_key("good")] <= 1.0 and r[keys.probe_se_key("good")] >= 0.0
+
+
+# ---- analyze and compare score the same suites
+@pytest.fixture(scope="module")
+def probed_run(tiny_world, tmp_path_factory):
+    import tiny
+
+    root = tmp_path_factory.mktemp("probed")
+    suite_prompts = tiny.write_prompts(root / "suite.jsonl", n=6, seed=9)
+    out = root / "run"
+    cfg = _cfg(tiny_world, out, [{"name": "good", "prompts": str(suite_prompts), "scorer": "tiny:good_fraction"}], every=2)
+    cfg = PPOConfig.from_dict({**cfg.to_dict(), "rollout": {**cfg.to_dict()["rollout"], "batch_size": 4, "max_new_tokens": 8},
+                               "train": {**cfg.to_dict()["train"], "steps": 4, "save_every": 2, "seed": 3}, "ppo": {**cfg.to_dict()["ppo"], "num_minibatches": 1}})
+    PPOTrainer(cfg).train()
+    return out
+
+
+def test_analyze_reproduces_the_runs_probe_scores(tiny_world, probed_run, tmp_path, capsys):
+    from policyshift.cli import main
+
+    out = tmp_path / "analyzed"
+    code = main(["analyze", str(probed_run), "--reference", tiny_world["policy"], "--prompts", tiny_world["prompts"], "--seed", "10",
+                 "--batch-size", "4", "--max-new-tokens", "8", "--max-prompt-length", str(PPOConfig().data.max_prompt_length),
+                 "--probes", str(probed_run / "config.yaml"), "--out", str(out)])  # the run's own config names its suites
+    assert code == 0, capsys.readouterr().err
+    own = {r["step"]: r for r in load_run(probed_run).history}
+    analyzed = {r["step"]: r for r in load_run(out).history}
+    steps = [s for s in analyzed if keys.probe_key("good") in analyzed[s]]
+    assert steps == [0, 2, 4]
+    for s in steps:
+        assert analyzed[s][keys.probe_key("good")] == pytest.approx(own[s][keys.probe_key("good")], abs=1e-6), s
+    assert load_run(out).config["analysis"]["probes"][0]["name"] == "good"
+
+
+def test_compare_scores_suites_on_both_checkpoints(tiny_world, probed_run, tmp_path, capsys):
+    from policyshift.cli import main
+
+    suites = tmp_path / "suites.yaml"
+    suites.write_text("probes:\n  - {name: good, prompts: %s, scorer: 'tiny:good_fraction'}\n  - {name: ifeval, scorer: instructions}\n"
+                      % tiny_world["prompts"])
+    code = main(["compare", tiny_world["policy"], tiny_world["policy"], "--prompts", tiny_world["prompts"], "--out", str(tmp_path / "c"),
+                 "--max-new-tokens", "6", "--probes", str(suites)])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert set(r["probes"]) == {"good", "ifeval"}
+    for p in r["probes"].values():
+        assert p["a_mean"] == p["b_mean"] and p["a_se"] == p["b_se"]  # B = A, same seed: the same samples, the same scores
+    assert "probe good: A" in capsys.readouterr().out and "Probe suites" in (tmp_path / "c" / "compare.html").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("probes: []\n", "expected a non-empty list under 'probes:'"),
+    ("probes:\n  - {name: x, prompts: p.jsonl}\n", r"--probes\[0\] \(x\): scorer is missing"),
+    ("probes: [\n", "not valid YAML"),
+])
+def test_bad_probes_file_is_one_line_exit_2(tiny_world, tmp_path, capsys, text, message):
+    import re
+
+    from policyshift.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code = main(["compare", tiny_world["policy"], tiny_world["policy"], "--prompts", tiny_world["prompts"], "--out", str(tmp_path / "c"),
+                 "--probes", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err

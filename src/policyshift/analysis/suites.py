@@ -109,3 +109,21 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
         metrics[keys.probe_key(s.name)], metrics[keys.probe_se_key(s.name)] = mean, se
         rows_by_suite[s.name] = rows
     return metrics, rows_by_suite
+
+
+def read_probe_suites(path: str, flag: str = "--probes") -> list:
+    """The suites of a YAML file (`analyze`/`compare` --probes): `probes: [...]`, or a training config's
+    `analysis.probes` (the run's config can be given as is). ConfigError (one line) otherwise."""
+    from policyshift.config import ConfigError, ProbeSuiteConfig, build_dataclass, load_yaml, short_repr, validate_probe_suites
+
+    try:
+        data = load_yaml(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
+    analysis = data.get("analysis")
+    suites = data.get("probes", analysis.get("probes") if isinstance(analysis, dict) else None)
+    if not isinstance(suites, list) or not suites:
+        raise ConfigError(f"{flag} {path}: expected a non-empty list under 'probes:' (or analysis.probes); got {short_repr(suites)}")
+    configs = [build_dataclass(ProbeSuiteConfig, s, f"{flag}[{i}].") for i, s in enumerate(suites)]
+    validate_probe_suites(configs, flag)
+    return configs
