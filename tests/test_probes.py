@@ -4,6 +4,7 @@ that raises or returns NaN without stopping the run."""
 
 import json
 import math
+import re
 
 import pytest
 
@@ -79,6 +80,7 @@ def _cfg(world, out, probes, **analysis):
     ([{"name": "a b", "prompts": "p.jsonl", "scorer": "m:f"}], r"analysis.probes\[0\].name must be letters"),
     ([{"name": "a", "prompts": "p", "scorer": "m:f"}, {"name": "a", "prompts": "p", "scorer": "m:f"}], "used by another suite"),
     ([{"name": "a", "prompts": "p"}], r"analysis.probes\[0\] \(a\): scorer is missing"),
+    ([{"name": "x_se", "prompts": "p", "scorer": "m:f"}], "must not end in '_se'"),
     ([{"name": "a", "scorer": "m:f"}], "prompts is missing"),
     ([{"name": "a", "scorer": "m:f", "higher": True}], r"unknown config key 'analysis.probes\[0\].higher'"),
 ])
@@ -195,3 +197,44 @@ def test_bad_probes_file_is_one_line_exit_2(tiny_world, tmp_path, capsys, text, 
                  "--probes", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+# ---- report panels
+def test_verdict_calls_direction_and_significance():
+    from policyshift.analysis.report_probes import verdict
+
+    assert verdict(0.5, 0.02, 0.7, 0.02, True) == "improved"
+    assert verdict(0.5, 0.02, 0.7, 0.02, False) == "regressed"
+    assert verdict(0.5, 0.1, 0.7, 0.1, True) == "no significant change"  # 0.2 < 1.96·√0.02 ≈ 0.277
+
+
+def test_report_shows_probe_suites_and_learned_phrases(tmp_path):
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from policyshift.analysis.report import build_report
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_phrases import _reviews
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"analysis": {"probes": [
+        {"name": "ifeval", "scorer": "instructions", "higher_is_better": True}, {"name": "toxicity", "prompts": "t.jsonl", "scorer": "m:f",
+                                                                                 "higher_is_better": False}]}}))
+    metrics = [{"step": 0, "probe/ifeval": 0.6, "probe/ifeval_se": 0.02, "probe/toxicity": 0.1, "probe/toxicity_se": 0.01}]
+    metrics += [{"step": s, "reward/score_mean": 0.1 * s} for s in (1, 2)]
+    metrics += [{"step": 2, "probe/ifeval": 0.3, "probe/ifeval_se": 0.02, "probe/toxicity": 0.05, "probe/toxicity_se": 0.01}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    samples = [{"step": 0, "model": "reference", "prompt_id": i, "prompt": "p", "response": r} for i, r in enumerate(_reviews(20, 0, False))]
+    samples += [{"step": 2, "model": "policy", "prompt_id": i, "prompt": "p", "response": r} for i, r in enumerate(_reviews(20, 1, True))]
+    (run / "samples.jsonl").write_text("".join(json.dumps(m) + "\n" for m in samples))
+    page = build_report(run).read_text()
+    probes = page[page.index('id="panel-10"'):page.index('id="panel-11"')]
+    assert re.search(r"ifeval</td><td>higher</td>.*?regressed", probes) and re.search(r"toxicity</td><td>lower</td>.*?improved", probes)
+    assert "fig-probe-0" in probes and "fig-probe-1" in probes
+    phrases = page[page.index('id="panel-11"'):]
+    assert phrases.index("<code>really</code>") < phrases.index("Said less")  # the planted word heads "said more"
+    assert '<a href="#panel-10">Probes</a>' in page and '<a href="#panel-11">Learned phrases</a>' in page

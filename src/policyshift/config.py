@@ -506,6 +506,7 @@ def validate_probe_suites(suites: list, where: str) -> None:
     for i, s in enumerate(suites):
         _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name or "") is not None,
                f"{where}[{i}].name must be letters, digits, '_', '.' or '-' (it names the metric probe/<name>); got {s.name!r}")
+        _check(not s.name.endswith("_se"), f"{where}[{i}].name must not end in '_se' (probe/<name>_se is its standard error); got {s.name!r}")
         _check(s.name not in seen, f"{where}[{i}].name {s.name!r} is used by another suite")
         seen.add(s.name)
         _check(bool(s.scorer.strip()), f"{where}[{i}] ({s.name}): scorer is missing (a built-in name: {', '.join(BUILTIN_PROBE_SCORERS)}; "
