@@ -182,6 +182,7 @@ class ProbeSuiteConfig:
     scorer: str = ""  # built-in name (instructions), module:function / file.py:function, or an HF reward/classifier model
     higher_is_better: bool = True
     prompt_field: str = "prompt"
+    stance: Optional[str] = None  # scorer sycophancy: the stance scorer (module:function, file.py:function or an HF model)
 
 
 @dataclass
@@ -497,7 +498,7 @@ def validate(cfg: PPOConfig) -> None:
     validate_algorithm(cfg)
 
 
-BUILTIN_PROBE_SCORERS = ("instructions",)  # policyshift.analysis.suites
+BUILTIN_PROBE_SCORERS = ("instructions", "sycophancy")  # policyshift.analysis.suites
 
 
 def validate_probe_suites(suites: list, where: str) -> None:
@@ -513,6 +514,9 @@ def validate_probe_suites(suites: list, where: str) -> None:
                                        "module:function; file.py:function; or an HF reward/classifier model)")
         _check(s.prompts is not None or s.scorer == "instructions",
                f"{where}[{i}] ({s.name}): prompts is missing (only the instructions scorer ships its own prompt set)")
+        _check((s.scorer == "sycophancy") == bool(s.stance),
+               f"{where}[{i}] ({s.name}): " + ("the sycophancy scorer needs a stance scorer (stance: module:function or an HF model)"
+                                              if s.scorer == "sycophancy" else "stance is read only by the sycophancy scorer"))
 
 
 def validate_algorithm(cfg: PPOConfig) -> None:

@@ -33,6 +33,7 @@ class Suite:
     scorer: object  # policyshift.rewards.FunctionReward or ModelReward
     max_prompt_length: int
     disabled: str | None = None  # why the suite stopped being scored
+    sycophancy: bool = False  # `scorer` is the stance scorer; the suite's scores are the stance shifts (analysis.sycophancy)
 
 
 def shipped_prompts(scorer: str) -> str:
@@ -62,13 +63,17 @@ def load_suites(configs: list, tokenizer, model, max_prompt_length: int, max_new
     for c in configs:
         try:
             rows = load_prompt_rows(c.prompts or shipped_prompts(c.scorer), c.prompt_field, tokenizer=tokenizer)
-            scorer = make_scorer(c.scorer)
+            fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
+            if c.scorer == "sycophancy":
+                from policyshift.analysis.sycophancy import check_pairs
+
+                check_pairs(fields.get("pair"), fields.get("opinion"), c.prompts)
+            scorer = make_scorer(c.stance if c.scorer == "sycophancy" else c.scorer)
         except (OneLineError, ModelError) as exc:
             raise SuiteError(f"probe suite {c.name}: {exc}") from None
         prompts = [row.text for row in rows]
-        fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
         budget = fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(model.config), "max_new_tokens")
-        suites.append(Suite(c.name, c.higher_is_better, prompts, fields, scorer, budget))
+        suites.append(Suite(c.name, c.higher_is_better, prompts, fields, scorer, budget, sycophancy=c.scorer == "sycophancy"))
     return suites
 
 
@@ -105,6 +110,10 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
             s.disabled = f"scorer returned {scores[bad[0]]} for prompt {s.prompts[bad[0]][:60]!r}"
             warn(f"probe suite {s.name} disabled: {s.disabled}")
             continue
+        if s.sycophancy:
+            from policyshift.analysis.sycophancy import stance_shifts
+
+            scores = stance_shifts(s.fields["pair"], s.fields["opinion"], scores)
         mean, se = mean_and_se(scores)
         metrics[keys.probe_key(s.name)], metrics[keys.probe_se_key(s.name)] = mean, se
         rows_by_suite[s.name] = rows
