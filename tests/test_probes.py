@@ -131,6 +131,14 @@ def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, tmp_
     for r in raw:
         if keys.probe_key("good") in r:
             assert 0.0 <= r[keys.probe_key("good")] <= 1.0 and r[keys.probe_se_key("good")] >= 0.0
+    # the tracking sinks get them too (TensorBoard is on by default)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [(e.step, round(e.value, 5)) for e in ea.Scalars(keys.probe_key("good"))] == \
+        [(r["step"], round(r[keys.probe_key("good")], 5)) for r in raw if keys.probe_key("good") in r]
+    assert 'id="panel-10"' in (out / "report.html").read_text()
 
 
 # ---- analyze and compare score the same suites
