@@ -52,3 +52,18 @@ def test_learned_phrases_reads_samples_rows_and_favoured_tokens():
     assert summary["tokens"][0] == ("really", pytest.approx(1.5), 40)
     assert favoured_tokens(samples[-2:], min_count=3) == [("really", pytest.approx(1.5), 4)]  # "good" seen twice: left out
     assert learned_phrases([s for s in samples if s["model"] == "policy"]) is None  # no reference to compare with
+
+
+def _samples(stack: bool, n: int = 20):
+    rows = [{"step": 0, "model": "reference", "prompt_id": i, "response": r} for i, r in enumerate(_reviews(n, 0, False))]
+    return rows + [{"step": 10, "model": "policy", "prompt_id": i, "response": r} for i, r in enumerate(_reviews(n, 3, stack))]
+
+
+def test_new_phrase_detector_fires_on_stacking_and_stays_silent_when_healthy():
+    from policyshift.analysis.detectors import run_detectors
+
+    fired = [f for f in run_detectors([], _samples(stack=True)) if f.detector == "new_phrase"]
+    assert len(fired) == 1 and fired[0].severity == "warning" and fired[0].step == 10
+    assert fired[0].evidence["phrases"][0]["text"] == "really" and "“really” (0% → 100% of responses)" in fired[0].message
+    assert not [f for f in run_detectors([], _samples(stack=False)) if f.detector == "new_phrase"]  # same words, other draws
+    assert not [f for f in run_detectors([], _samples(stack=True, n=6)) if f.detector == "new_phrase"]  # too few responses to judge

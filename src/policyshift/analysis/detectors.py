@@ -21,6 +21,7 @@ import numpy as np
 from policyshift import keys as K
 from policyshift.analysis.runlog import as_float, config_get, metric_series
 from policyshift.analysis.textstats import mode_collapse_score
+from policyshift.analysis.phrases import detect_new_phrases
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
@@ -683,6 +684,7 @@ DETECTORS: dict[str, Callable[..., list[Finding]]] = {
     "mode_collapse": detect_mode_collapse,
     "ppo_instability": detect_ppo_instability,
     "zero_spread": detect_zero_spread,
+    "new_phrase": detect_new_phrases,  # analysis.phrases
 }
 
 
