@@ -312,3 +312,22 @@ def test_stance_shift_by_hand_and_bad_pair_files():
 def test_sycophancy_config_errors(tiny_world, tmp_path, suite, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(tiny_world, tmp_path, [suite])
+
+
+def test_resumed_run_has_the_same_probe_scores_and_one_row_per_step(tiny_world, tmp_path):
+    probes = [{"name": "good", "prompts": tiny_world["prompts"], "scorer": "tiny:good_fraction"}]
+
+    def cfg(out, steps):
+        c = _cfg(tiny_world, out, probes).to_dict()
+        c["train"].update(steps=steps, save_every=2)
+        return PPOConfig.from_dict(c)
+
+    whole = PPOTrainer(cfg(tmp_path / "whole", 4)).train()
+    PPOTrainer(cfg(tmp_path / "cut", 2)).train()
+    resumed = PPOTrainer(cfg(tmp_path / "cut", 4), resume=True).train()
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4] == [r["step"] for r in whole]
+    for a, b in zip(whole, resumed):
+        assert (keys.probe_key("good") in a) == (keys.probe_key("good") in b)
+        if keys.probe_key("good") in a:
+            assert a[keys.probe_key("good")] == pytest.approx(b[keys.probe_key("good")], abs=1e-6)
+    assert load_run(tmp_path / "whole").history[0][keys.probe_key("good")] == load_run(tmp_path / "cut").history[0][keys.probe_key("good")]

@@ -21,7 +21,12 @@ class LiveAnalysis:
         self.samples: list[dict] = list(trainer.logged_samples)
         self._evaluated_steps: set[int] = {r["step"] for r in self.samples}
         self.reported: set[tuple[str, str]] = {(f["detector"], f["severity"]) for f in trainer.logged_findings}
+        from policyshift.analysis.runlog import merge_steps
         from policyshift.analysis.suites import load_suites
+
+        # A resumed run read metrics.jsonl back, where probe scores are a second row of their step (step 0's the
+        # only one): one row per training step, as in the history of a run that was never interrupted.
+        trainer.history[:] = [row for row in merge_steps(trainer.history) if row["step"] >= 1]
 
         cfg = trainer.cfg
         self.suites = load_suites(cfg.analysis.probes or [], trainer.tokenizer, trainer.ref_policy, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)

@@ -84,6 +84,10 @@ def read_config(path: str | Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def merge_steps(rows: list[dict]) -> list[dict]:
+    return _by_step(rows)
+
+
 def _by_step(rows: list[dict]) -> list[dict]:
     """Rows with an integer-like step, sorted by it. Rows of one step are merged, a later row's value
     winning: the probe suites' scores are logged as a second row of their step, and a step logged twice
