@@ -245,6 +245,8 @@ def test_report_shows_probe_suites_and_learned_phrases(tmp_path):
     assert "fig-probe-0" in probes and "fig-probe-1" in probes
     phrases = page[page.index('id="panel-11"'):]
     assert phrases.index("<code>really</code>") < phrases.index("Said less")  # the planted word heads "said more"
+    link = re.search(r'href="#(sample-prompt-\d+)"', phrases)
+    assert link and f'id="{link.group(1)}"' in page  # the example's prompt in the sample browser
     assert '<a href="#panel-10">Probes</a>' in page and '<a href="#panel-11">Learned phrases</a>' in page
 
 

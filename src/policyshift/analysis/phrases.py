@@ -42,6 +42,8 @@ class Phrase:
     share_reference: float  # share of responses containing it
     share_policy: float
     example: str  # a response containing it (the policy's if it rose, the reference's if it fell)
+    example_index: int = -1  # its position in the texts given to rank_phrases
+    example_prompt_id: object = None  # learned_phrases: the example's fixed prompt (the sample browser's anchor)
 
 
 def log_odds_z(policy: Counter, reference: Counter, prior_weight: float = PRIOR_WEIGHT) -> dict[str, tuple[float, float]]:
@@ -78,7 +80,8 @@ def rank_phrases(policy_texts: list[str], reference_texts: list[str], max_n: int
     for phrases, texts, toks in ((rose, policy_texts, tok_p), (fell, reference_texts, tok_r)):
         for p in phrases:
             n = p.text.count(" ") + 1
-            p.example = next((text for text, t in zip(texts, toks) if p.text in ngrams(t, n)), "")
+            p.example_index = next((i for i, t in enumerate(toks) if p.text in ngrams(t, n)), -1)
+            p.example = texts[p.example_index] if p.example_index >= 0 else ""
     return rose, fell
 
 
@@ -104,6 +107,9 @@ def learned_phrases(samples: list[dict], step: int | None = None, top: int = 10)
     step = policy_steps[-1] if step is None else step
     policy = [r for r in samples if r.get("model") != "reference" and r.get("step") == step]
     rose, fell = rank_phrases([str(r.get("response", "")) for r in policy], [str(r.get("response", "")) for r in reference], top=top)
+    for phrases, rows in ((rose, policy), (fell, reference)):
+        for p in phrases:
+            p.example_prompt_id = rows[p.example_index].get("prompt_id") if p.example_index >= 0 else None
     return {"step": step, "n_policy": len(policy), "n_reference": len(reference), "rose": rose, "fell": fell,
             "tokens": favoured_tokens(policy, top)}
 

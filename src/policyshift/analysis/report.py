@@ -552,7 +552,7 @@ def panel_samples(run: RunData) -> str:
         preview = prompt if len(prompt) <= 100 else prompt[:100] + "…"
         note = f" ({omitted} eval steps not shown)" if omitted > 0 else ""
         blocks.append(
-            f'<details class="prompt-block"{" open" if i < 3 else ""}><summary>prompt {_esc(prompt_id)}: {_esc(preview)}{_esc(note)}</summary>'
+            f'<details class="prompt-block" id="sample-prompt-{_esc(prompt_id)}"{" open" if i < 3 else ""}><summary>prompt {_esc(prompt_id)}: {_esc(preview)}{_esc(note)}</summary>'
             + render_sample_columns(prompt, [_column(r) for r in shown]) + "</details>"
         )
     legend = (

@@ -71,10 +71,15 @@ def panel_probes(run: RunData, figures: dict) -> str:
     return _panel(10, "Probe suites", table + f'<div class="multiples">{"".join(cells)}</div>', caption)
 
 
-def _phrase_rows(phrases, rose: bool) -> str:
+def _phrase_rows(phrases) -> str:
     return "".join(
         f"<tr><td><code>{_esc(p.text)}</code></td><td class='num'>{p.z:+.2f}</td><td class='num'>{p.count_reference} → {p.count_policy}</td>"
-        f"<td class='num'>{p.share_reference:.0%} → {p.share_policy:.0%}</td><td>{_esc(p.example[:160])}</td></tr>" for p in phrases)
+        f"<td class='num'>{p.share_reference:.0%} → {p.share_policy:.0%}</td><td>{_esc(p.example[:160])}{_browser_link(p.example_prompt_id)}</td></tr>"
+        for p in phrases)
+
+
+def _browser_link(prompt_id) -> str:
+    return "" if prompt_id is None else f' <a href="#sample-prompt-{_esc(prompt_id)}">(prompt {_esc(prompt_id)} in the sample browser)</a>'
 
 
 def panel_phrases(run: RunData) -> str:
@@ -82,8 +87,8 @@ def panel_phrases(run: RunData) -> str:
     if summary is None:
         return ""
     head = ("<table><thead><tr><th>phrase</th><th>z</th><th>count ref → policy</th><th>share of responses</th><th>example</th></tr></thead><tbody>")
-    rose = head + _phrase_rows(summary["rose"], True) + "</tbody></table>"
-    fell = head + _phrase_rows(summary["fell"], False) + "</tbody></table>"
+    rose = head + _phrase_rows(summary["rose"]) + "</tbody></table>"
+    fell = head + _phrase_rows(summary["fell"]) + "</tbody></table>"
     tokens = "".join(f"<tr><td><code>{_esc(t)}</code></td><td class='num'>{m:+.3f}</td><td class='num'>{n}</td></tr>" for t, m, n in summary["tokens"])
     body = (f"<p>Step {summary['step']} ({summary['n_policy']} responses) against the reference ({summary['n_reference']} responses) on the "
             f"fixed prompts.</p><h3>Said more</h3>{rose}<h3>Said less</h3>{fell}"
