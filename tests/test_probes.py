@@ -333,3 +333,17 @@ def test_resumed_run_has_the_same_probe_scores_and_one_row_per_step(tiny_world, 
         if keys.probe_key("good") in a:
             assert a[keys.probe_key("good")] == pytest.approx(b[keys.probe_key("good")], abs=1e-6)
     assert load_run(tmp_path / "whole").history[0][keys.probe_key("good")] == load_run(tmp_path / "cut").history[0][keys.probe_key("good")]
+
+
+def test_train_cli_with_an_unusable_suite_fails_in_one_line_before_training(tiny_world, tmp_path):
+    import tiny
+
+    config = tmp_path / "c.yaml"
+    cfg = _cfg(tiny_world, tmp_path / "run", [{"name": "ifx", "prompts": str(tmp_path / "nope.jsonl"), "scorer": "instructions"}]).to_dict()
+    import yaml
+
+    config.write_text(yaml.safe_dump(cfg))
+    done = tiny.cli("--config", str(config))
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and err[0].startswith("policyshift train: error: probe suite ifx: ") and "not found" in err[0], done.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -16,12 +16,12 @@ from importlib import resources
 from typing import Callable
 
 from policyshift import keys
-from policyshift.config import OneLineError
+from policyshift.config import ConfigError, OneLineError
 from policyshift.models import ModelError
 
 
-class SuiteError(OneLineError):
-    """A probe suite that cannot be loaded: names the suite and the problem."""
+class SuiteError(ConfigError):
+    """A probe suite that cannot be loaded: names the suite and the problem (a user error: the CLI exits 2)."""
 
 
 @dataclass
