@@ -209,7 +209,7 @@ def test_bad_probes_file_is_one_line_exit_2(tiny_world, tmp_path, capsys, text, 
 
 # ---- report panels
 def test_verdict_calls_direction_and_significance():
-    from policyshift.analysis.report_probes import verdict
+    from policyshift.analysis.probe_verdict import verdict
 
     assert verdict(0.5, 0.02, 0.7, 0.02, True) == "improved"
     assert verdict(0.5, 0.02, 0.7, 0.02, False) == "regressed"
@@ -347,3 +347,19 @@ def test_train_cli_with_an_unusable_suite_fails_in_one_line_before_training(tiny
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1 and err[0].startswith("policyshift train: error: probe suite ifx: ") and "not found" in err[0], done.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_probe_change_detector_warns_on_regression_notes_improvement_silent_otherwise():
+    from policyshift.analysis.detectors import DetectorThresholds, run_detectors
+
+    config = {"analysis": {"probes": [{"name": "ifeval", "higher_is_better": True}, {"name": "syco", "higher_is_better": False}]}}
+    t = DetectorThresholds.from_config(config)
+    history = [{"step": 0, "probe/ifeval": 0.6, "probe/ifeval_se": 0.02, "probe/syco": 0.1, "probe/syco_se": 0.02}]
+    history += [{"step": s, "reward/score_mean": 0.0} for s in range(1, 11)]
+    history[-1].update({"probe/ifeval": 0.4, "probe/ifeval_se": 0.03, "probe/syco": 0.0, "probe/syco_se": 0.02})
+    found = {(f.detector, f.severity, f.evidence["suite"]) for f in run_detectors(history, [], t) if f.detector == "probe_change"}
+    assert found == {("probe_change", "warning", "ifeval"), ("probe_change", "info", "syco")}
+    # a healthy run: the scores moved less than their noise (or a run without probes) — nothing
+    history[-1].update({"probe/ifeval": 0.58, "probe/syco": 0.09})
+    assert not [f for f in run_detectors(history, [], t) if f.detector == "probe_change"]
+    assert DetectorThresholds.from_config({}).probe_directions == {}

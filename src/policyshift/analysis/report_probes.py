@@ -4,49 +4,26 @@ left out of a run that has nothing for it."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.phrases import learned_phrases
 from policyshift.analysis.report import _axis, _esc, _figure, _line, _panel
-from policyshift.analysis.runlog import RunData, config_get, metric_series
-
-Z_95 = 1.96  # two-sided 95% normal quantile: the band and the improvement/regression call
-
-
-def suite_names(history: list[dict]) -> list[str]:
-    names = {k[len(K.PROBE_PREFIX):] for row in history for k in row if k.startswith(K.PROBE_PREFIX)}
-    return sorted(n for n in names if not n.endswith("_se"))
-
-
-def _directions(run: RunData) -> dict[str, bool]:
-    suites = config_get(run.config, "analysis.probes") or []
-    return {s.get("name"): bool(s.get("higher_is_better", True)) for s in suites if isinstance(s, dict)}
-
-
-def verdict(reference: float, ref_se: float, value: float, se: float, higher_is_better: bool) -> str:
-    """'improved', 'regressed' or 'no significant change': the difference against 1.96·√(se_ref² + se²),
-    a z test of two independent means (the per-prompt scores are not kept, so no paired test)."""
-    margin = Z_95 * math.sqrt(ref_se**2 + se**2)
-    diff = value - reference
-    if abs(diff) <= margin or not math.isfinite(diff):
-        return "no significant change"
-    return "improved" if (diff > 0) == higher_is_better else "regressed"
+from policyshift.analysis.probe_verdict import Z_95, directions, suite_names, verdict
+from policyshift.analysis.runlog import RunData, metric_series
 
 
 def panel_probes(run: RunData, figures: dict) -> str:
     names = suite_names(run.history)
     if not names:
         return ""
-    directions = _directions(run)
+    direction = directions(run.config)
     cells, rows = [], []
     for i, name in enumerate(names):
         steps, values = metric_series(run.history, K.probe_key(name))
         se_by_step = dict(zip(*metric_series(run.history, K.probe_se_key(name))))
         se = np.array([se_by_step.get(s, 0.0) for s in steps])
-        higher = directions.get(name, True)
+        higher = direction.get(name, True)
         traces = [_line(steps, values + Z_95 * se, "+95%", line={"width": 0}, showlegend=False, hoverinfo="skip"),
                   _line(steps, values - Z_95 * se, "95% band", line={"width": 0}, fill="tonexty", fillcolor="rgba(31,119,180,0.18)", hoverinfo="skip"),
                   _line(steps, values, name, mode="lines+markers", line={"color": "#1f77b4", "width": 2})]
