@@ -363,3 +363,25 @@ def test_probe_change_detector_warns_on_regression_notes_improvement_silent_othe
     history[-1].update({"probe/ifeval": 0.58, "probe/syco": 0.09})
     assert not [f for f in run_detectors(history, [], t) if f.detector == "probe_change"]
     assert DetectorThresholds.from_config({}).probe_directions == {}
+
+
+_CALLS = []
+
+
+def high_then_low(prompts, responses):
+    """1 for every response at the first evaluation (the reference's), 0 after: a scripted regression."""
+    _CALLS.append(len(prompts))
+    return [1.0 if len(_CALLS) == 1 else 0.0] * len(prompts)
+
+
+def test_live_probe_regression_is_a_warning_in_the_console_and_findings(tiny_world, tmp_path, capfd):
+    import tiny
+
+    _CALLS.clear()
+    suite = tiny.write_prompts(tmp_path / "suite.jsonl", n=4, seed=2)
+    out = tmp_path / "run"
+    PPOTrainer(_cfg(tiny_world, out, [{"name": "flip", "prompts": str(suite), "scorer": "test_probes:high_then_low"}])).train()
+    err = capfd.readouterr().err
+    assert "probe_change (step 2): probe suite flip regressed: 0 ± 0 at step 2 vs the reference's 1 ± 0" in " ".join(err.split()), err
+    logged = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
+    assert [(f["detector"], f["severity"], f["step"]) for f in logged if f["detector"] == "probe_change"] == [("probe_change", "warning", 2)]

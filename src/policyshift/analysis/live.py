@@ -4,7 +4,8 @@ optional clean stop)."""
 
 from __future__ import annotations
 
-from policyshift.analysis.detectors import DetectorThresholds, run_detectors
+from policyshift.analysis.detectors import DetectorThresholds, run_detectors, sort_findings
+from policyshift.analysis.probe_verdict import detect_probe_change
 from policyshift.analysis.probe import sample_fixed_prompts
 from policyshift.models import PolicyAndCritic
 
@@ -26,7 +27,10 @@ class LiveAnalysis:
 
         # A resumed run read metrics.jsonl back, where probe scores are a second row of their step (step 0's the
         # only one): one row per training step, as in the history of a run that was never interrupted.
-        trainer.history[:] = [row for row in merge_steps(trainer.history) if row["step"] >= 1]
+        merged = merge_steps(trainer.history)
+        trainer.history[:] = [row for row in merged if row["step"] >= 1]
+        # the reference's probe scores (step 0) stay out of the training history; the probe_change detector reads them
+        self.reference_probes: dict = next((row for row in merged if row["step"] == 0), {})
 
         cfg = trainer.cfg
         self.suites = load_suites(cfg.analysis.probes or [], trainer.tokenizer, trainer.ref_policy, cfg.data.max_prompt_length, cfg.rollout.max_new_tokens)
@@ -64,7 +68,9 @@ class LiveAnalysis:
             metrics, _ = evaluate_suites(self.suites, models, t.ref_policy, t.tokenizer, t.rollout_config, t.cfg.train.seed + 7, warn)
         if metrics:
             t.sink.log_scalars(metrics, step)
-            if t.history and t.history[-1].get("step") == step:
+            if step == 0:
+                self.reference_probes = {"step": 0, **metrics}
+            elif t.history and t.history[-1].get("step") == step:
                 t.history[-1].update(metrics)
 
     def after_step(self, step: int, evaluate: bool) -> str | None:
@@ -72,6 +78,8 @@ class LiveAnalysis:
         if evaluate:
             self.evaluate(step)
         findings = run_detectors(self.trainer.history, self.samples, self.thresholds, distributions=self.trainer.distributions)
+        if self.reference_probes:  # run_detectors' history has no step 0: the probe scores against the reference's
+            findings = sort_findings(findings + detect_probe_change([self.reference_probes, *self.trainer.history], [], self.thresholds))
         new = [f for f in findings if (f.detector, f.severity) not in self.reported and f.severity != "info"]
         for f in new:
             self.reported.add((f.detector, f.severity))
