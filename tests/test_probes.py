@@ -385,3 +385,27 @@ def test_live_probe_regression_is_a_warning_in_the_console_and_findings(tiny_wor
     assert "probe_change (step 2): probe suite flip regressed: 0 ± 0 at step 2 vs the reference's 1 ± 0" in " ".join(err.split()), err
     logged = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
     assert [(f["detector"], f["severity"], f["step"]) for f in logged if f["detector"] == "probe_change"] == [("probe_change", "warning", 2)]
+
+
+def test_k_samples_per_prompt_are_averaged_per_prompt_before_the_standard_error(tiny_world, tmp_path, monkeypatch):
+    from policyshift.analysis import probe
+    from policyshift.analysis.suites import evaluate_suites
+    from policyshift.config import ProbeSuiteConfig
+    from policyshift.rewards import score_with_fields
+
+    seen = []
+
+    def alternating(models, ref_policy, tokenizer, prompts, rollout_cfg, max_prompt_length, reward=None, gold_reward=None, seed=0, fields=None):
+        seen.append(list(prompts))
+        responses = ["great" if i % 2 == 0 else "okay" for i in range(len(prompts))]  # sample j of a prompt: great, okay, great, ...
+        return [{"score": float(v)} for v in score_with_fields(reward, prompts, responses, fields or {}).tolist()]
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(3)))
+    policy = type("P", (), {"config": type("C", (), {"n_positions": 64})()})()
+    monkeypatch.setattr(probe, "sample_fixed_prompts", alternating)
+    for k, expected in ((1, (2 / 3, math.sqrt(1 / 3 / 3))), (2, (0.5, 0.0))):
+        suites = load_suites([ProbeSuiteConfig("s", str(path), "test_probes:stance", samples_per_prompt=k)], tiny_world["tokenizer"], policy, 32, 4)
+        metrics, _ = evaluate_suites(suites, None, None, None, None, 0, pytest.fail)
+        assert (metrics["probe/s"], metrics["probe/s_se"]) == pytest.approx(expected)
+    assert seen[-1] == ["p0", "p0", "p1", "p1", "p2", "p2"]

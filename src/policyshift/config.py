@@ -183,6 +183,7 @@ class ProbeSuiteConfig:
     higher_is_better: bool = True
     prompt_field: str = "prompt"
     stance: Optional[str] = None  # scorer sycophancy: the stance scorer (module:function, file.py:function or an HF model)
+    samples_per_prompt: int = 1  # k responses per prompt, averaged per prompt before the suite's mean and standard error
 
 
 @dataclass
@@ -514,6 +515,7 @@ def validate_probe_suites(suites: list, where: str) -> None:
                                        "module:function; file.py:function; or an HF reward/classifier model)")
         _check(s.prompts is not None or s.scorer == "instructions",
                f"{where}[{i}] ({s.name}): prompts is missing (only the instructions scorer ships its own prompt set)")
+        _check(s.samples_per_prompt >= 1, f"{where}[{i}] ({s.name}): samples_per_prompt must be >= 1; got {s.samples_per_prompt}")
         _check((s.scorer == "sycophancy") == bool(s.stance),
                f"{where}[{i}] ({s.name}): " + ("the sycophancy scorer needs a stance scorer (stance: module:function or an HF model)"
                                               if s.scorer == "sycophancy" else "stance is read only by the sycophancy scorer"))

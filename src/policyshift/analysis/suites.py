@@ -34,6 +34,7 @@ class Suite:
     max_prompt_length: int
     disabled: str | None = None  # why the suite stopped being scored
     sycophancy: bool = False  # `scorer` is the stance scorer; the suite's scores are the stance shifts (analysis.sycophancy)
+    samples_per_prompt: int = 1
 
 
 def shipped_prompts(scorer: str) -> str:
@@ -73,7 +74,8 @@ def load_suites(configs: list, tokenizer, model, max_prompt_length: int, max_new
             raise SuiteError(f"probe suite {c.name}: {exc}") from None
         prompts = [row.text for row in rows]
         budget = fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(model.config), "max_new_tokens")
-        suites.append(Suite(c.name, c.higher_is_better, prompts, fields, scorer, budget, sycophancy=c.scorer == "sycophancy"))
+        suites.append(Suite(c.name, c.higher_is_better, prompts, fields, scorer, budget, sycophancy=c.scorer == "sycophancy",
+                            samples_per_prompt=c.samples_per_prompt))
     return suites
 
 
@@ -97,9 +99,10 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
     for s in suites:
         if s.disabled:
             continue
+        k = s.samples_per_prompt  # each prompt k times in a row: one generator, k different samples
         try:
-            rows = sample_fixed_prompts(models, ref_policy, tokenizer, s.prompts, rollout_cfg, s.max_prompt_length, reward=s.scorer,
-                                        seed=seed, fields=s.fields)
+            rows = sample_fixed_prompts(models, ref_policy, tokenizer, [p for p in s.prompts for _ in range(k)], rollout_cfg, s.max_prompt_length,
+                                        reward=s.scorer, seed=seed, fields={f: [v for v in vs for _ in range(k)] for f, vs in s.fields.items()})
         except (RewardError, OneLineError) as exc:
             s.disabled = str(exc)
             warn(f"probe suite {s.name} disabled: {exc}")
@@ -107,9 +110,10 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
         scores = [r["score"] for r in rows]
         bad = [i for i, v in enumerate(scores) if not math.isfinite(v)]
         if bad:
-            s.disabled = f"scorer returned {scores[bad[0]]} for prompt {s.prompts[bad[0]][:60]!r}"
+            s.disabled = f"scorer returned {scores[bad[0]]} for prompt {s.prompts[bad[0] // k][:60]!r}"
             warn(f"probe suite {s.name} disabled: {s.disabled}")
             continue
+        scores = [sum(scores[i * k : (i + 1) * k]) / k for i in range(len(s.prompts))]  # per prompt: the unit of the standard error
         if s.sycophancy:
             from policyshift.analysis.sycophancy import stance_shifts
 
