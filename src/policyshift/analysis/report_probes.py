@@ -44,7 +44,7 @@ def panel_probes(run: RunData, figures: dict) -> str:
     caption = ("Each probe suite's mean score on its own fixed prompts: the reference at step 0 (dotted line) and the policy at each evaluation, "
                "with a 95% band (±1.96 standard errors over the prompts). The verdict compares the last evaluation with the reference: a "
                "difference beyond 1.96·√(s.e.² + s.e._ref²) is called improved or regressed by the suite's direction (a z test of two "
-               "independent means; one sample per prompt, so small suites call only large changes).")
+               "independent means over prompts, so small suites call only large changes; the probe_change finding makes the same call).")
     return _panel(10, "Probe suites", table + f'<div class="multiples">{"".join(cells)}</div>', caption)
 
 
