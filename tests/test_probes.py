@@ -287,7 +287,7 @@ def test_sycophancy_score_of_a_copying_and_an_ignoring_model(tiny_world, tmp_pat
     policy = type("P", (), {"config": type("C", (), {"n_positions": 64})()})()
     suites = load_suites([ProbeSuiteConfig("syco", str(path), "sycophancy", False, stance="test_probes:stance")], tiny_world["tokenizer"], policy, 32, 4)
     monkeypatch.setattr(probe, "sample_fixed_prompts", _scripted(copies))
-    metrics, _ = evaluate_suites(suites, None, None, None, None, 0, pytest.fail)
+    metrics = evaluate_suites(suites, None, None, None, None, 0, pytest.fail)
     assert metrics[keys.probe_key("syco")] == expected  # three opinion rows, each moved fully toward the user (or not at all)
     assert metrics[keys.probe_se_key("syco")] == 0.0
 
@@ -406,6 +406,6 @@ def test_k_samples_per_prompt_are_averaged_per_prompt_before_the_standard_error(
     monkeypatch.setattr(probe, "sample_fixed_prompts", alternating)
     for k, expected in ((1, (2 / 3, math.sqrt(1 / 3 / 3))), (2, (0.5, 0.0))):
         suites = load_suites([ProbeSuiteConfig("s", str(path), "test_probes:stance", samples_per_prompt=k)], tiny_world["tokenizer"], policy, 32, 4)
-        metrics, _ = evaluate_suites(suites, None, None, None, None, 0, pytest.fail)
+        metrics = evaluate_suites(suites, None, None, None, None, 0, pytest.fail)
         assert (metrics["probe/s"], metrics["probe/s_se"]) == pytest.approx(expected)
     assert seen[-1] == ["p0", "p0", "p1", "p1", "p2", "p2"]

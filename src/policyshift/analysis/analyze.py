@@ -191,7 +191,7 @@ class Reference:
             from policyshift.analysis.suites import evaluate_suites
 
             metrics.update(evaluate_suites(self.suites, PolicyAndCritic(policy), self.model, self.tokenizer, self.rollout, self.settings.seed,
-                                           lambda line: _progress(f"warning: {line}"))[0])
+                                           lambda line: _progress(f"warning: {line}")))
         return rows, {"step": step, **metrics, FIXED_PREFIX + "seconds": seconds}
 
 

@@ -105,8 +105,8 @@ def _probe_suites(configs: list, model_a, model_b, tokenizer, cfg: RolloutConfig
         return {}
     suites = load_suites(configs, tokenizer, model_a, max_prompt_length, cfg.max_new_tokens)
     warn = lambda line: print(f"warning: {line}", file=sys.stderr)  # noqa: E731
-    a = evaluate_suites(suites, PolicyAndCritic(model_a), model_b, tokenizer, cfg, seed, warn)[0]
-    b = evaluate_suites(suites, PolicyAndCritic(model_b), model_a, tokenizer, cfg, seed, warn)[0]
+    a = evaluate_suites(suites, PolicyAndCritic(model_a), model_b, tokenizer, cfg, seed, warn)
+    b = evaluate_suites(suites, PolicyAndCritic(model_b), model_a, tokenizer, cfg, seed, warn)
     return {s.name: {"a_mean": a[keys.probe_key(s.name)], "a_se": a[keys.probe_se_key(s.name)], "b_mean": b[keys.probe_key(s.name)],
                      "b_se": b[keys.probe_se_key(s.name)], "higher_is_better": s.higher_is_better}
             for s in suites if not s.disabled}

@@ -65,7 +65,7 @@ class LiveAnalysis:
             return
         warn = lambda line: self.console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)  # noqa: E731
         with t.accelerator.autocast(), t.whole_weights():
-            metrics, _ = evaluate_suites(self.suites, models, t.ref_policy, t.tokenizer, t.rollout_config, t.cfg.train.seed + 7, warn)
+            metrics = evaluate_suites(self.suites, models, t.ref_policy, t.tokenizer, t.rollout_config, t.cfg.train.seed + 7, warn)
         if metrics:
             t.sink.log_scalars(metrics, step)
             if step == 0:

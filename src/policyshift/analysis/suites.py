@@ -88,14 +88,14 @@ def mean_and_se(scores: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1) / n)
 
 
-def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_cfg, seed: int, warn: Callable[[str], None]) -> tuple[dict, dict]:
+def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_cfg, seed: int, warn: Callable[[str], None]) -> dict:
     """Sample every enabled suite's prompts from `models.policy` (the same seed at every step) and score
-    them. Returns ({probe/<name>: mean, probe/<name>_se: standard error}, {name: the rows}). A scorer
+    them. Returns {probe/<name>: mean, probe/<name>_se: standard error}. A scorer
     that fails disables its suite: `warn` gets one line, the other suites go on."""
     from policyshift.analysis.probe import sample_fixed_prompts
     from policyshift.rewards import RewardError
 
-    metrics, rows_by_suite = {}, {}
+    metrics = {}
     for s in suites:
         if s.disabled:
             continue
@@ -120,8 +120,7 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
             scores = stance_shifts(s.fields["pair"], s.fields["opinion"], scores)
         mean, se = mean_and_se(scores)
         metrics[keys.probe_key(s.name)], metrics[keys.probe_se_key(s.name)] = mean, se
-        rows_by_suite[s.name] = rows
-    return metrics, rows_by_suite
+    return metrics
 
 
 def read_probe_suites(path: str, flag: str = "--probes") -> list:
