@@ -330,14 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
             warnings.showwarning = _one_line_warning(args.command)
-            code = _run(args, extra)
+            return _run(args, extra)
     finally:
         if bars:
             _hf_progress_bars(True)
+
+
+def entry() -> int:
+    """The `policyshift` command (and `python -m policyshift`): main(), then, as one of several processes under
+    `accelerate launch` whose run is complete (files closed, process group left), an immediate exit that skips the
+    interpreter's teardown, where gloo's and autograd's C++ threads can still be torn down after the GIL is gone
+    and abort a finished run (SIGABRT, "terminate called without an active exception"). main() itself, called
+    in-process (tests, notebooks), never exits."""
+    code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # One of several processes under `accelerate launch`, its run complete (files closed, process group left):
-        # end now, skipping the interpreter's teardown, where gloo's and autograd's C++ threads can still be torn
-        # down after the GIL is gone and abort a finished run (SIGABRT, "terminate called without an active exception").
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
