@@ -102,7 +102,7 @@ def policyshift_config(assets: Path, threads: int, beta: float, output_dir: str)
     })
 
 
-def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: float) -> dict:
+def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: float, experiments: list[str] = ()) -> dict:
     import torch
 
     import policyshift
@@ -111,6 +111,8 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: f
 
     torch.set_num_threads(threads)
     peak = bench.matmul_peak(threads)
+    for name in experiments:
+        EXPERIMENTS[name]()
     cfg = policyshift_config(assets, threads, beta, tempfile.mkdtemp(prefix="ps-grpo-bench-"))
     trainer = PPOTrainer(cfg, reward=vowel_share_reward)
     timers = bench.Timers()
@@ -150,7 +152,7 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: f
             "generated": list(generated), "optimizer_steps": len(optimizer_steps),
         })
     check_equal_work("policyshift", iterations)
-    return {"impl": "policyshift", "beta": beta, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
+    return {"impl": "policyshift" + "".join("+" + e for e in experiments), "beta": beta, "experiments": list(experiments), "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
             "iterations": iterations, "warmup": warmup, "peak_rss_mib": bench.peak_rss_mib(),
             "versions": {"policyshift": policyshift.__file__, "torch": torch.__version__}}
 
@@ -268,6 +270,33 @@ def check_equal_work(impl: str, iterations: list[dict]) -> None:
         assert it["optimizer_steps"] == 1, f"{impl} step {i}: {it['optimizer_steps']} optimizer steps, not 1"
 
 
+# ---- experiments: equal-work variants of policyshift, run as the extra implementation "exp" ----------
+# Monkeypatches (policyshift's sources are not edited), each naming the code it stands in for.
+def _exp_decode_one_thread():
+    """rollout.py sample(): run the sampling loop on 1 intra-op thread (the update keeps --threads). The decode
+    step's matmuls are only 64 rows; the PPO benchmark measured batch-16 decode faster on 1 thread than on 2."""
+    import torch
+
+    for module in bench.sampler_modules():
+        sample = module.sample
+
+        def one_thread(*a, _sample=sample, **k):
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return _sample(*a, **k)
+            finally:
+                torch.set_num_threads(n)
+
+        module.sample = one_thread
+
+
+EXPERIMENTS = {
+    "cdf_sampling": bench.EXPERIMENTS["cdf_sampling"],  # inverse-CDF draw instead of torch.multinomial (ppo_vs_trl.py)
+    "decode_one_thread": _exp_decode_one_thread,
+}
+
+
 # ---- driver --------------------------------------------------------------------------------------
 PHASES = ["generate_s", "reference_s", "score_s", "update_s", "update_forward_s", "update_backward_s", "update_optim_s", "other_s"]
 
@@ -317,13 +346,17 @@ def print_table(beta: float, summary: dict, flops: dict):
               f"per-run medians {', '.join(f'{x:.3f}' for x in s['per_run_median_s'])}")
     print(f"FLOPs per step: nominal {flops['nominal_gflop']:.1f} GFLOP, dense {flops['dense_gflop']:.1f} GFLOP "
           f"(rollout {flops['dense_rollout_gflop']:.1f}, update {flops['dense_update_gflop']:.1f})")
-    if "trl" in summary and "policyshift" in summary:
-        print(f"completions/s, policyshift / TRL (pooled medians): {summary['trl']['s_per_step'] / summary['policyshift']['s_per_step']:.2f}x")
+    for k in impls:
+        if k != "trl" and "trl" in summary:
+            print(f"completions/s, {k} / TRL (pooled medians): {summary['trl']['s_per_step'] / summary[k]['s_per_step']:.2f}x")
 
 
 def worker_main(ns):
-    run = run_policyshift if ns.worker == "policyshift" else run_trl
-    out = run(Path(ns.assets), ns.iters, ns.warmup, ns.threads, ns.beta[0])
+    args = (Path(ns.assets), ns.iters, ns.warmup, ns.threads, ns.beta[0])
+    if ns.worker == "trl":
+        out = run_trl(*args)
+    else:
+        out = run_policyshift(*args, ns.experiment if ns.worker == "exp" else [])
     Path(ns.result).write_text(json.dumps(out))
 
 
@@ -337,18 +370,22 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--omp-wait-policy", choices=["passive", "active", "default"], default="passive",
                     help="OMP_WAIT_POLICY for the workers (passive: see benchmarks/README.md, 'the noise')")
-    ap.add_argument("--only", action="append", choices=["policyshift", "trl"], help="run only these (repeatable)")
+    ap.add_argument("--only", action="append", choices=["policyshift", "trl", "exp"], help="run only these (repeatable)")
+    ap.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS),
+                    help="policyshift variant (a monkeypatch, repeatable), run as an extra implementation 'exp'")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="before each run, wait up to SECONDS for the machine to be free of other load")
     ap.add_argument("--json", help="write the raw runs and the summary here")
     ap.add_argument("--assets", help="directory for the tokenizer/models/prompts (the PPO benchmark's; reused if built)")
-    ap.add_argument("--worker", choices=["policyshift", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["policyshift", "trl", "exp"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
     ns.beta = ns.beta or [0.0]
     if ns.worker:
         return worker_main(ns)
-    impls = ns.only or ["policyshift", "trl"]
+    impls = ns.only or (["policyshift", "trl"] + (["exp"] if ns.experiment else []))
+    if "exp" in impls and not ns.experiment:
+        ap.error("--only exp needs --experiment")
     if "trl" in impls and not ns.trl_python:
         ap.error("--trl-python is required to run TRL (see benchmarks/README.md for its virtualenv)")
 
@@ -361,10 +398,10 @@ def main(argv=None):
     if ns.omp_wait_policy != "default":
         env["OMP_WAIT_POLICY"] = ns.omp_wait_policy.upper()
     trl_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # TRL's venv imports nothing of policyshift
-    python = {"policyshift": sys.executable, "trl": ns.trl_python}
+    python = {"policyshift": sys.executable, "exp": sys.executable, "trl": ns.trl_python}
     print(f"{COMPLETIONS} completions/step ({PROMPTS_PER_STEP} prompts × n={NUM_GENERATIONS}), {PROMPT_LEN}+{RESPONSE_LEN} tokens; "
           f"threads {ns.threads}, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'unset')}; β {ns.beta}; "
-          f"{ns.rounds} rounds × ({ns.warmup} warm-up + {ns.iters}) steps", flush=True)
+          f"{ns.rounds} rounds × ({ns.warmup} warm-up + {ns.iters}) steps; experiments: {', '.join(ns.experiment) or 'none'}", flush=True)
     runs: dict[float, dict[str, list]] = {b: {k: [] for k in impls} for b in ns.beta}
     for r in range(ns.rounds):
         for beta in ns.beta:
@@ -375,6 +412,7 @@ def main(argv=None):
                     result = f.name
                 cmd = [python[impl], __file__, "--worker", impl, "--assets", str(assets), "--iters", str(ns.iters),
                        "--warmup", str(ns.warmup), "--threads", str(ns.threads), "--beta", str(beta), "--result", result]
+                cmd += [x for e in ns.experiment for x in ("--experiment", e)]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, env=trl_env if impl == "trl" else env, capture_output=True, text=True)
                 if proc.returncode != 0:
