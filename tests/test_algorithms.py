@@ -200,3 +200,76 @@ def test_cli_one_line_for_a_group_estimator_without_groups(tiny_world, tmp_path,
                  "--reward.function", "tiny:good_fraction", "--algorithm.advantage", "rloo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "num_generations >= 2" in err[0]
+
+
+# ---- loss shapes: GSPO, DAPO (clip-higher + token mean + dynamic sampling) ------------------------------------
+def test_gspo_raises_the_reward(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", algorithm={"advantage": "grpo", "ratio_level": "sequence", "loss_aggregation": "seq_mean_token_mean"},
+                 kl={"beta": 0.05, "placement": "loss", "estimator": "k3"}, analysis={"every": 0, "num_prompts": 2}, train={"save_every": 0})
+    h = PPOTrainer(cfg).train()
+    check_learns(h)
+    for key in ("gspo/seq_ratio_mean", "gspo/seq_ratio_min", "gspo/seq_ratio_max", "gspo/seq_clip_frac"):
+        assert key in h[-1], key
+    assert all(r["gspo/seq_ratio_min"] <= r["gspo/seq_ratio_mean"] <= r["gspo/seq_ratio_max"] for r in h)
+
+
+def test_dapo_raises_the_reward(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", algorithm={"advantage": "grpo", "loss_aggregation": "token_mean", "dynamic_sampling": True},
+                 ppo={"lr": 3e-3, "num_minibatches": 2, "clip_range_high": 0.28}, kl={"beta": 0.0},
+                 analysis={"every": 0, "num_prompts": 2}, train={"save_every": 0})
+    h = PPOTrainer(cfg).train()
+    start, end = mean(h[:5], "reward/score_mean"), mean(h[-5:], "reward/score_mean")
+    assert end > start + 0.3, (start, end)
+    assert all(r["sampling/rounds"] >= 1 and "ppo/clip_frac_high" in r for r in h)
+    # a batch with no flat group kept has no zero-spread group in it
+    assert all(r["group/zero_spread_frac"] == 0 for r in h if r["sampling/flat_groups_kept"] == 0)
+
+
+def good_or_nothing(prompts, responses):
+    """A binary verifiable reward: 1 when the response contains 'good' — many groups are all-0 or all-1."""
+    return [float("good" in r.split()) for r in responses]
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", reward={"function": None}, algorithm={"advantage": "grpo", "dynamic_sampling": True,
+                 "max_sampling_rounds": 8}, train={"steps": 3, "save_every": 0}, analysis={"every": 0, "num_prompts": 0})
+    h = PPOTrainer(cfg, reward=good_or_nothing).train()
+    dist = rows(tmp_path / "run" / "distributions.jsonl")
+    for r, d in zip(h, dist):
+        assert len(d["scores"]) == 16  # always a full batch of 4 groups × 4
+        if r["sampling/flat_groups_kept"] == 0:
+            assert r["group/zero_spread_frac"] == 0.0
+        # every sampled group is in the batch, dropped as flat, or left over with spread after the batch was full
+        assert r["sampling/dropped_groups"] + r["sampling/flat_groups_kept"] <= 4 * r["sampling/rounds"]
+    assert any(r["sampling/rounds"] > 1 for r in h)  # flat groups were dropped and refilled
+
+
+def test_dynamic_sampling_stops_at_its_bound_when_every_group_is_flat(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", reward={"function": None}, algorithm={"advantage": "grpo", "dynamic_sampling": True,
+                 "max_sampling_rounds": 3}, kl={"beta": 0.05, "placement": "loss"}, train={"steps": 2, "save_every": 0},
+                 analysis={"every": 0, "num_prompts": 0})
+    h = PPOTrainer(cfg, reward=lambda prompts, responses: [1.0] * len(responses)).train()
+    for r in h:
+        assert r["sampling/rounds"] == 3  # the bound
+        assert r["sampling/flat_groups_kept"] == 4  # the batch is filled with flat groups: its shape is kept
+        assert r["sampling/dropped_groups"] == 3 * 4 - 4  # every other flat group sampled was dropped
+        assert r["group/zero_spread_frac"] == 1.0 and r["advantage/max_abs"] == 0.0  # (KL is a loss term here, not in the reward)
+    assert h[-1]["episodes"] == 2 * 16
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"ppo": {"clip_range": 0.2, "clip_range_high": 0.1}}, "must be >= ppo.clip_range"),
+    ({"ppo": {"dual_clip": 1.0}}, "ppo.dual_clip must be > 1"),
+    ({"algorithm": {"advantage": "grpo", "ratio_level": "sequence"}, "ppo": {"dual_clip": 3.0}}, "ppo.dual_clip clips token ratios"),
+    ({"algorithm": {"advantage": "grpo", "ratio_level": "sequence"}, "ppo": {"clip_range_high": 0.28}}, "ppo.clip_range_high clips token ratios"),
+    ({"algorithm": {"advantage": "reinforce_pp", "dynamic_sampling": True}, "rollout": {"batch_size": 16, "num_generations": 1}},
+     "dynamic_sampling drops groups"),
+    ({"algorithm": {"advantage": "grpo", "max_sampling_rounds": 0}}, "max_sampling_rounds must be >= 1"),
+])
+def test_bad_loss_shape_settings_fail_in_one_line(overrides, message):
+    base = {"algorithm": {"advantage": "grpo"}, "rollout": {"batch_size": 16, "num_generations": 4}}
+    for k, v in overrides.items():
+        base[k] = {**base.get(k, {}), **v}
+    with pytest.raises(ConfigError, match=message) as exc:
+        PPOConfig.from_dict(base)
+    assert "\n" not in str(exc.value)

@@ -129,6 +129,7 @@ def _token_mean_worker(rank, port, result_path):
     from accelerate import Accelerator
 
     from policyshift.distributed import ProcessGroup
+    from policyshift.losses import LossNormalizer, aggregate_loss
     from policyshift.runtime import Runtime
 
     accelerator = Accelerator(cpu=True)
@@ -136,9 +137,11 @@ def _token_mean_worker(rank, port, result_path):
     model = accelerator.prepare(torch.nn.Linear(3, 1))
     x, mask = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0.0]])
     rows_ = slice(0, 1) if rank == 0 else slice(1, 2)  # process 0 holds 5 tokens, process 1 holds 1
-    runtime = Runtime(accelerator, ProcessGroup(accelerator), model, list(model.parameters()), grad_accum_steps=1)
-    loss = masked_mean(model(x[rows_]).squeeze(-1), mask[rows_])
-    accelerator.backward(runtime.across_processes(loss, mask[rows_]))
+    group = ProcessGroup(accelerator)
+    runtime = Runtime(accelerator, group, model, list(model.parameters()), grad_accum_steps=1)
+    norm = LossNormalizer(tokens=group.sum(mask[rows_].sum()), sequences=2.0, max_new_tokens=5)
+    share = aggregate_loss(model(x[rows_]).squeeze(-1), mask[rows_], "token_mean", norm)  # Σ local / 6 tokens
+    accelerator.backward(runtime.to_engine(share))
     if rank == 0:
         torch.save(accelerator.unwrap_model(model).weight.grad.clone(), result_path)
     accelerator.wait_for_everyone()

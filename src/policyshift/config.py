@@ -121,6 +121,19 @@ class AlgorithmConfig:
     advantage: Literal["gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "gae"
     scale: Literal["group", "batch", "none"] = "group"  # grpo: divide by the group std, the batch std, or not (none = Dr. GRPO, Liu et al. 2025)
     std_eps: float = 1e-4  # grpo: A = (r − mean)/(std + eps) (TRL 1e-4)
+    # how per-token losses become the minibatch loss (README "Loss shapes"): token_mean (DAPO; TRL's default "dapo"),
+    # seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm (Dr. GRPO: / (N · max_new_tokens)),
+    # micro_batch_token_mean (before 0.2: the mean of each micro-batch's token mean; = token_mean with one micro-batch)
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_batch_token_mean"] = "token_mean"
+    # token: PPO's per-token ratio; sequence: GSPO (Zheng et al. 2025), one length-normalized ratio per response,
+    # clipped with sequence_clip_range(_high) instead of ppo.clip_range
+    ratio_level: Literal["token", "sequence"] = "token"
+    sequence_clip_range: float = 3e-4  # GSPO ε_low (the paper's 3e-4)
+    sequence_clip_range_high: Optional[float] = 4e-4  # GSPO ε_high (the paper's 4e-4); null = sequence_clip_range
+    # DAPO dynamic sampling (Yu et al. 2025): drop groups whose rewards have zero spread and sample more prompts
+    # until the batch is full, at most max_sampling_rounds generation rounds per step (then flat groups fill it)
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 4
 
 
 @dataclass
@@ -128,7 +141,9 @@ class PPOHyperparams:
     epochs: int = 4
     num_minibatches: int = 1
     grad_accum_steps: int = 1  # each minibatch is split into this many micro-batches
-    clip_range: float = 0.2
+    clip_range: float = 0.2  # ε (ε_low with clip_range_high)
+    clip_range_high: Optional[float] = None  # ε_high, clip-higher (DAPO: 0.28); null = clip_range
+    dual_clip: Optional[float] = None  # c > 1: the loss of an A < 0 token is at most −c·A (Ye et al. 2020; verl 3.0)
     clip_range_value: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
@@ -465,6 +480,20 @@ def validate_algorithm(cfg: PPOConfig) -> None:
                                                ("model.lora.critic", m.lora.critic)) if on]
         _check(not critic_options, f"{critic_options[0] if critic_options else ''} configures a critic, but algorithm.advantage "
                                    f"{a.advantage} trains none; drop it or use algorithm.advantage gae")
+    p = cfg.ppo
+    _check(p.clip_range_high is None or (math.isfinite(p.clip_range_high) and p.clip_range_high >= p.clip_range),
+           f"ppo.clip_range_high (ε_high = {p.clip_range_high}) must be >= ppo.clip_range (ε_low = {p.clip_range})")
+    _check(p.dual_clip is None or (math.isfinite(p.dual_clip) and p.dual_clip > 1), f"ppo.dual_clip must be > 1 (it bounds −A·ρ at −A·c); got {p.dual_clip}")
+    _check(math.isfinite(a.sequence_clip_range) and a.sequence_clip_range > 0, f"algorithm.sequence_clip_range must be > 0; got {a.sequence_clip_range}")
+    _check(a.sequence_clip_range_high is None or a.sequence_clip_range_high >= a.sequence_clip_range,
+           f"algorithm.sequence_clip_range_high ({a.sequence_clip_range_high}) must be >= algorithm.sequence_clip_range ({a.sequence_clip_range})")
+    if a.ratio_level == "sequence":  # GSPO clips the sequence ratio only: a per-token clip option would contradict it
+        token_options = [name for name, v in (("ppo.clip_range_high", p.clip_range_high), ("ppo.dual_clip", p.dual_clip)) if v is not None]
+        _check(not token_options, f"algorithm.ratio_level sequence (GSPO) clips one ratio per response with algorithm.sequence_clip_range(_high); "
+                                  f"{token_options[0] if token_options else ''} clips token ratios: drop it")
+    _check(a.max_sampling_rounds >= 1, f"algorithm.max_sampling_rounds must be >= 1; got {a.max_sampling_rounds}")
+    _check(not a.dynamic_sampling or estimator.needs_groups,
+           f"algorithm.dynamic_sampling drops groups with zero reward spread: it needs a group estimator (grpo, rloo, reinforce_pp_baseline), not {a.advantage}")
     k = cfg.kl
     _check(k.score_reference or (k.beta == 0 and k.controller == "fixed"),
            "kl.score_reference false skips the reference, so there is no KL to penalize: it needs kl.beta 0 and kl.controller fixed")

@@ -39,6 +39,11 @@ GROUP_REWARD_STD_MEAN = "group/reward_std_mean"  # mean over groups of the std o
 GROUP_ZERO_SPREAD_FRAC = "group/zero_spread_frac"  # groups whose n scores are all equal: no learning signal
 ADVANTAGE = "advantage"  # prefix of /mean, /std, /max_abs (masked, over response tokens)
 
+# ---- DAPO dynamic sampling (algorithm.dynamic_sampling)
+SAMPLING_ROUNDS = "sampling/rounds"  # generation rounds this step (1 = no refill)
+SAMPLING_DROPPED_GROUPS = "sampling/dropped_groups"  # zero-spread groups dropped
+SAMPLING_FLAT_GROUPS_KEPT = "sampling/flat_groups_kept"  # zero-spread groups kept to fill the batch after the last round
+
 # ---- critic
 VALUE_MEAN = "value/mean"
 VALUE_EXPLAINED_VARIANCE = "value/explained_variance"
@@ -51,6 +56,11 @@ LOSS_ENTROPY = "loss/entropy"
 LOSS_KL = "loss/kl"
 LOSS_TOTAL = "loss/total"
 CLIP_FRAC = "ppo/clip_frac"
+CLIP_FRAC_LOW = "ppo/clip_frac_low"  # clipped below 1 − ε_low (A < 0)
+CLIP_FRAC_HIGH = "ppo/clip_frac_high"  # clipped above 1 + ε_high (A > 0)
+DUAL_CLIP_FRAC = "ppo/dual_clip_frac"  # A < 0 tokens whose loss the dual clip bounded
+SEQ_RATIO_MEAN, SEQ_RATIO_MIN, SEQ_RATIO_MAX = "gspo/seq_ratio_mean", "gspo/seq_ratio_min", "gspo/seq_ratio_max"
+SEQ_CLIP_FRAC = "gspo/seq_clip_frac"  # share of responses whose sequence ratio was clipped
 APPROX_KL = "ppo/approx_kl"
 RATIO_MEAN = "ppo/ratio_mean"
 RATIO_VAR = "ppo/ratio_var"

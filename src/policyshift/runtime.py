@@ -4,11 +4,11 @@ all-reduce, clip and step, so that `PPOTrainer.update` reads as the algorithm al
   - gradients of a minibatch are accumulated over its micro-batches; under DDP/FSDP only the last
     micro-batch all-reduces (`no_sync` before it), DeepSpeed accumulates itself and steps inside its
     `backward` at the boundary named here;
-  - a micro-batch's loss is a token mean over *every process's* tokens of that micro-batch: DDP averages
-    gradients over processes, so each process scales its token mean by n_local·W / n_global;
+  - a micro-batch's loss is its share of the minibatch loss over *every process's* tokens (the aggregation
+    divides by minibatch sizes summed over processes); DDP averages gradients over processes, so it is × W;
   - clipping is over the sharded gradients under FSDP/DeepSpeed (and unscales under fp16);
   - per-process update statistics are merged weighted by each process's token count.
-With one process every branch is the identity (plus the division by the accumulation count).
+With one process and no DeepSpeed every branch is the identity.
 """
 
 from __future__ import annotations
@@ -31,26 +31,25 @@ class Runtime:
         """Around one micro-batch's forward and backward: gradients are all-reduced after the last one only."""
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.train_model)
 
-    def backward(self, loss: torch.Tensor, mask: torch.Tensor, last: bool) -> None:
-        """One micro-batch's gradients, accumulated over grad_accum_steps micro-batches. DeepSpeed
-        accumulates itself: its backward divides by its gradient_accumulation_steps (set equal by
-        configure_sharding) and its step clips, steps and zeroes only at the boundary named here."""
-        loss = self.across_processes(loss, mask)
+    def backward(self, share: torch.Tensor, last: bool) -> None:
+        """Backward of this micro-batch's `share` of the minibatch loss (the shares of every micro-batch and
+        process add up to it: losses.aggregate_loss). DeepSpeed accumulates itself: its step clips, steps and
+        zeroes only at the boundary named here."""
+        loss = self.to_engine(share)
         if self.group.deepspeed:
             self.train_model.set_gradient_accumulation_boundary(last)
             self.train_model.backward(loss)
             self.train_model.step()
         else:
-            self.accelerator.backward(loss / self.grad_accum_steps)
+            self.accelerator.backward(loss)
         fault_point("kill_in_update", self.step)
 
-    def across_processes(self, loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The micro-batch loss whose process-average (what DDP/FSDP/DeepSpeed apply) is the token
-        mean over every process's tokens: scale this process's token mean by n_local·W / n_global."""
-        if self.group.world_size == 1:
-            return loss
-        n_local = mask.sum()
-        return loss * (n_local * self.group.world_size / self.group.sum(n_local.detach()).clamp(min=1))
+    def to_engine(self, share: torch.Tensor) -> torch.Tensor:
+        """What the engine must back-propagate for the summed gradient to be the minibatch loss's: DDP/FSDP/
+        DeepSpeed *average* gradients over the W processes (× W), and DeepSpeed's backward divides by its
+        gradient_accumulation_steps (× that; set equal to ppo.grad_accum_steps by configure_sharding)."""
+        factor = self.group.world_size * (self.grad_accum_steps if self.group.deepspeed else 1)
+        return share if factor == 1 else share * factor
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
         if self.group.sharded or self.accelerator.mixed_precision == "fp16":

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +39,22 @@ from policyshift.distributed import (ProcessGroup, configure_sharding, gather_ro
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
+from policyshift.sampling import GroupPool
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
-from policyshift.losses import entropy_bonus, explained_variance, policy_loss, value_loss
-from policyshift.masked import masked_mean, masked_sum
+from policyshift.losses import LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, policy_loss, sequence_policy_loss, value_loss
+from policyshift.masked import masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
 from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_with_fields
 from policyshift.rollout import Rollout, generate_rollout
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
+
+
+# the policy losses' stats → their metric keys
+POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, "clip_frac_high": K.CLIP_FRAC_HIGH, "dual_clip_frac": K.DUAL_CLIP_FRAC,
+                    "approx_kl": K.APPROX_KL, "ratio_mean": K.RATIO_MEAN, "ratio_var": K.RATIO_VAR, "seq_ratio_mean": K.SEQ_RATIO_MEAN,
+                    "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
 
 
 class RunDirError(ValueError):
@@ -278,13 +286,13 @@ class PPOTrainer:
         return self.cfg.rollout
 
     # ---- one step ---------------------------------------------------------------------------------
-    def draw_rows(self) -> tuple[list, torch.Tensor]:
+    def draw_rows(self, round_index: int = 0) -> tuple[list, torch.Tensor]:
         """This process's episodes of the next step: its contiguous share of the batch_size / n prompts every
         process drew identically, each repeated n times (adjacent), so a group never spans processes; and
-        each row's group id (unique over processes)."""
+        each row's group id (unique over processes and over the rounds of dynamic sampling)."""
         n = self.cfg.rollout.num_generations
         local = self.group.local_slice(self.sampler.next_batch())
-        first_group = self.group.rank * len(local)
+        first_group = (round_index * self.group.world_size + self.group.rank) * len(local)
         group_ids = torch.arange(first_group, first_group + len(local), device=self.device).repeat_interleave(n)
         return [row for row in local for _ in range(n)], group_ids
 
@@ -309,18 +317,45 @@ class PPOTrainer:
         scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(rollout.has_eos), r.missing_eos_penalty, self.moments, r.clip)
         return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)]), fields
 
-    def ppo_step(self) -> dict:
-        """rollout → rewards (+ KL) → advantages (algorithm.advantage) → update → metrics."""
-        cfg, t0 = self.cfg, time.perf_counter()
-        rows, group_ids = self.draw_rows()
+    def sample_round(self, round_index: int, seconds: dict) -> tuple[Rollout, dict[str, list], int]:
+        """One generation round: draw prompts, sample n responses each, score them. → (rollout, row fields, episodes
+        dropped for a non-finite reward); `seconds` accumulates generation and scoring time."""
+        t0 = time.perf_counter()
+        rows, group_ids = self.draw_rows(round_index)
         prompts, fields = [row.text for row in rows], {k: [row.fields.get(k) for row in rows] for k in self.field_names}
         with self.accelerator.autocast(), self.whole_weights():  # autocast: the update's precision, so ratios start at 1
-            rollout = generate_rollout(self.models, self.ref_policy if cfg.kl.score_reference else None, self.tokenizer, prompts,
+            rollout = generate_rollout(self.models, self.ref_policy if self.cfg.kl.score_reference else None, self.tokenizer, prompts,
                                        self.rollout_config, self.max_prompt_length, self.generator, engine=self.engine)
-        rollout = replace(rollout, group_ids=group_ids)
-        t_gen = time.perf_counter()
-        n_sampled = len(rollout)
-        rollout, fields = self.score(rollout, fields)
+        t1 = time.perf_counter()
+        scored, fields = self.score(replace(rollout, group_ids=group_ids), fields)
+        seconds["generate"] += t1 - t0
+        seconds["score"] += time.perf_counter() - t1
+        return scored, fields, len(rollout) - len(scored)
+
+    def sample_episodes(self, seconds: dict) -> tuple[Rollout, dict[str, list], dict]:
+        """This step's scored episodes. With algorithm.dynamic_sampling, groups without reward spread are dropped
+        and further rounds sampled until the batch is full again (policyshift.sampling). → (rollout, fields, metrics)."""
+        rollout, fields, skipped = self.sample_round(0, seconds)
+        a = self.cfg.algorithm
+        if not a.dynamic_sampling:
+            return rollout, fields, {K.NONFINITE_SKIPPED: skipped}
+        pool = GroupPool(need=self.cfg.rollout.batch_size // self.cfg.rollout.num_generations // self.group.world_size)
+        pool.add(rollout, fields)
+        rounds = 1
+        while rounds < a.max_sampling_rounds and self.group.any(not pool.full):  # every process runs as many rounds
+            rollout, fields, more = self.sample_round(rounds, seconds)
+            pool.add(rollout, fields)
+            rounds, skipped = rounds + 1, skipped + more
+        rollout, fields, flat_kept = pool.batch()
+        counts = self.group.sum(torch.tensor([float(skipped), float(pool.n_flat - flat_kept), float(flat_kept)], device=self.device))
+        return rollout, fields, {K.NONFINITE_SKIPPED: skipped, K.SAMPLING_ROUNDS: rounds, K.SAMPLING_DROPPED_GROUPS: counts[1].item(),
+                                 K.SAMPLING_FLAT_GROUPS_KEPT: counts[2].item()}
+
+    def ppo_step(self) -> dict:
+        """rollout → rewards (+ KL) → advantages (algorithm.advantage) → update → metrics."""
+        cfg, t0, seconds = self.cfg, time.perf_counter(), defaultdict(float)
+        rollout, fields, sampling_stats = self.sample_episodes(seconds)
+        t_sampled = time.perf_counter()
         gold = score_with_fields(self.gold_reward, rollout.prompts, rollout.responses, fields) if self.gold_reward else None
         t_score = time.perf_counter()
 
@@ -351,12 +386,12 @@ class PPOTrainer:
         self.step, self.episodes = self.step + 1, self.episodes + len(rollout)
         metrics = {
             K.EPISODES: self.episodes,
-            K.NONFINITE_SKIPPED: n_sampled - len(rollout),
+            **sampling_stats,
             **rollout_metrics(rollout, kl, beta, beta if in_reward else 0.0),
             **advantage_metrics(advantages, mask, rollout.scores, rollout.group_ids, cfg.rollout.num_generations),
             **update_stats,
-            K.TIME_GENERATE: t_gen - t0,
-            K.TIME_SCORE: t_score - t_gen,
+            K.TIME_GENERATE: seconds["generate"],
+            K.TIME_SCORE: seconds["score"] + (t_score - t_sampled),  # + the gold scorer
             K.TIME_UPDATE: t_update - t_score,
             K.TIME_STEP: t_update - t0,
             K.TOKENS_PER_S: (rollout.query_mask.sum() + mask.sum()).item() / (t_update - t0),
@@ -387,12 +422,15 @@ class PPOTrainer:
             for mb_index in torch.randperm(len(batch), generator=self.shuffle_gen).tensor_split(p.num_minibatches):
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = [i for i in mb_index.tensor_split(p.grad_accum_steps) if len(i)]
+                norm = self.loss_normalizer(batch.response_mask[mb_index])
                 for j, index in enumerate(micro_batches):
                     last = j == len(micro_batches) - 1  # gradients are all-reduced once, after the last micro-batch
+                    if self.cfg.algorithm.loss_aggregation == "micro_batch_token_mean":
+                        norm = replace(norm, tokens=self.group.sum(batch.response_mask[index].sum()) * len(micro_batches))
                     with self.runtime.accumulating(last):
-                        loss, mask, mb_stats = self.micro_batch_loss(batch.select(index), advantages[index],
-                                                                     returns[index] if returns is not None else None, beta)
-                        self.runtime.backward(loss, mask, last)
+                        loss, mb_stats = self.micro_batch_loss(batch.select(index), advantages[index],
+                                                               returns[index] if returns is not None else None, beta, norm)
+                        self.runtime.backward(loss, last)
                     for k, v in mb_stats.items():
                         stats[k].append(float(v.detach()))
                 grad_norm = self.runtime.clip_gradients(p.max_grad_norm or math.inf)
@@ -405,10 +443,18 @@ class PPOTrainer:
         out = self.runtime.token_weighted({k: finite_mean(v) for k, v in stats.items()}, p.epochs * float(batch.response_mask.sum()), self.device)
         return {**out, K.LR: self.scheduler.get_last_lr()[0], K.SKIPPED_UPDATES: skipped}
 
-    def micro_batch_loss(self, mb: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float):
-        """L = clipped surrogate (+ vf_coef · clipped value loss, with a critic) − ent_coef · entropy
-        (+ β · KL(π_θ‖π_ref) with kl.placement loss), token means over the micro-batch. → (loss, mask, stats)."""
-        p, T = self.cfg.ppo, self.cfg.rollout.temperature
+    def loss_normalizer(self, minibatch_mask: torch.Tensor) -> LossNormalizer:
+        """The minibatch's sizes over every process, which each micro-batch's share of the loss divides by."""
+        return LossNormalizer(tokens=self.group.sum(minibatch_mask.sum()),
+                              sequences=self.group.sum(torch.tensor(float(len(minibatch_mask)), device=minibatch_mask.device)),
+                              max_new_tokens=self.cfg.rollout.max_new_tokens)
+
+    def micro_batch_loss(self, mb: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float, norm: LossNormalizer):
+        """L = clipped surrogate (per token, or GSPO's per sequence) (+ vf_coef · clipped value loss, with a critic)
+        − ent_coef · entropy (+ β · KL(π_θ‖π_ref) with kl.placement loss), each aggregated as algorithm.loss_aggregation
+        says: this micro-batch's share of the minibatch loss. → (loss share, stats)."""
+        p, a, T = self.cfg.ppo, self.cfg.algorithm, self.cfg.rollout.temperature
+        aggregate = partial(aggregate_loss, mode=a.loss_aggregation, norm=norm)
         # Drop columns that are padding in every row of this micro-batch: trailing response
         # columns and leading prompt columns (positions come from the mask, so this is exact).
         R = int(mb.lengths.max().clamp(min=1))
@@ -419,21 +465,24 @@ class PPOTrainer:
         logits, values = self.train_model(input_ids, attention_mask, R)
         logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per micro-batch
         new_logprobs = gather_tokens(logp, response_ids)
-        loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range)
-        stats = {K.LOSS_POLICY: loss, K.CLIP_FRAC: pg["clip_frac"], K.APPROX_KL: pg["approx_kl"], K.RATIO_MEAN: pg["ratio_mean"],
-                 K.RATIO_VAR: pg["ratio_var"]}
+        if a.ratio_level == "sequence":
+            loss, pg = sequence_policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, a.sequence_clip_range,
+                                            a.sequence_clip_range_high, aggregate)
+        else:
+            loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range, p.clip_range_high, p.dual_clip, aggregate)
+        stats = {K.LOSS_POLICY: loss, **{POLICY_STAT_KEYS[name]: value for name, value in pg.items()}}
         if returns is not None:  # an estimator with a critic: its clipped regression to the returns
-            vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value)
+            vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value, aggregate)
             loss = loss + p.vf_coef * vf_loss
             stats.update({K.LOSS_VALUE: vf_loss, K.VALUE_CLIP_FRAC: vf["clip_frac"]})
         with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
-            entropy = entropy_bonus(entropy_from_logprobs(logp), mask)
+            entropy = entropy_bonus(entropy_from_logprobs(logp), mask, aggregate)
         loss = loss - p.ent_coef * entropy
         if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
-            kl_loss = masked_mean(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
+            kl_loss = aggregate(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
             loss = loss + beta * kl_loss
             stats[K.LOSS_KL] = kl_loss
-        return loss, mask, {**stats, K.LOSS_ENTROPY: entropy, K.LOSS_TOTAL: loss}
+        return loss, {**stats, K.LOSS_ENTROPY: entropy, K.LOSS_TOTAL: loss}
 
     def optimizer_step(self, grad_norm: torch.Tensor) -> bool:
         """Step unless the gradient is non-finite: a NaN/inf loss or gradient never reaches the weights
