@@ -93,7 +93,8 @@ def policyshift_config(assets: Path, threads: int, beta: float, output_dir: str)
                     "temperature": 1.0, "stop_at_eos": False},
         # β = 0: no reference forward at all (TRL loads no reference model at β = 0); β > 0: k3 as a loss term
         "kl": {"estimator": "k3", "beta": beta, "placement": "loss", "controller": "fixed", "score_reference": beta > 0},
-        "algorithm": {"advantage": "grpo", "scale": "group", "std_eps": STD_EPS},
+        # token mean over the whole batch ⇔ TRL loss_type "dapo" (its default)
+        "algorithm": {"advantage": "grpo", "scale": "group", "std_eps": STD_EPS, "loss_aggregation": "token_mean"},
         "ppo": {"epochs": 1, "num_minibatches": 1, "grad_accum_steps": 1, "clip_range": CLIP_EPS, "lr": LR,
                 "max_grad_norm": MAX_GRAD_NORM, "ent_coef": 0.0},
         "analysis": {"num_prompts": 0, "every": 0},
