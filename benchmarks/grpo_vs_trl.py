@@ -152,7 +152,7 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: f
             "update_optim_s": t.get("update_optim", 0.0),
             "generated": list(generated), "optimizer_steps": len(optimizer_steps),
         })
-    check_equal_work("policyshift", iterations)
+    check_equal_work("policyshift", iterations, beta)
     return {"impl": "policyshift" + "".join("+" + e for e in experiments), "beta": beta, "experiments": list(experiments), "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
             "iterations": iterations, "warmup": warmup, "peak_rss_mib": bench.peak_rss_mib(),
             "versions": {"policyshift": policyshift.__file__, "torch": torch.__version__}}
@@ -255,7 +255,7 @@ def run_trl(assets: Path, iters: int, warmup: int, threads: int, beta: float) ->
     torch.set_num_threads(threads)  # in case anything during set-up changed it
     trainer.train()
     assert len(iterations) == n_steps, (len(iterations), n_steps)
-    check_equal_work("trl", iterations)
+    check_equal_work("trl", iterations, beta)
     return {"impl": "trl", "beta": beta, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
             "iterations": iterations, "warmup": warmup, "peak_rss_mib": bench.peak_rss_mib(),
             "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
@@ -263,12 +263,16 @@ def run_trl(assets: Path, iters: int, warmup: int, threads: int, beta: float) ->
                              "ref_model": trainer.ref_model is not None}}
 
 
-def check_equal_work(impl: str, iterations: list[dict]) -> None:
-    """Every step: one sampling call of 64 completions of 8-token prompts × 48 generated tokens, one optimizer step."""
+def check_equal_work(impl: str, iterations: list[dict], beta: float) -> None:
+    """Every step: one sampling call of 64 completions of 8-token prompts × 48 generated tokens, a reference
+    forward exactly when β > 0, no second forward of the policy before the update (TRL's "old logps": skipped
+    with num_iterations 1), one optimizer step."""
     want = [{"prompt_tokens": PROMPT_LEN, "completions": COMPLETIONS, "generated_tokens": RESPONSE_LEN}]
     for i, it in enumerate(iterations):
         assert it["generated"] == want, f"{impl} step {i}: sampled {it['generated']}, expected {want}"
         assert it["optimizer_steps"] == 1, f"{impl} step {i}: {it['optimizer_steps']} optimizer steps, not 1"
+        assert (it["reference_s"] > 0) == (beta > 0), f"{impl} step {i}: reference forward {it['reference_s']:.3f} s at β = {beta}"
+        assert it.get("old_logps_s", 0.0) == 0.0, f"{impl} step {i}: an extra forward for the old logprobs"
 
 
 # ---- experiments: equal-work variants of policyshift, run as the extra implementation "exp" ----------
