@@ -260,7 +260,8 @@ def run_trl(assets: Path, iters: int, warmup: int, threads: int, beta: float) ->
             "iterations": iterations, "warmup": warmup, "peak_rss_mib": bench.peak_rss_mib(),
             "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
             "trl_settings": {"mixed_precision": trainer.accelerator.mixed_precision, "optim": str(args.optim),
-                             "ref_model": trainer.ref_model is not None}}
+                             "ref_model_dtype": str(trainer.ref_model.dtype) if trainer.ref_model is not None else None,
+                             "policy_dtype": str(policy.dtype)}}
 
 
 def check_equal_work(impl: str, iterations: list[dict], beta: float) -> None:
