@@ -184,26 +184,29 @@ def test_report_of_a_checkpoint_only_run_fills_kl_and_shape_and_says_what_is_mis
 # ---------------------------------------------------------------- bad input
 
 
+SHORT = ["--max-new-tokens", "8", "--max-prompt-length", "32"]  # prompt + response fit the tiny models' 64-token context: no prompt-cut warning
+
+
 def test_bad_input_one_line_and_nothing_written(tiny_world, saved, tmp_path, capsys):
     prompts = tiny_world["prompts"]
     out = tmp_path / "out"
     (tmp_path / "empty").mkdir()
-    assert main(["analyze", str(tmp_path / "empty"), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out)]) == 2
+    assert main(["analyze", str(tmp_path / "empty"), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out), *SHORT]) == 2
     assert "no checkpoint found" in error_line(capsys)
-    assert main(["analyze", str(saved["policy"]), "--reference", str(tmp_path / "no_sft"), "--prompts", prompts, "--out", str(out)]) == 2
+    assert main(["analyze", str(saved["policy"]), "--reference", str(tmp_path / "no_sft"), "--prompts", prompts, "--out", str(out), *SHORT]) == 2
     assert "--reference" in error_line(capsys)
     # a checkpoint with another vocabulary: skipped with its line; none left → one error line
     other = tmp_path / "other_vocab"
     tok = tiny.make_tokenizer(other, words=tiny.WORDS + ["extra", "words"])
     tiny.make_policy(other, tok)
     capsys.readouterr()  # save_pretrained's own progress bar (on when no earlier test turned it off) is not ours
-    assert main(["analyze", str(other), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out)]) == 2
+    assert main(["analyze", str(other), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out), *SHORT]) == 2
     assert "vocabulary differs" in error_line(capsys)
     # a LoRA adapter whose base is gone
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"), "peft_type": "LORA"}))
-    assert main(["analyze", str(adapter), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out)]) == 2
+    assert main(["analyze", str(adapter), "--reference", tiny_world["policy"], "--prompts", prompts, "--out", str(out), *SHORT]) == 2
     assert "base model" in error_line(capsys) and not out.exists()
     assert not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir())
 

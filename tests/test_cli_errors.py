@@ -81,10 +81,11 @@ def test_missing_required_settings(capsys):
 
 
 def test_output_dir_already_holding_a_run(capsys, tmp_path, tiny_world):
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints" / "step-1").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-1" / "trainer_state.json").write_text('{"step": 1}')
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
     message = error_line(capsys, run_args(tiny_world, tmp_path / "run"))
-    assert message.startswith(f"{tmp_path / 'run'} already holds a run; use --resume {tmp_path / 'run'} to continue it")
+    assert message.startswith(f"{tmp_path / 'run'} already holds a run (resumable); use --resume {tmp_path / 'run'} to continue it")
     assert "--train.overwrite true" in message
 
 

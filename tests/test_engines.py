@@ -117,7 +117,7 @@ def test_mismatch_metrics_ignore_padding_hand_computed():
 
 def test_rollout_metrics_report_mismatch_only_with_an_engine_copy(world):
     _, models, _ = world
-    zeros = lambda ro: dict(kl_per_token=torch.zeros_like(ro.logprobs), beta=0.1, shaped_rewards=torch.zeros_like(ro.logprobs))  # noqa: E731
+    zeros = lambda ro: dict(kl_per_token=torch.zeros_like(ro.logprobs), beta=0.1, beta_in_reward=0.1)  # noqa: E731
     plain = rollout(world, 6)
     assert not set(MISMATCH_KEYS) & set(rollout_metrics(replace(plain, scores=torch.zeros(4)), **zeros(plain)))
     ro = rollout(world, 6, engine=HFEngine(copy.deepcopy(models.policy), shares_training_weights=False))

@@ -47,6 +47,7 @@ def reference_run(tiny_world, tmp_path_factory):
     ("kill_after_step:3", "step-2"),  # between checkpoints: step 3's logs must be cut back
     ("kill_in_update:5", "step-4"),  # in the middle of an optimizer pass
     ("kill_in_checkpoint:4", "step-2"),  # while step-4 is being written: step-2 must still be whole
+    ("kill_in_manifest:4", "step-2"),  # step-4's files written, its manifest not yet: step-4 does not count
 ])
 def test_killed_and_resumed_run_matches_uninterrupted(reference_run, tmp_path, fault, resumes_from):
     config, ref = reference_run
@@ -65,7 +66,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference_run, tmp_path, f
     assert (out / "final" / "config.json").is_file()
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path):
+def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path, capsys):
     config = write_config(tiny_world, tmp_path, steps=400)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "policyshift", "train", "--config", str(config), "--train.output_dir", str(out)],
@@ -73,6 +74,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3):
         time.sleep(0.1)
+    # while it runs, the directory is its own: a second process gets one line naming the owner
+    assert main(["train", "--resume", str(out)]) == 2
+    assert f"is in use by process {proc.pid} on " in capsys.readouterr().err.strip().splitlines()[-1]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
@@ -80,6 +84,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tiny_world, tmp_path)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 400
     assert list_checkpoints(out)[-1].name == f"step-{steps[-1]}"  # the stop wrote a checkpoint of its last step
     assert not (out / "final").exists()
+    assert not (out / ".policyshift.lock").exists()  # released by the process that held it
     resumed = cli("--resume", str(out), "--train.steps", str(steps[-1] + 2))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["step"] for r in rows(out / "metrics.jsonl")] == list(range(1, steps[-1] + 3))
@@ -92,11 +97,13 @@ def test_existing_run_is_refused_without_resume_or_overwrite(reference_run, caps
     assert len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0]
 
 
-def test_resume_without_checkpoint_is_refused(tiny_world, tmp_path, capsys):
+def test_resume_without_checkpoint_is_refused(tiny_world, tmp_path):
+    from policyshift.rundir import RunDirError
+
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(write_config(tiny_world, tmp_path).read_text())
-    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
-    assert "no complete checkpoint" in capsys.readouterr().err
+    (tmp_path / "run" / "samples.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(RunDirError, match="has no checkpoint to resume from; start it again without resume"):
+        PPOTrainer(small_config(tiny_world, tmp_path / "run"), resume=True)
 
 
 def small_config(world, out, **train):

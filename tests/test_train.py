@@ -137,9 +137,12 @@ def test_prompts_are_fitted_to_the_context(tiny_world, tmp_path):
     # the tiny GPT-2 has a 64-token context
     cfg = config(tiny_world, tmp_path / "run", data={"max_prompt_length": 60}, rollout={"max_new_tokens": 10},
                  train={"steps": 1, "save_every": 0}, analysis={"num_prompts": 0})
-    with pytest.warns(UserWarning, match="prompts cut to 54 tokens"):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # the budget shrinks, but no prompt is that long: nothing to say
+        warnings.simplefilter("always")
         trainer = PPOTrainer(cfg)
-    assert trainer.max_prompt_length == 54
+    assert trainer.max_prompt_length == 54 and not [w for w in caught if "cut" in str(w.message)]
     cfg = config(tiny_world, tmp_path / "run2", data={"max_prompt_length": 2}, train={"steps": 1, "save_every": 0}, analysis={"num_prompts": 0})
     with pytest.warns(UserWarning, match=r"of 64 prompts are longer than 2 tokens; they are cut from the left"):
         trainer = PPOTrainer(cfg)

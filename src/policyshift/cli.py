@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -16,40 +17,59 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from policyshift.models import ModelError
     from policyshift.rewards import RewardError
     from policyshift.tracking import TrackingError
-    from policyshift.trainer import RunDirError, TrainingError
+    from policyshift.rundir import RunDirError
+    from policyshift.trainer import TrainingError
 
     return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError, TrackingError
 
 
 def cmd_train(args, extra: list[str]) -> int:
-    from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
-    from policyshift.trainer import PPOTrainer
-
     from pathlib import Path
 
-    from policyshift.checkpoint import list_checkpoints
+    from policyshift.config import ConfigError, PPOConfig, load_yaml, parse_overrides
+    from policyshift.checkpoint import wait_for_checkpoints
+    from policyshift.rundir import run_state
+    from policyshift.trainer import PPOTrainer
 
     overrides = parse_overrides(extra)
     if args.stop_on:
         overrides["analysis.stop_on"] = args.stop_on
+    if args.resume is not None and not args.resume.strip():
+        raise ConfigError("--resume needs a run directory or 'auto'")
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         config = PPOConfig.from_dict(load_yaml(args.config or run_dir / "config.yaml"), {**overrides, "train.output_dir": str(run_dir)})
-        resume = True
     else:
         config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
-        resume = args.resume == "auto" and bool(list_checkpoints(config.train.output_dir))  # auto: continue if there is a checkpoint
+    # --resume RUN_DIR / auto continue a run that has a checkpoint; one that died before its first
+    # checkpoint (or none at all, for auto) starts over
+    resume = bool(args.resume) and run_state(config.train.output_dir or ".").kind in ("resumable", "finished")
     trainer = PPOTrainer(config, resume=resume)
     if resume:
         print(f"resuming {config.train.output_dir} from {trainer.resumed_from.name}", file=sys.stderr)
     trainer.train()
     trainer.close()
+    wait_for_checkpoints()  # the last checkpoint's manifest (written in the background) before the lock goes
+    if trainer.run_lock is not None:
+        trainer.run_lock.release()
     if trainer.stop_signal is not None:
         print(f"stopped by signal; checkpoint at step {trainer.step} in {config.train.output_dir}", file=sys.stderr)
         return 130 if trainer.stop_signal == signal.SIGINT else 0
     print(f"run written to {config.train.output_dir}")
+    return 0
+
+
+def cmd_verify(args, extra: list[str]) -> int:
+    from policyshift.checkpoint import CheckpointError, verify_run
+
+    results = verify_run(args.run_dir)
+    for name, problem, how in results:
+        print(f"{name}: DAMAGED: {problem}" if problem else f"{name}: ok ({how})")
+    bad = [(name, problem) for name, problem, _ in results if problem]
+    if bad:
+        raise CheckpointError(f"{len(bad)} of {len(results)} checkpoint directories in {args.run_dir} are damaged; first: {bad[0][1]}")
     return 0
 
 
@@ -93,6 +113,7 @@ def _fail_on(run_dir, level: str | None) -> int:
 def cmd_analyze(args, extra: list[str]) -> int:
     from policyshift.analysis.analyze import AnalyzeSettings, analyze
 
+    _check_sampling_flags(args, args.out)
     settings = AnalyzeSettings(
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
@@ -105,10 +126,32 @@ def cmd_analyze(args, extra: list[str]) -> int:
     return _fail_on(result["out"], args.fail_on)
 
 
+def _check_sampling_flags(args, out: str) -> None:
+    """The sampling commands' (compare, analyze) flags, before any model loads."""
+    import math
+
+    from policyshift.checks import check_output_dir
+    from policyshift.config import ConfigError
+
+    check_output_dir(out, "--out")
+    positive = [("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)]
+    for flag, value in positive + [("--max-prompt-length", getattr(args, "max_prompt_length", 1))]:
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1; got {value}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be > 0 (sampling divides the logits by it); got {args.temperature}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0; got {args.seed}")
+    budget = getattr(args, "kl_budget", None)
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"--kl-budget must be > 0 nats; got {budget}")
+
+
 def cmd_compare(args, extra: list[str]) -> int:
     from policyshift.analysis.compare import compare_checkpoints
 
-    out = args.out or "compare_out"
+    out = "compare_out" if args.out is None else args.out
+    _check_sampling_flags(args, out)
     r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
                             args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field)
     kl = r["kl_b_from_a"]
@@ -141,34 +184,55 @@ def _check_model_paths(*paths) -> None:
 
 
 def cmd_sft(args, extra: list[str]) -> int:
+    from policyshift.checks import fit_stage_length, validate_stage
     from policyshift.stages.sft import SFTConfig, run_sft
 
     cfg = _stage_config(SFTConfig, args, extra)
+    validate_stage(cfg)
     _check_model_paths(cfg.model, cfg.tokenizer)
+    if cfg.model:
+        fit_stage_length(cfg, "seq_len", cfg.model)
     metrics = run_sft(cfg)
     print(f"SFT model written; held-out loss {metrics.get('eval_loss') or float('nan'):.4f}")
     return 0
 
 
 def cmd_reward_model(args, extra: list[str]) -> int:
+    from policyshift.checks import fit_stage_length, validate_stage
     from policyshift.stages.reward_model import RewardModelConfig, run_reward_model
 
     cfg = _stage_config(RewardModelConfig, args, extra)
+    validate_stage(cfg)
     _check_model_paths(cfg.base_model)
+    fit_stage_length(cfg, "max_length", cfg.base_model)
     metrics = run_reward_model(cfg)
     print(f"reward model written; held-out pairwise accuracy {metrics.get('eval_accuracy') or float('nan'):.3f}")
     return 0
 
 
 def cmd_demo(args, extra: list[str]) -> int:
+    from policyshift.checks import check_output_dir
+    from policyshift.config import ConfigError
     from policyshift.demo.pipeline import run_demo
 
+    check_output_dir(args.out, "--out")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0; got {args.seed}")
     run_demo(args.out, seed=args.seed, quick=args.quick, algorithm=args.algorithm)
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line like every other user error (its default prints the usage
+    block first); --help still prints the usage."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
+    parser = OneLineParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
                            description="Any config field can be overridden: --section.key value (e.g. --ppo.clip_range 0.1).")
@@ -209,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--kl-budget", type=float, help="sequence-KL nats the KL-runaway detector allows (default 10)")
     analyze.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     analyze.set_defaults(func=cmd_analyze)
+    verify = sub.add_parser("verify", help="check every checkpoint and final/ of RUN_DIR against its manifest (sizes, SHA-256) without training")
+    verify.add_argument("run_dir")
+    verify.set_defaults(func=cmd_verify)
     compare = sub.add_parser("compare", help="KL and side-by-side samples of two checkpoints (e.g. SFT vs RL)")
     compare.add_argument("a", help="reference checkpoint (e.g. the SFT model)")
     compare.add_argument("b", help="checkpoint to compare (e.g. the RL model)")
@@ -245,7 +312,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("train", "sft", "reward-model"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        print(f"policyshift {args.command}: error: unrecognized arguments: {' '.join(extra)} (see policyshift {args.command} --help)", file=sys.stderr)
+        return 2
+    bars = args.command in MODEL_COMMANDS and _hf_progress_bars(False)  # per-file load/save bars: our own console reports progress
+    try:
+        with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
+            warnings.showwarning = _one_line_warning(args.command)
+            return _run(args, extra)
+    finally:
+        if bars:
+            _hf_progress_bars(True)
+
+
+MODEL_COMMANDS = ("train", "compare", "sft", "reward-model", "demo")
+
+
+def _hf_progress_bars(on: bool) -> bool:
+    """Switch transformers' progress bars; returns whether they were on."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if on:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    return was
+
+
+def _one_line_warning(command: str):
+    """Every warning as one line `policyshift CMD: warning: ...` (no source line, no file:line): the
+    user acts on the message, and an error that follows stays the last, unmistakable line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        kind = "" if issubclass(category, UserWarning) and category.__module__ == "builtins" else f"{category.__name__}: "
+        print(f"policyshift {command}: warning: {kind}{text}", file=sys.stderr if file is None else file)
+
+    return show
+
+
+def _run(args, extra: list[str]) -> int:
     try:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         if processes > 1 and args.command != "train":  # each process would redo the whole job and write the same files
@@ -261,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"policyshift {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the user's input: still one line, with the way to the traceback
+        if os.environ.get("POLICYSHIFT_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"policyshift {args.command}: internal error: {type(exc).__name__}: {first} (POLICYSHIFT_DEBUG=1 shows the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class RewardConfig:
     function: Optional[str] = None  # "module:function" or "path/to/file.py:function", f(prompts, responses) -> floats
     batch_size: int = 32  # reward-model forward batch
     max_length: int = 512  # reward-model input tokens
+    # what the reward model reads (README "What the reward model sees"): auto = the generated token ids when it
+    # shares the policy's vocabulary, else its tokenizer's chat template when it has one, else text
+    template: Literal["auto", "tokens", "chat", "text"] = "auto"
+    keep_eos: Optional[bool] = None  # null: the rendering's own convention (tokens keep the end token, text drops it, chat: the template's)
     missing_eos_penalty: Optional[float] = None  # subtracted from the score of responses that never emit EOS
     normalize: bool = False  # divide scores by a running std and subtract a running mean (Welford over all steps)
     clip: Optional[float] = None  # clip scores to ±clip after normalization

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
+from policyshift.chat import CHAT_FIELD, check_messages, render_chat
 from policyshift.config import OneLineError
 
 
@@ -29,9 +30,15 @@ class PromptRow:
 
     text: str
     fields: dict = dataclass_field(default_factory=dict)
+    # A chat row's messages (policyshift.chat); `text` is their rendering in the tokenizer's chat template, made
+    # by load_prompt_rows when it is given the tokenizer. The messages are also a field (`messages`).
+    messages: tuple | None = None
 
 
 def _row_from(record, field: str, where: str) -> PromptRow:
+    if isinstance(record, dict) and field not in record and CHAT_FIELD in record:
+        messages = check_messages(record[CHAT_FIELD], where)
+        return PromptRow("", dict(record), messages)  # rendered by load_prompt_rows, which knows the tokenizer
     text = _prompt_from(record, field, where)
     extra = {k: v for k, v in record.items() if k != field} if isinstance(record, dict) else {}
     return PromptRow(text, extra)
@@ -116,19 +123,20 @@ def _read_with_datasets(source: str, field: str, split: str) -> list[PromptRow]:
         ds = datasets.load_dataset(kind, data_files=str(path), split=split) if kind else datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)
         raise DataError(f"cannot load prompts from '{source}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if field not in ds.column_names:
+    if field not in ds.column_names and CHAT_FIELD not in ds.column_names:
         raise DataError(f"{source}: no '{field}' column (columns: {', '.join(ds.column_names)}); set data.prompt_field")
     return [_row_from(row, field, f"{source} row {i}") for i, row in enumerate(ds)]
 
 
-def load_prompts(source: str, field: str = "prompt", split: str = "train") -> list[str]:
+def load_prompts(source: str, field: str = "prompt", split: str = "train", tokenizer=None) -> list[str]:
     """Prompt texts from a .jsonl/.json/.txt file, a .csv/.parquet file, a directory of data files or a
-    hub dataset id (via `datasets`)."""
-    return [row.text for row in load_prompt_rows(source, field, split)]
+    hub dataset id (via `datasets`); chat rows rendered with `tokenizer`'s chat template."""
+    return [row.text for row in load_prompt_rows(source, field, split, tokenizer)]
 
 
-def load_prompt_rows(source: str, field: str = "prompt", split: str = "train") -> list[PromptRow]:
-    """As load_prompts, keeping each row's other fields."""
+def load_prompt_rows(source: str, field: str = "prompt", split: str = "train", tokenizer=None) -> list[PromptRow]:
+    """As load_prompts, keeping each row's other fields. Chat rows (`{"messages": [...]}`) are rendered here
+    with `tokenizer`'s chat template (policyshift.chat), so every later stage sees one prompt text."""
     if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
         raise DataError("no prompt source given (data.prompts is empty)")
     # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion.
@@ -158,7 +166,17 @@ def load_prompt_rows(source: str, field: str = "prompt", split: str = "train") -
         prompts = _read_with_datasets(source, field, split)
     if not prompts:
         raise DataError(f"no prompts in {source}")
-    return prompts
+    return render_rows(prompts, tokenizer, str(source))
+
+
+def render_rows(rows: list[PromptRow], tokenizer, source: str) -> list[PromptRow]:
+    """Each chat row with its text rendered by the tokenizer's chat template (generation prompt added)."""
+    if not any(row.messages is not None for row in rows):
+        return rows
+    if tokenizer is None:
+        raise DataError(f"{source}: chat prompts ('{CHAT_FIELD}') are rendered with a tokenizer's chat template; none was given")
+    return [PromptRow(render_chat(row.messages, tokenizer, f"{source} row {i}"), row.fields, row.messages) if row.messages is not None else row
+            for i, row in enumerate(rows)]
 
 
 def split_fixed_prompts(prompts: list, n_fixed: int, seed: int) -> tuple[list, list[str]]:

@@ -26,6 +26,9 @@ def make_accelerator(device: str, mixed_precision: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from policyshift.checks import check_device
+
+    check_device(device, "train.device")  # one line, before accelerate or torch fail on it
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     wanted = None if mixed_precision == "no" else mixed_precision
     state = AcceleratorState._shared_state

@@ -121,11 +121,12 @@ class VLLMEngine:
         base_seed = None
         if generator is not None:
             base_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+        stop_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)  # end-of-turn ids
         params = [
             SamplingParams(
                 n=1, temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0, repetition_penalty=1.0,  # top_k=-1: off in every vLLM ≥ 0.10
                 max_tokens=max_new_tokens, logprobs=0,  # 0: just the sampled token's logprob
-                ignore_eos=not stop_at_eos, stop_token_ids=[eos_token_id] if stop_at_eos and eos_token_id is not None else [],
+                ignore_eos=not stop_at_eos, stop_token_ids=stop_ids if stop_at_eos else [],
                 seed=None if base_seed is None else base_seed + i, detokenize=False,
             )
             for i in range(len(prompts))
@@ -135,14 +136,14 @@ class VLLMEngine:
         for out in outputs:
             completion = out.outputs[0]
             ids = list(completion.token_ids)
-            if len(ids) < max_new_tokens and not (stop_at_eos and ids and ids[-1] == eos_token_id):
+            if len(ids) < max_new_tokens and not (stop_at_eos and ids and ids[-1] in stop_ids):
                 # Only the model's context can cut a row short; fit_prompt_length leaves room, so this is a bug.
                 raise RuntimeError(f"vLLM returned {len(ids)} of {max_new_tokens} tokens with no EOS (finish_reason={completion.finish_reason})")
             rows.append(ids)
             if completion.logprobs is not None:
                 logprob_rows.append([step[token].logprob for step, token in zip(completion.logprobs, ids)])
         R = max(max(len(r) for r in rows), 1)
-        pad = eos_token_id if eos_token_id is not None else 0  # positions after a row's EOS: masked by truncate_after_eos
+        pad = stop_ids[0] if stop_ids else 0  # positions after a row's EOS: masked by truncate_after_eos
         tokens = torch.full((len(rows), R), pad, dtype=torch.long)
         engine_logprobs = torch.zeros(len(rows), R)
         for i, ids in enumerate(rows):

@@ -39,6 +39,28 @@ class _UpdateOnlyDropout(nn.Dropout):
         return F.dropout(x, self.p, training=torch.is_grad_enabled())
 
 
+# Attention projections to adapt when peft has no default for the architecture, first match wins: the query and
+# value projections (what peft picks for Llama, Qwen2, Mistral, Gemma), else a fused query/key/value projection
+# (Phi-3's qkv_proj, which peft 0.21 has no default for; GPT-NeoX's query_key_value).
+FALLBACK_TARGETS = (("q_proj", "v_proj"), ("qkv_proj",), ("query_key_value",), ("c_attn",))
+
+
+def default_target_modules(model: nn.Module) -> list[str] | None:
+    """None (peft's own default) when peft knows the architecture; else the first FALLBACK_TARGETS group whose
+    names are all linear layers of the model; else None, and peft's error asks for model.lora.target_modules."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    if getattr(model.config, "model_type", None) in PEFT_DEFAULTS:
+        return None
+    from transformers.pytorch_utils import Conv1D
+
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    for group in FALLBACK_TARGETS:
+        if set(group) <= linear:
+            return list(group)
+    return None
+
+
 def apply_lora(model: nn.Module, lora_cfg, task: str = "causal"):
     """`model` wrapped in a peft PeftModel with a fresh adapter; only the adapter (and, for the critic,
     its value/score head, trained in full through peft's modules_to_save) requires grad.
@@ -50,7 +72,7 @@ def apply_lora(model: nn.Module, lora_cfg, task: str = "causal"):
 
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules) if lora_cfg.target_modules else None,
+        target_modules=list(lora_cfg.target_modules) if lora_cfg.target_modules else default_target_modules(model),
         task_type=TaskType.CAUSAL_LM if task == "causal" else TaskType.SEQ_CLS,
         # GPT-2-style Conv1D layers store W as (in, out); saying so up front spares a peft warning per layer.
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),

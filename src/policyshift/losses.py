@@ -92,20 +92,28 @@ def policy_loss(
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
 
     with torch.no_grad():
-        # strictly larger: inside the range the two terms tie and the token still has gradient
-        clipped = pg_clipped > pg_unclipped
-        stats = {
-            "clip_frac": masked_mean(clipped.to(ratio.dtype), mask),
-            "clip_frac_low": masked_mean((clipped & (ratio < 1.0)).to(ratio.dtype), mask),  # A < 0, ρ < 1 − ε_low
-            "clip_frac_high": masked_mean((clipped & (ratio > 1.0)).to(ratio.dtype), mask),  # A > 0, ρ > 1 + ε_high
-            # k3 estimate of KL(π_old‖π_new) from tokens sampled by π_old: (ρ − 1) − log ρ ≥ 0
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_var": masked_var(ratio, mask),
-        }
+        stats = _ratio_stats(pg_unclipped, pg_clipped, ratio, log_ratio, mask)
         if dual_clip is not None:
             stats["dual_clip_frac"] = masked_mean(dual.to(ratio.dtype), mask)
     return loss, stats
+
+
+def _ratio_stats(pg_unclipped, pg_clipped, ratio, log_ratio, mask, clipped_ratio=None) -> dict:
+    """Shared statistics of a clipped surrogate: where the clip was active (strictly larger: inside the range
+    the two terms tie and the token still has gradient), below 1 − ε_low (A < 0) or above 1 + ε_high (A > 0) of
+    `clipped_ratio` (the ratio that is clipped: the token's, or GSPO's sequence ratio); the k3 estimate of
+    KL(π_old‖π_new) from tokens sampled by π_old, (ρ − 1) − log ρ ≥ 0; token ratio mean and variance."""
+    clipped = pg_clipped > pg_unclipped
+    clipped_ratio = ratio if clipped_ratio is None else clipped_ratio
+    share = lambda flags: masked_mean(flags.to(ratio.dtype), mask)  # noqa: E731
+    return {
+        "clip_frac": share(clipped),
+        "clip_frac_low": share(clipped & (clipped_ratio < 1.0)),
+        "clip_frac_high": share(clipped & (clipped_ratio > 1.0)),
+        "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_var": masked_var(ratio, mask),
+    }
 
 
 def sequence_policy_loss(
@@ -133,18 +141,10 @@ def sequence_policy_loss(
     per_token = torch.maximum(pg_unclipped, pg_clipped)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
     with torch.no_grad():
-        clipped = pg_clipped > pg_unclipped
-        ratio = torch.exp(log_ratio)
-        has_tokens = mask.sum(1) > 0
-        s = seq_ratio.squeeze(1)[has_tokens]
-        seq_clipped = ((s < 1.0 - clip_range) | (s > 1.0 + high)).to(ratio.dtype)
-        stats = {
-            "clip_frac": masked_mean(clipped.to(ratio.dtype), mask),
-            "clip_frac_low": masked_mean((clipped & (seq_ratio < 1.0)).to(ratio.dtype), mask),
-            "clip_frac_high": masked_mean((clipped & (seq_ratio > 1.0)).to(ratio.dtype), mask),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_var": masked_var(ratio, mask),
+        stats = _ratio_stats(pg_unclipped, pg_clipped, torch.exp(log_ratio), log_ratio, mask, clipped_ratio=seq_ratio.expand_as(log_ratio))
+        s = seq_ratio.squeeze(1)[mask.sum(1) > 0]
+        seq_clipped = ((s < 1.0 - clip_range) | (s > 1.0 + high)).to(s.dtype)
+        stats |= {
             "seq_ratio_mean": s.mean() if s.numel() else torch.tensor(float("nan")),
             "seq_ratio_min": s.min() if s.numel() else torch.tensor(float("nan")),
             "seq_ratio_max": s.max() if s.numel() else torch.tensor(float("nan")),

@@ -62,6 +62,20 @@ def _load_config(path: str, kind: str, trust_remote_code: bool):
         raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
 
 
+def _damaged_weights(local: str) -> str:
+    """Which safetensors file of a model directory does not open (truncated, garbage)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(local).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    f.get_slice(name)
+        except Exception:  # noqa: BLE001 — any failure to open is the finding
+            return f"{file} is damaged"
+    return "a weights file is damaged"
+
+
 def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
     from transformers.utils import logging as hf_logging
 
@@ -83,6 +97,10 @@ def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, *
         raise ModelError(f"'{path}' is not a {kind} ({str(exc).splitlines()[0][:160]})") from None
     except (OSError, RuntimeError) as exc:  # missing weight files; shape mismatches
         raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # safetensors' SafetensorError (its own Exception subclass): a damaged weights file
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"cannot load {kind} from '{path}': {_damaged_weights(local)} ({str(exc).splitlines()[0][:160]})") from None
     return disable_dropout(model)
 
 

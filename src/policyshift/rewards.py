@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from policyshift.config import OneLineError, short_repr
-from policyshift.data import join_prompt_response
 
 
 class RewardError(OneLineError):
@@ -121,14 +120,17 @@ def score_with_fields(reward, prompts: list[str], responses: list[str], fields: 
 
 
 class ModelReward:
-    """Scores decoded prompt+response text with the reward model's own tokenizer, so the RM and the
-    policy need not share a vocabulary (TRL #3595)."""
+    """A sequence-classification reward model with its own tokenizer, scoring each episode in the rendering it
+    was trained on (reward.template / reward.keep_eos; policyshift.reward_render), read at an explicit index. With
+    another tokenizer the RM and the policy need not share a vocabulary (TRL #3595)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int = 512, name: str = "reward model"):
+    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int = 512, name: str = "reward model",
+                 template: str = "auto", keep_eos: bool | None = None):
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
-        # Seq-cls models score the last token that is not config.pad_token_id. It must be the id this
-        # tokenizer pads with, or padded rows are scored at a pad position (scores then depend on
-        # the batch). A checkpoint's own pad id can differ from the one load_tokenizer picked.
+        self.template, self.keep_eos = template, keep_eos
+        self._resolved: dict[int, str] = {}  # id(policy tokenizer) → the rendering "auto" chose for it
+        # Encoder classifiers (no `score` head) pool by attention mask; decoder ones are read at our own index.
+        # pad_token_id is still set so that a direct self.model(...) call reads the right token.
         if tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         # Inputs longer than the position table crash the forward pass (a 512-position RM asked for 1024).
@@ -142,31 +144,53 @@ class ModelReward:
         model = freeze(load_sequence_classifier(path, dtype, trust_remote_code, kind="sequence-classification reward model", trained_head=True))
         return cls(model, load_tokenizer(path, trust_remote_code, padding_side="right"), **kwargs)
 
+    def rendering(self, policy_tokenizer=None) -> str:
+        """The rendering used for episodes of a policy with `policy_tokenizer` (None: texts only)."""
+        from policyshift.reward_render import resolve_template
+
+        key = id(policy_tokenizer)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_template(self.template, self.tokenizer, policy_tokenizer)
+        return self._resolved[key]
+
     @torch.no_grad()
+    def score_episodes(self, episodes, policy_tokenizer=None) -> torch.Tensor:
+        """One score per episode (a reward_render.Episodes); `policy_tokenizer` decides what "auto" renders."""
+        from policyshift.reward_render import render, score_sequences
+
+        if not episodes.prompts:
+            return torch.zeros(0)
+        sequences = render(episodes, self.rendering(policy_tokenizer), self.tokenizer, self.keep_eos)
+        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, self.max_length).cpu()
+
     def __call__(self, prompts: list[str], responses: list[str], **fields) -> torch.Tensor:
-        """`fields` (prompt-row columns) are not part of what a reward model reads."""
-        device = next(self.model.parameters()).device
-        texts = [p + join_prompt_response(p, r) for p, r in zip(prompts, responses)]  # as the RM saw them in training
-        scores = [torch.zeros(0)]
-        # Keep the end of the text if it is too long: the response is what is being judged. Pad on the
-        # right so that real tokens keep positions 0..L-1. The tokenizer may be shared (the policy's,
-        # left-padded): restore its settings afterwards.
-        saved_side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
-        try:
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, padding_side="right",
-                                     truncation=True, max_length=self.max_length)
-                logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits
-                scores.append(logits[:, 0].float().cpu())
-        finally:
-            self.tokenizer.truncation_side = saved_side
-        return torch.cat(scores)
+        """Texts only (no token ids): rendered as chat or text by "auto", as finished answers. The trainer, the
+        fixed-prompt probes and compare score whole rollouts with score_rollout instead."""
+        from policyshift.chat import CHAT_FIELD
+        from policyshift.reward_render import Episodes
+
+        return self.score_episodes(Episodes(list(prompts), list(responses), messages=fields.get(CHAT_FIELD)))
 
 
-def make_reward(model: str | None = None, function: str | None = None, dtype: str = "float32", trust_remote_code: bool = False, batch_size: int = 32, max_length: int = 512):
+def score_rollout(reward, rollout, fields: dict[str, list], tokenizer) -> torch.Tensor:
+    """Scores of a rollout's episodes: a reward model reads them in its rendering (the generated ids when it shares
+    the policy's `tokenizer`); anything else gets texts and the prompt-row fields (score_with_fields)."""
+    if isinstance(reward, ModelReward):
+        from policyshift.chat import CHAT_FIELD
+        from policyshift.reward_render import Episodes
+
+        episodes = Episodes(list(rollout.prompts), list(rollout.responses), rollout.query_ids, rollout.query_mask, rollout.response_ids,
+                            rollout.response_mask, rollout.has_eos, fields.get(CHAT_FIELD))
+        return reward.score_episodes(episodes, tokenizer)
+    return score_with_fields(reward, rollout.prompts, rollout.responses, fields)
+
+
+def make_reward(model: str | None = None, function: str | None = None, dtype: str = "float32", trust_remote_code: bool = False, batch_size: int = 32, max_length: int = 512,
+                template: str = "auto", keep_eos: bool | None = None):
     if function:
         return FunctionReward(load_reward_function(function), f"reward function {function}")
-    return ModelReward.from_pretrained(model, dtype, trust_remote_code, batch_size=batch_size, max_length=max_length, name=f"reward model {model}")
+    return ModelReward.from_pretrained(model, dtype, trust_remote_code, batch_size=batch_size, max_length=max_length, name=f"reward model {model}",
+                                       template=template, keep_eos=keep_eos)
 
 
 def check_finite(scores: torch.Tensor, prompts: list[str], responses: list[str], source: str) -> None:

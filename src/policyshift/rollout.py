@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from policyshift.chat import end_of_turn_ids
+from policyshift.kv_cache import cache_kwargs
 from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
 from policyshift.models import position_ids_from_mask, response_logits
 
@@ -70,12 +72,13 @@ class Rollout:
         return replace(self, **picked)
 
 
-def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int | None, pad_token_id: int):
-    """Mask 1 up to and including the first EOS of each row; later tokens become padding."""
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id, pad_token_id: int):
+    """Mask 1 up to and including the first end-of-turn token of each row; later tokens become padding.
+    `eos_token_id`: one id, a list of ids (any of them ends the turn: policyshift.chat.end_of_turn_ids), or None."""
     B, R = response_ids.shape
-    if eos_token_id is None:
+    if eos_token_id is None or (not isinstance(eos_token_id, int) and len(eos_token_id) == 0):
         return response_ids, response_ids.new_ones(B, R, dtype=torch.float), response_ids.new_zeros(B, dtype=torch.bool)
-    is_eos = response_ids == eos_token_id
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_token_id, device=response_ids.device))
     has_eos = is_eos.any(1)
     first_eos = torch.where(has_eos, is_eos.float().argmax(1), R)  # argmax returns the first maximum
     mask = (torch.arange(R, device=response_ids.device)[None, :] <= first_eos[:, None]).float()
@@ -101,14 +104,14 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
         token = torch.multinomial(probs, 1, generator=generator)
         tokens.append(token)
         step_logits.append(logits)
-        if eos_token_id is not None:
-            done |= token.squeeze(1) == eos_token_id
+        if eos_token_id is not None:  # one id or a list: any end-of-turn token ends the row
+            done |= torch.isin(token.squeeze(1), torch.as_tensor(eos_token_id, device=token.device))
             if stop_at_eos and bool(done.all()):
                 break
         if t == max_new_tokens - 1:
             break  # the next token's logits would be thrown away
         out = model(input_ids=token, attention_mask=attention_mask[:, : P + t + 1], position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    use_cache=True, **cache_kwargs(out))
         next_position = next_position + 1
     return torch.cat(tokens, 1), torch.stack(step_logits, 1)
 
@@ -124,13 +127,14 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
     device = next(models.policy.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    args = (query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id, cfg.stop_at_eos, generator)
+    eos_ids = end_of_turn_ids(models.policy, tokenizer)  # the tokenizer's EOS and the model's end-of-turn tokens
+    args = (query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, eos_ids, cfg.stop_at_eos, generator)
     if engine is None:
         raw_ids, logits, engine_lp = *sample(models.policy, *args), None
     else:  # step logits come back only from an engine that samples with the training weights
         raw_ids, logits, engine_lp = engine.generate(*args)
         raw_ids = raw_ids.to(device)
-    response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, eos_ids, tokenizer.pad_token_id)
     # Trim columns past the longest real response: no forward pass ever runs on pure padding.
     R = max(int(response_mask.sum(1).max()), 1)
     response_ids, response_mask = response_ids[:, :R], response_mask[:, :R]

@@ -20,7 +20,6 @@ import shutil
 import signal
 import threading
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import fields, replace
 from functools import partial
@@ -31,9 +30,11 @@ import torch
 
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
-from policyshift.checkpoint import list_checkpoints, restore_checkpoint, save_checkpoint, save_models
+from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
+from policyshift.checks import check_vocabularies
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
-from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, split_fixed_prompts
+from policyshift.chat import check_chat_fits, end_of_turn_ids
+from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
                                      make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
@@ -42,11 +43,13 @@ from policyshift.runtime import Runtime
 from policyshift.sampling import GroupPool
 from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
 from policyshift.losses import LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, policy_loss, sequence_policy_loss, value_loss
+from policyshift.manifest import write_manifest
 from policyshift.masked import masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
-from policyshift.rewards import FunctionReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_with_fields
+from policyshift.rewards import FunctionReward, ModelReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_rollout
 from policyshift.rollout import Rollout, generate_rollout
+from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
 
@@ -57,10 +60,6 @@ POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, 
                     "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
 
 
-class RunDirError(ValueError):
-    """The output directory cannot hold this run."""
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -69,26 +68,6 @@ def seed_everything(seed: int) -> None:
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. every update is non-finite); one line saying why and what to try."""
-
-
-def prepare_run_dir(path: Path, overwrite: bool, resume: bool = False) -> None:
-    if resume:
-        if not list_checkpoints(path):
-            raise RunDirError(f"{path} has no complete checkpoint to resume from")
-    elif (path / "metrics.jsonl").exists() or (path / "checkpoints").exists():
-        if not overwrite:
-            raise RunDirError(f"{path} already holds a run; use --resume {path} to continue it or --train.overwrite true to replace it")
-        for name in ("metrics.jsonl", "samples.jsonl", "distributions.jsonl", "findings.jsonl"):
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        shutil.rmtree(path / "rollouts", ignore_errors=True)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"output directory {path} is not writable ({exc.strerror})") from None
 
 
 @contextlib.contextmanager
@@ -139,18 +118,9 @@ def check_world_size(cfg: PPOConfig, world_size: int) -> None:
 def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
     """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
     Longer prompts are cut from the left; say how many, once."""
-    context = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
-    budget = max_prompt_length
-    if context is not None and budget + max_new_tokens > context:
-        budget = context - max_new_tokens
-        if budget < 1:
-            raise ConfigError(f"rollout.max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
-        warnings.warn(f"prompts cut to {budget} tokens so that prompt + {max_new_tokens} response tokens fit the {context}-token context", stacklevel=2)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-    too_long = sum(n > budget for n in lengths)
-    if too_long:
-        warnings.warn(f"{too_long} of {len(prompts)} prompts are longer than {budget} tokens; they are cut from the left", stacklevel=2)
-    return budget
+    from policyshift.checks import fit_prompt_budget, model_context
+
+    return fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(policy.config), "rollout.max_new_tokens")
 
 
 class PPOTrainer:
@@ -167,8 +137,8 @@ class PPOTrainer:
         check_world_size(cfg, group.world_size)
         configure_sharding(self.accelerator, cfg)
         self.run_dir = Path(cfg.train.output_dir)
-        if group.is_main:
-            prepare_run_dir(self.run_dir, cfg.train.overwrite, resume)
+        # the main process owns the directory (lock) and checks its state; train.output_dir as given ('' is refused)
+        self.run_lock = prepare_run_dir(cfg.train.output_dir, cfg.train.overwrite, resume, cfg.train.steps) if group.is_main else None
         group.barrier()
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -184,6 +154,13 @@ class PPOTrainer:
             self.gold_reward = self._make_reward(None, cfg.analysis.gold_reward_model, cfg.analysis.gold_reward_function)
             self.models, self.ref_policy, self.critic_source = build_training_models(m, policy, ref_policy, self.reward, cfg.reward.model, self.tokenizer,
                                                                                      with_critic=self.estimator.needs_critic)
+        check_vocabularies(policy, self.tokenizer, self.ref_policy, m)
+        # fail now, not at the first rollout: an end-of-turn id the tokenizer does not know, a reward rendering the
+        # tokenizers cannot give
+        end_of_turn_ids(self.models.policy, self.tokenizer)
+        for r in (self.reward, self.gold_reward):
+            if isinstance(r, ModelReward):
+                r.rendering(self.tokenizer)
         self.models.to(self.device)
         self.ref_policy.to(self.device)
         if m.gradient_checkpointing:
@@ -192,10 +169,11 @@ class PPOTrainer:
                     enable_activation_checkpointing(module)
 
         # rows: each prompt with its other fields (reward functions get them as keyword arguments)
-        all_rows = ([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts] if prompts is not None
-                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split))
+        # chat rows ({"messages": [...]}) are rendered here, once, with the policy's tokenizer (policyshift.chat)
+        all_rows = (render_rows([p if isinstance(p, PromptRow) else PromptRow(p) for p in prompts], self.tokenizer, "prompts") if prompts is not None
+                    else load_prompt_rows(cfg.data.prompts, cfg.data.prompt_field, cfg.data.split, self.tokenizer))
         if cfg.analysis.prompts:
-            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field)
+            self.train_rows, self.fixed_rows = all_rows, load_prompt_rows(cfg.analysis.prompts, cfg.data.prompt_field, tokenizer=self.tokenizer)
         else:
             self.train_rows, held = split_fixed_prompts(all_rows, cfg.analysis.num_prompts, cfg.train.seed)
             first_row = {row.text: row for row in reversed(all_rows)}
@@ -208,6 +186,7 @@ class PPOTrainer:
         self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
         self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
                                                    cfg.rollout.max_new_tokens)
+        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, self.max_prompt_length, cfg.data.prompts or "prompts")
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
@@ -245,10 +224,10 @@ class PPOTrainer:
     def _resume(self) -> Path:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
         position, reward moments, every RNG; the logs are cut back to that step."""
-        ckpt = list_checkpoints(self.run_dir)[-1]
         load_sharded = (lambda *a: load_state(self.accelerator, self.train_model, self.optimizer, *a)) if self.group.sharded else None
-        state = restore_checkpoint(ckpt, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen},
-                                   self.group.rank, self.group.world_size, load_sharded)
+        ckpt, state = restore_newest_intact(self.run_dir, lambda c: restore_checkpoint(
+            c, self.models, self.optimizer, self.scheduler, {"sampler": self.generator, "shuffle": self.shuffle_gen},
+            self.group.rank, self.group.world_size, load_sharded), self.group)
         self.step, self.episodes, self.skipped_updates = state["step"], state["episodes"], state["skipped_updates"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
@@ -265,7 +244,8 @@ class PPOTrainer:
             return obj if hasattr(obj, "tokenizer") or isinstance(obj, FunctionReward) else FunctionReward(obj, "reward callable")
         if model_path is None and function_spec is None:
             return None
-        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, self.cfg.reward.batch_size, self.cfg.reward.max_length)
+        rc = self.cfg.reward  # (the gold reward model reads the same rendering as the proxy)
+        r = make_reward(model_path, function_spec, self.cfg.model.dtype, self.cfg.model.trust_remote_code, rc.batch_size, rc.max_length, rc.template, rc.keep_eos)
         if hasattr(r, "model"):
             r.model.to(self.device)
         return r
@@ -300,7 +280,7 @@ class PPOTrainer:
         """The rollout with its scores (and the prompt-row fields of the episodes kept). With
         reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
         group's baseline needs all of its n samples."""
-        raw = score_with_fields(self.reward, rollout.prompts, rollout.responses, fields).to(self.device)
+        raw = score_rollout(self.reward, rollout, fields, self.tokenizer).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
         if self.group.any(not bool(finite.all())):
@@ -356,7 +336,7 @@ class PPOTrainer:
         cfg, t0, seconds = self.cfg, time.perf_counter(), defaultdict(float)
         rollout, fields, sampling_stats = self.sample_episodes(seconds)
         t_sampled = time.perf_counter()
-        gold = score_with_fields(self.gold_reward, rollout.prompts, rollout.responses, fields) if self.gold_reward else None
+        gold = score_rollout(self.gold_reward, rollout, fields, self.tokenizer) if self.gold_reward else None
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
@@ -562,6 +542,7 @@ class PPOTrainer:
 
             build_report(self.run_dir)  # the sinks' close() uploads it where they keep artifacts
         self.sink.close()
+        wait_for_checkpoints()  # the last checkpoint's manifest was hashed in the background: complete on return
         self.group.barrier()
         return self.history
 
@@ -623,4 +604,5 @@ class PPOTrainer:
                 from policyshift.lora import save_merged
 
                 save_merged(self.models.policy, self.tokenizer, out / "merged")
+            write_manifest(out)
         return out

@@ -197,7 +197,7 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
         model = freeze(load_causal_lm(reference))
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
-    rows = load_prompt_rows(settings.prompts, settings.prompt_field)
+    rows = load_prompt_rows(settings.prompts, settings.prompt_field, tokenizer=tokenizer)  # chat rows: the reference's chat template
     prompts = [row.text for row in rows]
     fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
     reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None

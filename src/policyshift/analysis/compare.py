@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from policyshift.analysis.report import _esc, render_sample_columns, standalone_page
+from policyshift.checks import fit_prompt_budget, model_context
 from policyshift.config import RolloutConfig
-from policyshift.data import load_prompts
+from policyshift.data import load_prompt_rows
 from policyshift.kl import kl_k1, kl_k3
 from policyshift.masked import masked_mean, masked_sum
 from policyshift.models import ModelError, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, same_vocabulary
-from policyshift.rewards import make_reward
+from policyshift.rewards import make_reward, score_rollout
 from policyshift.rollout import generate_rollout
 
 
@@ -49,7 +50,10 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
     if not same_vocabulary(tok_a, tok_b):
         raise ModelError(f"{a} and {b} use different vocabularies: a per-token KL between them is undefined")
     model_a, model_b = freeze(load_causal_lm(a)), freeze(load_causal_lm(b))
-    prompts = load_prompts(prompts_file, prompt_field)
+    contexts = [c for c in (model_context(model_a.config), model_context(model_b.config)) if c is not None]
+    rows = load_prompt_rows(prompts_file, prompt_field, tokenizer=tok_a)  # chat rows: rendered with tok_a's chat template
+    prompts = [row.text for row in rows]
+    max_prompt_length = fit_prompt_budget(tok_a, prompts, max_prompt_length, max_new_tokens, min(contexts, default=None), "--max-new-tokens")
     reward = make_reward(reward_model, reward_function) if (reward_model or reward_function) else None
     cfg = RolloutConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature)
 
@@ -59,8 +63,9 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
         # Same seed for both: with B = A the two columns are the very same samples.
         ro_b = generate_rollout(PolicyAndCritic(model_b), model_a, tok_a, chunk, cfg, max_prompt_length, torch.Generator().manual_seed(seed + start))
         ro_a = generate_rollout(PolicyAndCritic(model_a), model_b, tok_a, chunk, cfg, max_prompt_length, torch.Generator().manual_seed(seed + start))
-        scores_a = reward(ro_a.prompts, ro_a.responses) if reward else None
-        scores_b = reward(ro_b.prompts, ro_b.responses) if reward else None
+        fields = {"messages": [row.messages for row in rows[start : start + batch_size]]}  # a chat-template reward model's input
+        scores_a = score_rollout(reward, ro_a, fields, tok_a) if reward else None
+        scores_b = score_rollout(reward, ro_b, fields, tok_a) if reward else None
         summaries["b"].append((len(chunk), _kl_summary(ro_b), scores_b))
         summaries["a"].append((len(chunk), _kl_summary(ro_a), scores_a))
         for i, (ra, rb) in enumerate(zip(_rows(ro_a, tok_a, scores_a, -1.0), _rows(ro_b, tok_a, scores_b, 1.0))):

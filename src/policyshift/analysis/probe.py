@@ -15,7 +15,7 @@ from policyshift import keys
 from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
 from policyshift.kl import kl_k3
 from policyshift.masked import masked_mean
-from policyshift.rewards import score_with_fields
+from policyshift.rewards import score_rollout
 from policyshift.rollout import generate_rollout
 
 FIXED_PREFIX = "fixed/"  # metrics.jsonl keys computed on the fixed prompts at a checkpoint, not on a training batch
@@ -42,8 +42,8 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
         chunk = prompts[start : start + rollout_cfg.batch_size]
         ro = generate_rollout(models, ref_policy, tokenizer, chunk, rollout_cfg, max_prompt_length, generator)
         chunk_fields = {k: v[start : start + rollout_cfg.batch_size] for k, v in (fields or {}).items()}
-        scores = score_with_fields(reward, ro.prompts, ro.responses, chunk_fields).tolist() if reward else [None] * len(chunk)
-        golds = score_with_fields(gold_reward, ro.prompts, ro.responses, chunk_fields).tolist() if gold_reward else [None] * len(chunk)
+        scores = score_rollout(reward, ro, chunk_fields, tokenizer).tolist() if reward else [None] * len(chunk)
+        golds = score_rollout(gold_reward, ro, chunk_fields, tokenizer).tolist() if gold_reward else [None] * len(chunk)
         log_ratio = ro.logprobs - ro.ref_logprobs
         k3 = kl_k3(ro.logprobs, ro.ref_logprobs)
         ref_lp_mean = masked_mean(ro.ref_logprobs, ro.response_mask, 1)

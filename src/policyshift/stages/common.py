@@ -12,6 +12,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 def start_stage(seed: int, device: str | None):
     """(start time, numpy Generator, device) with torch seeded: the opening of every training stage."""
+    from policyshift.checks import check_device
+
+    check_device(device, "device")
     torch.manual_seed(seed)
     return time.time(), np.random.default_rng(seed), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -15,9 +15,10 @@ cue-free SFT responses by ~0.7 RM standard deviations while their gold score doe
 RM (weak KL penalty, many steps) finds that stacking intensifiers raises the RM score, while the gold score
 (which also penalizes the resulting repetition) falls: that is the over-optimization the analysis must see.
 
-Training: prompt+response is scored as one text with the RM's tokenizer (joined as in SFT), right-padded,
-with config.pad_token_id set so GPT-2's sequence-classification head reads the last real token. Loss is
-Bradley–Terry: mean(−log σ(r_chosen − r_rejected)).
+Training: each side of a pair is rendered exactly as PPO will score it (policyshift.reward_render; `template`
+auto = the token ids as sampled, EOS kept when the response ended, since the RM shares the SFT vocabulary) and
+scored at its last token, an explicit index (not "the last non-pad token", which reads the token before a kept
+EOS where pad = EOS). Loss is Bradley–Terry: mean(−log σ(r_chosen − r_rejected)).
 """
 
 import json
@@ -25,15 +26,18 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from policyshift.data import DataError, iter_jsonl, join_prompt_response
+from policyshift.checks import from_pretrained_checked
+from policyshift.data import DataError, iter_jsonl
 from policyshift.models import load_tokenizer
+from policyshift.reward_render import pair_sequences, resolve_template, score_sequences
+from policyshift.rollout import truncate_after_eos
 from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
 
@@ -66,14 +70,20 @@ def make_preference_pairs(sft_dir: str, prompts: list[str], labeler: Callable[[s
         out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
                              max_new_tokens=max_new_tokens, num_return_sequences=2,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        P = enc["input_ids"].shape[1]
+        texts = tok.batch_decode(out[:, P:], skip_special_tokens=True)
+        # the ids as sampled, up to and including EOS: what the reward model is trained (and later scored) on
+        response_ids, response_mask, _ = truncate_after_eos(out[:, P:], tok.eos_token_id, tok.pad_token_id)
+        ids = [r[m.bool()].tolist() for r, m in zip(response_ids.cpu(), response_mask.cpu())]
         for k, prompt in enumerate(batch):
             a, b = texts[2 * k], texts[2 * k + 1]
             sa, sb = float(labeler(prompt, a)), float(labeler(prompt, b))
             if sa == sb:
                 continue
-            (c, sc), (r, sr) = ((a, sa), (b, sb)) if sa > sb else ((b, sb), (a, sa))
-            pairs.append({"prompt": prompt, "chosen": c, "rejected": r, "chosen_score": sc, "rejected_score": sr})
+            (c, sc, ci), (r, sr, ri) = ((a, sa, ids[2 * k]), (b, sb, ids[2 * k + 1])) if sa > sb else ((b, sb, ids[2 * k + 1]), (a, sa, ids[2 * k]))
+            prompt_ids = enc["input_ids"][k][enc["attention_mask"][k].bool()].tolist()
+            pairs.append({"prompt": prompt, "chosen": c, "rejected": r, "chosen_score": sc, "rejected_score": sr,
+                          "prompt_ids": prompt_ids, "chosen_ids": ci, "rejected_ids": ri})
     return pairs  # (each batch is capped at the pairs still missing)
 
 
@@ -94,6 +104,9 @@ def load_pairs(path: str) -> list[dict]:
         for key in ("prompt", "chosen", "rejected"):
             if not isinstance(row.get(key), str):
                 raise DataError(f"{where}: missing or non-string '{key}'")
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):  # optional: the ids as sampled (the tokens rendering)
+            if key in row and not (isinstance(row[key], list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row[key])):
+                raise DataError(f"{where}: '{key}' must be a list of token ids")
         pairs.append(row)
     if not pairs:
         raise DataError(f"{path}: no pairs")
@@ -111,24 +124,25 @@ class RewardModelConfig:
     seed: int = 0
     eval_fraction: float = 0.1
     max_length: int = 128  # longer texts lose their *start* (the score is read at the last token)
+    template: Literal["auto", "tokens", "chat", "text"] = "auto"  # the rendering PPO's reward.template will score with (auto: tokens, the base's own vocabulary)
+    keep_eos: Optional[bool] = None  # as reward.keep_eos (null: the rendering's own convention)
     device: Optional[str] = None
     log_every: int = 100
 
 
-def _pair_scores(model, tok, pairs: list[dict], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen, r_rejected) of each pair, chosen and rejected texts scored in one forward pass."""
-    texts = [p["prompt"] + join_prompt_response(p["prompt"], p[k]) for k in ("chosen", "rejected") for p in pairs]
-    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
-    r = model(**enc).logits.squeeze(-1)
+def _pair_scores(model, tok, pairs: list[dict], max_length: int, template: str, keep_eos) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected) of each pair, chosen and rejected rendered as PPO scores them, in one forward pass."""
+    chosen, rejected = pair_sequences(pairs, template, tok, keep_eos)
+    r = score_sequences(model, chosen + rejected, tok.pad_token_id, 2 * len(pairs), max_length)
     return r[:len(pairs)], r[len(pairs):]
 
 
 @torch.no_grad()
-def _evaluate(model, tok, pairs, max_length, device, batch_size=64) -> dict:
+def _evaluate(model, tok, pairs, max_length, template, keep_eos, batch_size=64) -> dict:
     model.eval()
     rc, rr = [], []
     for i in range(0, len(pairs), batch_size):
-        c, r = _pair_scores(model, tok, pairs[i:i + batch_size], max_length, device)
+        c, r = _pair_scores(model, tok, pairs[i:i + batch_size], max_length, template, keep_eos)
         rc.append(c)
         rr.append(r)
     model.train()
@@ -146,24 +160,25 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the new score head being "newly initialized" is the point
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.base_model, num_labels=1)
+        model = from_pretrained_checked(AutoModelForSequenceClassification, cfg.base_model, "reward-model base", num_labels=1)
     finally:
         transformers.logging.set_verbosity(verbosity)
-    # GPT-2's seq-cls head reads the rightmost token that is not pad_token_id; without it set, batches fail
+    # scores are read at an explicit index (reward_render); pad_token_id still set for a plain model(...) call on the result
     model.config.pad_token_id = tok.pad_token_id
+    template = resolve_template(cfg.template, tok, tok)  # auto: the base's own ids (a PPO policy sharing its vocabulary)
     model.to(device).train()
 
     eval_pairs, train_pairs = split_eval(rng, pairs, cfg.eval_fraction)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = cosine_schedule(opt, cfg.steps)
-    eval_initial = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
+    eval_initial = _evaluate(model, tok, eval_pairs, cfg.max_length, template, cfg.keep_eos) if eval_pairs else None
 
     losses, accs, t_train = [], [], time.time()
     for step in range(cfg.steps):
         idx = rng.choice(len(train_pairs), cfg.batch_size, replace=len(train_pairs) < cfg.batch_size)
         batch = [train_pairs[i] for i in idx]
-        r_chosen, r_rejected = _pair_scores(model, tok, batch, cfg.max_length, device)
+        r_chosen, r_rejected = _pair_scores(model, tok, batch, cfg.max_length, template, cfg.keep_eos)
         loss = bradley_terry_loss(r_chosen, r_rejected)
         optimizer_step(loss, model, opt, sched)
         losses.append(loss.item())
@@ -172,7 +187,7 @@ def run_reward_model(cfg: RewardModelConfig) -> dict:
             print(f"rm step {step:5d}/{cfg.steps} loss {losses[-1]:.4f} acc {accs[-1]:.3f}", flush=True)
     train_seconds = time.time() - t_train
 
-    final = _evaluate(model, tok, eval_pairs, cfg.max_length, device) if eval_pairs else None
+    final = _evaluate(model, tok, eval_pairs, cfg.max_length, template, cfg.keep_eos) if eval_pairs else None
     (first, last), (_, acc_last) = window_means(losses), window_means(accs)
     metrics = {
         "train_loss_first": first,

@@ -18,8 +18,10 @@ from typing import Optional
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from policyshift.checks import from_pretrained_checked
+from policyshift.models import ModelError, load_tokenizer
 from policyshift.data import DataError, iter_jsonl, join_prompt_response  # noqa: F401 (re-exported)
 from policyshift.stages.common import cosine_schedule, optimizer_step, save_stage_outputs, split_eval, start_stage, window_means
 
@@ -126,9 +128,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     if cfg.tokenizer is None and cfg.model is None:
         tok = train_tokenizer((p + r for p, r in rows), cfg.vocab_size)
     else:
-        tok = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+        tok = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
     if tok.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token: the policy must learn to emit one at the end of a text")
+        raise ModelError(f"tokenizer {cfg.tokenizer or cfg.model} has no eos_token: the policy must learn to emit one at the end of a text")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # safe here: labels are masked by length, not by token id
 
@@ -145,7 +147,11 @@ def run_sft(cfg: SFTConfig) -> dict:
         )
         model = GPT2LMHeadModel(config)
     else:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model)
+        model = from_pretrained_checked(AutoModelForCausalLM, cfg.model, "causal language model")
+    if getattr(model, "loss_type", "") is None:
+        # GPT2LMHeadModel's class name maps to no entry of transformers' loss table (it warns and falls back):
+        # name the loss this stage trains
+        model.loss_type = "ForCausalLM"
     model.to(device).train()
     if cfg.model is None:
         tok.model_max_length = cfg.n_positions
