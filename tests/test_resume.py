@@ -131,8 +131,8 @@ def test_nonfinite_gradients_never_reach_the_weights(tiny_world, tmp_path):
     real_forward = trainer.models.forward
 
     def poisoned(*args, **kwargs):  # NaN values → NaN value loss → NaN gradients everywhere
-        logits, values = real_forward(*args, **kwargs)
-        return logits, values * float("nan")
+        logprobs, entropy, values = real_forward(*args, **kwargs)
+        return logprobs, entropy, values * float("nan")
 
     trainer.models.forward = poisoned
     metrics = trainer.ppo_step()

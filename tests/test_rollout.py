@@ -84,25 +84,33 @@ def test_responses_stop_at_first_eos_and_text_matches(world):
 
 def test_kv_cache_sampler_equals_naive_full_recompute(world):
     """The optimized sampler (KV cache, LM head on the last position only, one preallocated mask, no
-    pass after the last token) draws the same tokens with the same logits as recomputing the whole
-    sequence at every step."""
+    pass after the last token, per-step statistics instead of stacked logits) draws the same tokens with
+    the same logprobs, entropies and hidden states as recomputing the whole sequence at every step."""
+    from policyshift.kl import entropy_from_logits
     from policyshift.rollout import sample
 
     tok, models, _ = world
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
-    tokens, logits = sample(models.policy, enc["input_ids"], enc["attention_mask"], 7, 0.9, None, True, torch.Generator().manual_seed(3))
+    tokens, steps = sample(models.policy, enc["input_ids"], enc["attention_mask"], 7, 0.9, None, True, torch.Generator().manual_seed(3), exact=True)
     gen = torch.Generator().manual_seed(3)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    naive_tokens, naive_logits = [], []
+    naive_tokens, naive_logits, naive_hidden = [], [], []
     with torch.no_grad():
         for _ in range(7):
-            step = models.policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+            out = models.policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True)
+            step = out.logits[:, -1]
             token = torch.multinomial(torch.softmax(step / 0.9, -1), 1, generator=gen)
             naive_tokens.append(token)
             naive_logits.append(step)
+            naive_hidden.append(out.hidden_states[-1][:, -1])
             ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
     assert torch.equal(tokens, torch.cat(naive_tokens, 1))
-    assert torch.allclose(logits, torch.stack(naive_logits, 1), atol=1e-4)
+    logits = torch.stack(naive_logits, 1)
+    assert torch.allclose(steps.logprobs, logprobs_from_logits(logits, tokens, 0.9), atol=1e-4)
+    assert torch.allclose(steps.entropy, entropy_from_logits(logits, 0.9), atol=1e-4)
+    assert torch.allclose(steps.hidden, torch.stack(naive_hidden, 1), atol=1e-4)
+    plain = sample(models.policy, enc["input_ids"], enc["attention_mask"], 7, 0.9, None, True, torch.Generator().manual_seed(3))[1]
+    assert torch.equal(plain.logprobs, steps.logprobs) and plain.entropy is None and plain.hidden is None
 
 
 def test_shared_log_softmax_paths_equal_the_logits_functions(world):

@@ -1,3 +1,3 @@
-from policyshift.cli import main
+from policyshift.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -118,12 +118,18 @@ def cmd_analyze(args, extra: list[str]) -> int:
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length,
-        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions)
+        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions, probes=_probes(args))
     result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
     for note in result["notes"]:
         print(note, file=sys.stderr)
     print(f"{len(result['checkpoints'])} checkpoints analyzed ({result['seconds_per_checkpoint']:.2f} s each): {result['out']}/report.html")
     return _fail_on(result["out"], args.fail_on)
+
+
+def _probes(args) -> list:
+    from policyshift.analysis.suites import read_probe_suites
+
+    return read_probe_suites(args.probes) if args.probes else []
 
 
 def _check_sampling_flags(args, out: str) -> None:
@@ -153,11 +159,14 @@ def cmd_compare(args, extra: list[str]) -> int:
     out = "compare_out" if args.out is None else args.out
     _check_sampling_flags(args, out)
     r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
-                            args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field)
+                            args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field, probes=_probes(args))
     kl = r["kl_b_from_a"]
     print(f"KL(B‖A) per sequence: k1 {kl['k1_seq_mean']:.4f}  k3 {kl['k3_seq_mean']:.4f}  exact {kl['exact_seq_mean']:.4f} nats")
     if r["reward"]:
         print(f"reward mean: A {r['reward']['a_mean']:.4f}  B {r['reward']['b_mean']:.4f}")
+    for name, p in r["probes"].items():
+        print(f"probe {name}: A {p['a_mean']:.4f} ± {p['a_se']:.4f}  B {p['b_mean']:.4f} ± {p['b_se']:.4f}"
+              f" ({'higher' if p['higher_is_better'] else 'lower'} is better)")
     print(f"written: {out}/compare.html, {out}/compare.json")
     return 0
 
@@ -271,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every checkpoint (a policyshift run's own: train.seed + 7)")
     analyze.add_argument("--max-prompt-length", type=int, default=64)
     analyze.add_argument("--kl-budget", type=float, help="sequence-KL nats the KL-runaway detector allows (default 10)")
+    analyze.add_argument("--probes", metavar="YAML", help="probe suites scored on the reference and each checkpoint: a YAML file with "
+                         "'probes: [{name, prompts, scorer, higher_is_better}]' (or a training config's analysis.probes)")
     analyze.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     analyze.set_defaults(func=cmd_analyze)
     verify = sub.add_parser("verify", help="check every checkpoint and final/ of RUN_DIR against its manifest (sizes, SHA-256) without training")
@@ -289,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--temperature", type=float, default=1.0)
     compare.add_argument("--batch-size", type=int, default=16)
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--probes", metavar="YAML", help="probe suites scored on A and B (as in `analyze --probes`)")
     compare.set_defaults(func=cmd_compare)
     for name, func, what in (("sft", cmd_sft, "supervised fine-tuning: --data texts.jsonl --output_dir DIR [--model PATH] [--steps N ...]"),
                              ("reward-model", cmd_reward_model, "Bradley–Terry reward model: --pairs pairs.jsonl --base_model PATH --output_dir DIR")):
@@ -322,6 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bars:
             _hf_progress_bars(True)
+
+
+def entry() -> int:
+    """The `policyshift` command (and `python -m policyshift`): main(), then, as one of several processes under
+    `accelerate launch` whose run is complete (files closed, process group left), an immediate exit that skips the
+    interpreter's teardown, where gloo's and autograd's C++ threads can still be torn down after the GIL is gone
+    and abort a finished run (SIGABRT, "terminate called without an active exception"). main() itself, called
+    in-process (tests, notebooks), never exits."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 MODEL_COMMANDS = ("train", "compare", "sft", "reward-model", "demo")

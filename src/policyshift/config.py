@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,16 @@ class RolloutConfig:
     # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
     # block per token, and every process generates max_new_tokens so the collectives line up)
     gather_weights: bool = True
+    # Memory (README "Memory: batch × length × vocabulary"). Rows per forward pass of the reference, the
+    # critic and (with an engine holding its own weights) the policy's scoring; null: the whole batch.
+    forward_batch_size: Optional[int] = None
+    # Response tokens whose full-vocabulary logits exist at once, in the rollout and in the update (where
+    # each chunk is recomputed in the backward); null: 2^24 // vocabulary size (64 MiB of fp32 logits).
+    logit_chunk_size: Optional[int] = None
+    # The exact full-vocabulary KL(π‖π_ref) and the policy entropy of every training batch (kl/exact_*,
+    # policy/entropy, loss/entropy): false skips them (those metrics are then absent); the fixed-prompt
+    # evaluations always compute them.
+    exact_kl: bool = True
 
 
 @dataclass
@@ -163,6 +174,19 @@ class PPOHyperparams:
 
 
 @dataclass
+class ProbeSuiteConfig:
+    """One probe suite (README "Probe suites"): fixed prompts, a scorer, a direction."""
+
+    name: str = ""  # metrics key probe/<name>
+    prompts: Optional[str] = None  # prompt file (rows may carry the scorer's fields); null: the built-in scorer's shipped set
+    scorer: str = ""  # built-in name (instructions), module:function / file.py:function, or an HF reward/classifier model
+    higher_is_better: bool = True
+    prompt_field: str = "prompt"
+    stance: Optional[str] = None  # scorer sycophancy: the stance scorer (module:function, file.py:function or an HF model)
+    samples_per_prompt: int = 1  # k responses per prompt, averaged per prompt before the suite's mean and standard error
+
+
+@dataclass
 class AnalysisConfig:
     every: int = 10  # PPO steps between fixed-prompt evaluations (0: only the reference at step 0 and the end)
     prompts: Optional[str] = None  # file of fixed prompts; default: held-out slice of data.prompts
@@ -171,6 +195,7 @@ class AnalysisConfig:
     gold_reward_function: Optional[str] = None
     kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
     stop_on: Literal["none", "warning", "critical"] = "none"  # end the run cleanly when a finding this severe fires
+    probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (README "Probe suites")
 
 
 @dataclass
@@ -416,6 +441,12 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.rollout.batch_size > 0, "rollout.batch_size must be > 0")
     _check(cfg.rollout.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
     _check(math.isfinite(cfg.rollout.temperature) and cfg.rollout.temperature > 0, "rollout.temperature must be > 0")
+    r = cfg.rollout
+    _check(r.forward_batch_size is None or 0 < r.forward_batch_size <= r.batch_size,
+           f"rollout.forward_batch_size must be in [1, rollout.batch_size = {r.batch_size}] or null; got {r.forward_batch_size}")
+    _check(r.logit_chunk_size is None or 0 < r.logit_chunk_size <= r.batch_size * r.max_new_tokens,
+           f"rollout.logit_chunk_size must be in [1, rollout.batch_size × max_new_tokens = {r.batch_size * r.max_new_tokens}] or null; "
+           f"got {r.logit_chunk_size}")
     _check(cfg.data.max_prompt_length > 0, "data.max_prompt_length must be > 0")
     _check(math.isfinite(cfg.kl.beta) and cfg.kl.beta >= 0, f"kl.beta must be >= 0; got {cfg.kl.beta}")
     _check(cfg.kl.target > 0, "kl.target must be > 0")
@@ -464,7 +495,30 @@ def validate(cfg: PPOConfig) -> None:
     _check(not (lora.critic and cfg.model.share_critic_backbone),
            "model.lora.critic needs a separate critic; with model.share_critic_backbone the value head already reads the policy's adapter")
     _check(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
+    validate_probe_suites(cfg.analysis.probes or [], "analysis.probes")
     validate_algorithm(cfg)
+
+
+BUILTIN_PROBE_SCORERS = ("instructions", "sycophancy")  # policyshift.analysis.suites
+
+
+def validate_probe_suites(suites: list, where: str) -> None:
+    """Names usable as metric keys (probe/<name>), unique; a scorer each; a prompts file unless the scorer is built in."""
+    seen = set()
+    for i, s in enumerate(suites):
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name or "") is not None,
+               f"{where}[{i}].name must be letters, digits, '_', '.' or '-' (it names the metric probe/<name>); got {s.name!r}")
+        _check(not s.name.endswith("_se"), f"{where}[{i}].name must not end in '_se' (probe/<name>_se is its standard error); got {s.name!r}")
+        _check(s.name not in seen, f"{where}[{i}].name {s.name!r} is used by another suite")
+        seen.add(s.name)
+        _check(bool(s.scorer.strip()), f"{where}[{i}] ({s.name}): scorer is missing (a built-in name: {', '.join(BUILTIN_PROBE_SCORERS)}; "
+                                       "module:function; file.py:function; or an HF reward/classifier model)")
+        _check(s.prompts is not None or s.scorer == "instructions",
+               f"{where}[{i}] ({s.name}): prompts is missing (only the instructions scorer ships its own prompt set)")
+        _check(s.samples_per_prompt >= 1, f"{where}[{i}] ({s.name}): samples_per_prompt must be >= 1; got {s.samples_per_prompt}")
+        _check((s.scorer == "sycophancy") == bool(s.stance),
+               f"{where}[{i}] ({s.name}): " + ("the sycophancy scorer needs a stance scorer (stance: module:function or an HF model)"
+                                              if s.scorer == "sycophancy" else "stance is read only by the sycophancy scorer"))
 
 
 def validate_algorithm(cfg: PPOConfig) -> None:

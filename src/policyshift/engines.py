@@ -2,14 +2,15 @@
 
 An engine has one job, sampling, and a tiny interface:
 
-    engine.generate(query_ids, query_mask, max_new_tokens, temperature, eos_token_id, stop_at_eos, generator)
-        -> (token_ids (B, R) long, step_logits (B, R, V) float or None, engine_logprobs (B, R) float or None)
+    engine.generate(query_ids, query_mask, max_new_tokens, temperature, eos_token_id, stop_at_eos, generator, exact=False)
+        -> (token_ids (B, R) long, rollout.SampledSteps or None, engine_logprobs (B, R) float or None)
     engine.shares_training_weights: bool
     engine.sync_weights(policy) -> None      # after every update
 
 `HFEngine(policy)` (the default, rollout.engine=hf) samples with the training policy itself (our KV-cache
-sampler, `rollout.sample`): its step logits are the training model's, so they give the logprobs with no
-extra forward pass, and there is nothing to sync.
+sampler, `rollout.sample`): its per-step logprobs (and, with `exact`, entropies and hidden states, from
+which the exact KL is taken) are the training model's, so they need no extra forward pass, and there is
+nothing to sync. No engine returns (B, R, V) logits.
 
 An engine with its own copy of the weights (`VLLMEngine`, or `HFEngine(copy, shares_training_weights=False)`,
 which is how the CPU tests exercise the same logic) only supplies tokens. The logprobs PPO uses are then
@@ -28,7 +29,6 @@ import weakref
 import torch
 
 from policyshift.config import ConfigError
-from policyshift.kl import gather_tokens, log_softmax_t
 from policyshift.lora import merged_state_dict  # the policy's weights under plain HF names, LoRA merged in
 from policyshift.rollout import sample
 
@@ -39,8 +39,8 @@ VLLM_NO_GPU = "rollout.engine=vllm needs a CUDA GPU (none is available); use rol
 class HFEngine:
     """Sampling with a Hugging Face causal LM and our exact-softmax KV-cache sampler.
 
-    `shares_training_weights=True` (default): `model` IS the training policy; the step logits are returned
-    and reused for the logprobs, `sync_weights` is a no-op. `False`: `model` is a separate copy; only the
+    `shares_training_weights=True` (default): `model` IS the training policy; the sampler's SampledSteps are
+    returned and reused for the logprobs, `sync_weights` is a no-op. `False`: `model` is a separate copy; only the
     tokens and the copy's logprobs log softmax(logits/T)[token] come back, and `sync_weights` loads the
     policy's weights into it."""
 
@@ -49,11 +49,13 @@ class HFEngine:
         self.shares_training_weights = shares_training_weights
 
     @torch.no_grad()
-    def generate(self, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None):
-        tokens, logits = sample(self.model, query_ids, query_mask, max_new_tokens, temperature, eos_token_id, stop_at_eos, generator)
+    def generate(self, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None,
+                 exact: bool = False):
+        tokens, steps = sample(self.model, query_ids, query_mask, max_new_tokens, temperature, eos_token_id, stop_at_eos, generator,
+                               exact=exact and self.shares_training_weights)
         if self.shares_training_weights:
-            return tokens, logits, None
-        return tokens, None, gather_tokens(log_softmax_t(logits, temperature), tokens)
+            return tokens, steps, None
+        return tokens, None, steps.logprobs
 
     @torch.no_grad()
     def sync_weights(self, policy) -> None:
@@ -113,7 +115,8 @@ class VLLMEngine:
             kwargs["logprobs_mode"] = "processed_logprobs"  # logprobs after temperature, i.e. of the sampling distribution
         self.llm = vllm.LLM(**kwargs)
 
-    def generate(self, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None):
+    def generate(self, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None,
+                 exact: bool = False):  # exact: nothing to keep, the training model scores vLLM's tokens
         SamplingParams = self._vllm.SamplingParams
         # Prompts as token ids, left padding stripped (vLLM takes unpadded, variable-length prompts).
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(query_ids, query_mask)]

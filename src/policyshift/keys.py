@@ -77,3 +77,16 @@ REPLICA_CHECKSUM_SPREAD = "parallel/replica_checksum_spread"
 ENGINE_LOGPROB_DIFF_MEAN = "rollout/logprob_diff_abs_mean"
 ENGINE_LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 ENGINE_KL_K3 = "rollout/engine_kl_k3"
+
+# ---- probe suites (analysis.probes): one score per suite per evaluation, on the suite's own prompts
+PROBE_PREFIX = "probe/"
+
+
+def probe_key(suite: str) -> str:
+    """Mean score of suite `suite` over its prompts at one evaluation (the reference's at step 0)."""
+    return f"{PROBE_PREFIX}{suite}"
+
+
+def probe_se_key(suite: str) -> str:
+    """Standard error of that mean (sample std / √n over the prompts): the report's band is ±1.96 of it."""
+    return f"{PROBE_PREFIX}{suite}_se"

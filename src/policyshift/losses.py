@@ -176,7 +176,10 @@ def value_loss(
     per_token = torch.maximum(err_unclipped, err_clipped)
     loss = 0.5 * (aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask))
     with torch.no_grad():
-        stats = {"clip_frac": masked_mean((err_clipped > err_unclipped).to(err_clipped.dtype), mask)}
+        # active only where clipping changed the value: inside ±ε_v the two errors are equal up to rounding
+        # (old + (new − old) vs new), and a rounding "tie" must not count
+        clipped = ((new_values - old_values).abs() > clip_range_value) & (err_clipped > err_unclipped)
+        stats = {"clip_frac": masked_mean(clipped.to(err_clipped.dtype), mask)}
     return loss, stats
 
 

@@ -53,8 +53,9 @@ def rollout_metrics(rollout, kl_per_token: torch.Tensor | None, beta: float, bet
         K.EOS_RATE: rollout.has_eos.float().mean().item(),
         K.REP_NGRAM_RATE: sum(repeated_ngram_rate(t, 3) for t in token_ids) / len(token_ids),
         K.DISTINCT_2: distinct_n(token_ids, 2),
-        K.ENTROPY: masked_mean(rollout.entropy, mask).item(),
     })
+    if rollout.entropy is not None:  # rollout.exact_kl false: absent, not zero
+        metrics[K.ENTROPY] = masked_mean(rollout.entropy, mask).item()
     if kl_per_token is not None:
         metrics[K.KL_PENALTY_MEAN] = (beta * masked_sum(kl_per_token, mask, 1)).mean().item()
     if rollout.values is not None:

@@ -202,7 +202,8 @@ class SharedValueHead(nn.Module):
 
 class PolicyAndCritic(nn.Module):
     """The trained models as one module (what DDP/FSDP/DeepSpeed wrap). `forward` gives what the PPO
-    update needs from one pass each: logits and values at the response positions."""
+    update needs from one pass each: the policy's per-token logprobs (and entropy) of the response,
+    computed chunk by chunk from its hidden states (policyshift.logprobs: no (B, R, V) logits), and values."""
 
     def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: SharedValueHead | None = None):
         super().__init__()
@@ -212,18 +213,18 @@ class PolicyAndCritic(nn.Module):
         # FSDP's transformer-based wrap shards each block its own unit: the blocks are the models' own
         self._no_split_modules = sorted({name for m in (policy, critic) for name in (getattr(m, "_no_split_modules", None) or [])})
 
-    def forward(self, input_ids, attention_mask, n_response: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.value_head is None:
-            return response_logits(self.policy, input_ids, attention_mask, n_response), self.values(input_ids, attention_mask, n_response)
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        window = slice(-(n_response + 1), -1)
-        return out.logits[:, window].float(), self.value_head(out.hidden_states[-1][:, window]).float()
+    def forward(self, input_ids, attention_mask, response_ids, response_mask, temperature: float = 1.0, chunk_size: int | None = None,
+                entropy: bool = True, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(logprobs, entropy or None, values), each (B, R): log softmax(logits/T) of `response_ids` and the
+        entropy at the real response tokens (0 on padding), at most `chunk_size` tokens' logits at a time
+        (null: logprobs.chunk_tokens' default); `entropy_grad` false: the entropy is a value only."""
+        from policyshift.logprobs import response_hidden, response_token_stats
+
+        R = response_ids.shape[1]
+        hidden = response_hidden(self.policy, input_ids, attention_mask, R)
+        values = self.value_head(hidden).float() if self.value_head is not None else self.values(input_ids, attention_mask, R)
+        logprobs, ent = response_token_stats(self.policy, hidden, response_ids, response_mask, temperature, chunk_size, entropy, entropy_grad)
+        return logprobs, ent, values
 
     @property
     def has_critic(self) -> bool:
@@ -234,7 +235,9 @@ class PolicyAndCritic(nn.Module):
             return torch.zeros(input_ids.shape[0], n_response, device=input_ids.device)
         if self.value_head is None:
             return critic_values(self.critic, input_ids, attention_mask, n_response)
-        return self.forward(input_ids, attention_mask, n_response)[1]
+        from policyshift.logprobs import response_hidden
+
+        return self.value_head(response_hidden(self.policy, input_ids, attention_mask, n_response)).float()
 
 
 def same_vocabulary(tok_a, tok_b) -> bool:

@@ -1,5 +1,6 @@
 """Rollout: sample responses with a KV cache, take the policy's logprobs at the sampling
-temperature, and score the same tokens under the reference and the critic.
+temperature, and score the same tokens under the reference and the critic, without ever holding
+(batch, length, vocabulary) logits (see policyshift.logprobs).
 
 We sample with our own loop over the model's KV cache rather than `generate`: `generate` fills any
 option we leave unset from the checkpoint's generation_config (a hub model's top_k=50, top_p, a
@@ -15,9 +16,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from policyshift.chat import end_of_turn_ids
+from policyshift.kl import gather_tokens
 from policyshift.kv_cache import cache_kwargs
-from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
-from policyshift.models import position_ids_from_mask, response_logits
+from policyshift.logprobs import (check_head, chunk_tokens, output_head, reference_logprobs, response_hidden, scatter_rows, token_logprobs,
+                                  vocab_size)
+from policyshift.models import position_ids_from_mask
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,13 @@ class Rollout:
     response_ids: torch.Tensor  # (B, R)
     response_mask: torch.Tensor  # (B, R) float, 1 on real response tokens
     has_eos: torch.Tensor  # (B,) bool
-    logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t) at the sampling temperature
+    logprobs: torch.Tensor  # (B, R) log π_old(a_t|s_t) at the sampling temperature (0 on padding)
     ref_logprobs: torch.Tensor | None  # (B, R) log π_ref(a_t|s_t) at the same temperature; None: kl.score_reference false
     values: torch.Tensor | None  # (B, R) V_old(s_t); None: a critic-free estimator
-    exact_kl: torch.Tensor | None  # (B, R) full-vocabulary KL(π‖π_ref) at each state (logged, never optimized)
-    entropy: torch.Tensor  # (B, R) policy entropy at each state
+    # (B, R) full-vocabulary KL(π‖π_ref) and policy entropy at each state (logged, never optimized); None
+    # with rollout.exact_kl false (exact_kl also without a reference pass). All of these hold 0 on padding.
+    exact_kl: torch.Tensor | None
+    entropy: torch.Tensor | None
     scores: torch.Tensor | None = None  # (B,) reward of each episode, after penalties/normalization
     # (B, R) log π_engine(a_t|s_t) from a rollout engine with its own copy of the weights (vLLM): the
     # logprobs above are then the training model's, and these only measure the mismatch. None otherwise.
@@ -85,25 +90,49 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id, pad_token_id: i
     return torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id)), mask, has_eos
 
 
+@dataclass(frozen=True)
+class SampledSteps:
+    """What the sampler keeps of each step's distribution softmax(logits/T) instead of its logits:
+    (B, R) logprob of the drawn token; with `exact`, the (B, R) entropy and the (B, R, H) last hidden
+    state that produced the logits (the exact KL against the reference is taken from it afterwards,
+    chunk by chunk). Never a (B, R, V) tensor."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+    def trim(self, R: int) -> "SampledSteps":
+        return SampledSteps(*(None if x is None else x[:, :R] for x in (self.logprobs, self.entropy, self.hidden)))
+
+
 @torch.no_grad()
-def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None):
-    """Ancestral sampling with a KV cache. Returns (tokens (B, R), logits (B, R, V)) with R ≤ max_new_tokens:
-    raw logits of each step, so logprobs/entropy/KL can be taken at the same temperature."""
+def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float, eos_token_id, stop_at_eos: bool = True, generator=None,
+           exact: bool = False) -> tuple[torch.Tensor, SampledSteps]:
+    """Ancestral sampling with a KV cache from exactly softmax(logits/T). Returns tokens (B, R) with
+    R ≤ max_new_tokens and SampledSteps: per step only the drawn token's logprob at T (and with
+    `exact` the entropy and the last hidden state); each step's (B, V) logits are dropped at once."""
     B, P = query_ids.shape
     # One mask for the whole generation, sliced per step (no torch.cat per token).
     attention_mask = torch.cat([query_mask.long(), query_mask.new_ones(B, max_new_tokens, dtype=torch.long)], dim=1)
     prompt_mask = attention_mask[:, :P]
     out = model(input_ids=query_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
-                use_cache=True, logits_to_keep=1)  # the LM head only where the next token is predicted
+                use_cache=True, logits_to_keep=1, output_hidden_states=exact)  # the LM head only where the next token is predicted
     next_position = prompt_mask.sum(1, keepdim=True)  # each row continues after its own last prompt token
-    tokens, step_logits = [], []
+    tokens, logprobs, entropy, hidden = [], [], [], []
     done = torch.zeros(B, dtype=torch.bool, device=query_ids.device)
     for t in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         probs = torch.softmax(logits / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)
         tokens.append(token)
-        step_logits.append(logits)
+        # log p of the drawn token from the probabilities already at hand (one pass over V fewer than a
+        # log-softmax; p ≥ its sampling probability, far from fp32 underflow), H = Σ −p log p (entr: 0 at p = 0)
+        logprobs.append(gather_tokens(probs, token.squeeze(1)).log())
+        if exact:
+            if t == 0:
+                check_head(model, out.hidden_states[-1][:, -1], logits)  # the KL recomputes these logits from the hidden state
+            entropy.append(torch.special.entr(probs).sum(-1))
+            hidden.append(out.hidden_states[-1][:, -1])
         if eos_token_id is not None:  # one id or a list: any end-of-turn token ends the row
             done |= torch.isin(token.squeeze(1), torch.as_tensor(eos_token_id, device=token.device))
             if stop_at_eos and bool(done.all()):
@@ -111,46 +140,66 @@ def sample(model, query_ids, query_mask, max_new_tokens: int, temperature: float
         if t == max_new_tokens - 1:
             break  # the next token's logits would be thrown away
         out = model(input_ids=token, attention_mask=attention_mask[:, : P + t + 1], position_ids=next_position,
-                    use_cache=True, **cache_kwargs(out))
+                    use_cache=True, output_hidden_states=exact, **cache_kwargs(out))
         next_position = next_position + 1
-    return torch.cat(tokens, 1), torch.stack(step_logits, 1)
+    steps = SampledSteps(torch.stack(logprobs, 1), torch.stack(entropy, 1) if exact else None, torch.stack(hidden, 1) if exact else None)
+    return torch.cat(tokens, 1), steps
 
 
 @torch.no_grad()
 def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max_prompt_length: int, generator=None, *, engine=None) -> Rollout:
     """Sample one response per prompt and record everything the PPO update and the metrics need.
     `models` is a PolicyAndCritic; `cfg` a RolloutConfig; `engine` (policyshift.engines) draws the tokens:
-    None or one sharing the training weights samples with the policy itself and reuses its step logits;
-    an engine with its own weights (vLLM) only supplies tokens, and the policy's logits are recomputed
-    here by the training model (its logprobs are the ones PPO uses; the engine's are kept in
-    `engine_logprobs` to measure the mismatch)."""
+    None or one sharing the training weights samples with the policy itself and keeps its per-step
+    logprobs (and hidden states); an engine with its own weights (vLLM) only supplies tokens, and the
+    policy's logprobs are recomputed here by the training model (its logprobs are the ones PPO uses;
+    the engine's are kept in `engine_logprobs` to measure the mismatch).
+
+    Memory: the reference, the critic and that policy scoring run on cfg.forward_batch_size rows at a
+    time, and logprobs/entropy/exact KL take at most cfg.logit_chunk_size tokens' logits at once
+    (policyshift.logprobs). With cfg.exact_kl false the exact KL and the entropy are skipped (None)."""
     device = next(models.policy.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     eos_ids = end_of_turn_ids(models.policy, tokenizer)  # the tokenizer's EOS and the model's end-of-turn tokens
     args = (query_ids, query_mask, cfg.max_new_tokens, cfg.temperature, eos_ids, cfg.stop_at_eos, generator)
+    exact = cfg.exact_kl
     if engine is None:
-        raw_ids, logits, engine_lp = *sample(models.policy, *args), None
-    else:  # step logits come back only from an engine that samples with the training weights
-        raw_ids, logits, engine_lp = engine.generate(*args)
+        raw_ids, steps, engine_lp = *sample(models.policy, *args, exact=exact), None
+    else:  # per-step statistics come back only from an engine that samples with the training weights
+        raw_ids, steps, engine_lp = engine.generate(*args, exact=exact)
         raw_ids = raw_ids.to(device)
     response_ids, response_mask, has_eos = truncate_after_eos(raw_ids, eos_ids, tokenizer.pad_token_id)
     # Trim columns past the longest real response: no forward pass ever runs on pure padding.
     R = max(int(response_mask.sum(1).max()), 1)
     response_ids, response_mask = response_ids[:, :R], response_mask[:, :R]
+    steps = steps.trim(R) if steps is not None else None
+    if engine_lp is not None:
+        engine_lp = torch.where(response_mask.bool(), engine_lp[:, :R].to(device).float(), 0.0)
 
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
-    if logits is None:  # an engine with its own weights: the training model scores its tokens in one forward pass
-        logits = response_logits(models.policy, input_ids, attention_mask, R)
-        if engine_lp is not None:
-            engine_lp = torch.where(response_mask.bool(), engine_lp[:, :R].to(device).float(), 0.0)
-    else:
-        logits = logits[:, :R]
-    # One log-softmax per model, shared by the logprobs, the exact KL and the entropy.
-    logp = log_softmax_t(logits, cfg.temperature)
-    # ref_policy None (kl.score_reference false): no reference forward, no KL for this batch
-    ref_logp = log_softmax_t(response_logits(ref_policy, input_ids, attention_mask, R), cfg.temperature) if ref_policy is not None else None
+    T, B = cfg.temperature, len(prompts)
+    chunk = chunk_tokens(cfg.logit_chunk_size, vocab_size(models.policy))
+    head = output_head(models.policy)
+    ref_head = output_head(ref_policy) if ref_policy is not None else None  # None: kl.score_reference false, no reference pass
+    parts = []  # per micro-batch: (logprobs, ref_logprobs, exact_kl, entropy, values), each (b, R)
+    for rows in torch.arange(B, device=device).split(cfg.forward_batch_size or B):
+        ids, am, m = input_ids[rows], attention_mask[rows], response_mask[rows].bool()
+        tokens = response_ids[rows][m]
+        if steps is None:  # an engine with its own weights: the training model scores its tokens
+            hidden = response_hidden(models.policy, ids, am, R)[m]
+            lp, ent = token_logprobs(head, hidden, tokens, T, chunk, entropy=exact)
+        else:
+            hidden = steps.hidden[rows][m] if exact else None
+            lp, ent = steps.logprobs[rows][m], steps.entropy[rows][m] if exact else None
+        ref_lp = kl = None
+        if ref_head is not None:
+            ref_lp, kl = reference_logprobs(ref_head, response_hidden(ref_policy, ids, am, R)[m], tokens, T, chunk,
+                                            head=head if exact else None, hidden=hidden)
+        values = models.values(ids, am, R) if models.has_critic else None
+        parts.append([scatter_rows(x, m) for x in (lp, ref_lp, kl, ent)] + [values])
+    logprobs, ref_logprobs, exact_kl, entropy, values = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
     return Rollout(
         prompts=list(prompts),
         responses=tokenizer.batch_decode(torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id), skip_special_tokens=True),
@@ -159,10 +208,10 @@ def generate_rollout(models, ref_policy, tokenizer, prompts: list[str], cfg, max
         response_ids=response_ids,
         response_mask=response_mask,
         has_eos=has_eos,
-        logprobs=gather_tokens(logp, response_ids),
-        ref_logprobs=gather_tokens(ref_logp, response_ids) if ref_logp is not None else None,
-        values=models.values(input_ids, attention_mask, R) if models.has_critic else None,
-        exact_kl=exact_kl_from_logprobs(logp, ref_logp) if ref_logp is not None else None,
-        entropy=entropy_from_logprobs(logp),
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        exact_kl=exact_kl,
+        entropy=entropy,
         engine_logprobs=engine_lp,
     )

@@ -41,7 +41,7 @@ from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
 from policyshift.sampling import GroupPool
-from policyshift.kl import entropy_from_logprobs, gather_tokens, kl_estimate, log_softmax_t, make_kl_controller
+from policyshift.kl import kl_estimate, make_kl_controller
 from policyshift.losses import LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, policy_loss, sequence_policy_loss, value_loss
 from policyshift.manifest import write_manifest
 from policyshift.masked import masked_sum
@@ -442,9 +442,11 @@ class PPOTrainer:
         mask, response_ids = mb.response_mask[:, :R], mb.response_ids[:, :R]
         input_ids = torch.cat([mb.query_ids[:, first:], response_ids], 1)
         attention_mask = torch.cat([mb.query_mask[:, first:], mask.long()], 1)
-        logits, values = self.train_model(input_ids, attention_mask, R)
-        logp = log_softmax_t(logits, T)  # one full-vocabulary log-softmax per micro-batch
-        new_logprobs = gather_tokens(logp, response_ids)
+        # logprobs and entropy chunk by chunk over tokens (rollout.logit_chunk_size): no (B, R, V) logits; the
+        # entropy is only logged (no backward through it) when there is no bonus
+        with_entropy = p.ent_coef > 0 or self.cfg.rollout.exact_kl
+        new_logprobs, token_entropy, values = self.train_model(input_ids, attention_mask, response_ids, mask, T, self.cfg.rollout.logit_chunk_size,
+                                                               with_entropy, p.ent_coef > 0)
         if a.ratio_level == "sequence":
             loss, pg = sequence_policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, a.sequence_clip_range,
                                             a.sequence_clip_range_high, aggregate)
@@ -455,14 +457,15 @@ class PPOTrainer:
             vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value, aggregate)
             loss = loss + p.vf_coef * vf_loss
             stats.update({K.LOSS_VALUE: vf_loss, K.VALUE_CLIP_FRAC: vf["clip_frac"]})
-        with torch.set_grad_enabled(p.ent_coef > 0):  # only logged when there is no bonus: no backward through it
-            entropy = entropy_bonus(entropy_from_logprobs(logp), mask, aggregate)
-        loss = loss - p.ent_coef * entropy
+        if token_entropy is not None:
+            entropy = entropy_bonus(token_entropy, mask, aggregate)
+            loss = loss - p.ent_coef * entropy
+            stats[K.LOSS_ENTROPY] = entropy
         if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
             kl_loss = aggregate(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
             loss = loss + beta * kl_loss
             stats[K.LOSS_KL] = kl_loss
-        return loss, {**stats, K.LOSS_ENTROPY: entropy, K.LOSS_TOTAL: loss}
+        return loss, {**stats, K.LOSS_TOTAL: loss}
 
     def optimizer_step(self, grad_norm: torch.Tensor) -> bool:
         """Step unless the gradient is non-finite: a NaN/inf loss or gradient never reaches the weights

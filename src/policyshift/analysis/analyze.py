@@ -12,6 +12,7 @@ into place at the end: a failure leaves no half-written output.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -48,6 +49,7 @@ class AnalyzeSettings:
     kl_budget: float | None = None  # sequence-KL nats for the KL-runaway detector (default: the detectors')
     logs: list[str] = field(default_factory=list)  # other trainers' logs to import (analysis.ingest)
     score_completions: bool = False  # colour imported completions at checkpoint steps by log π_ckpt/π_ref
+    probes: list = field(default_factory=list)  # config.ProbeSuiteConfig each (--probes FILE): probe/<name> per checkpoint
 
 
 def _progress(message: str) -> None:
@@ -172,6 +174,7 @@ class Reference:
     gold: object
     rollout: RolloutConfig
     max_prompt_length: int
+    suites: list = field(default_factory=list)  # analysis.suites.Suite
 
     @property
     def vocab_rows(self) -> int:
@@ -184,6 +187,11 @@ class Reference:
         seconds = time.perf_counter() - start
         rows = [{"step": step, **r, "model": model, "checkpoint": source} for r in rows]
         metrics = {FIXED_PREFIX + k: v for k, v in fixed_prompt_metrics(rows).items()}
+        if self.suites:
+            from policyshift.analysis.suites import evaluate_suites
+
+            metrics.update(evaluate_suites(self.suites, PolicyAndCritic(policy), self.model, self.tokenizer, self.rollout, self.settings.seed,
+                                           lambda line: _progress(f"warning: {line}")))
         return rows, {"step": step, **metrics, FIXED_PREFIX + "seconds": seconds}
 
 
@@ -205,7 +213,10 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
             if (settings.gold_reward_model or settings.gold_reward_function) else None)
     rollout = RolloutConfig(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
     max_prompt_length = fit_prompt_length(model, tokenizer, prompts, settings.max_prompt_length, settings.max_new_tokens)
-    return Reference(reference, settings, tokenizer, model, prompts, fields, reward, gold, rollout, max_prompt_length)
+    from policyshift.analysis.suites import load_suites
+
+    suites = load_suites(settings.probes, tokenizer, model, settings.max_prompt_length, settings.max_new_tokens)
+    return Reference(reference, settings, tokenizer, model, prompts, fields, reward, gold, rollout, max_prompt_length, suites)
 
 
 @dataclass
@@ -334,6 +345,7 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
             "reward_function": settings.reward_function,
             "gold_reward_model": settings.gold_reward_model,
             "gold_reward_function": settings.gold_reward_function,
+            **({"probes": [dataclasses.asdict(p) for p in settings.probes]} if settings.probes else {}),
         },
         "kl": {"estimator": "k1"},  # the sampled per-token estimate in samples.jsonl and fixed/kl/token_mean
         "rollout": {"batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,

@@ -45,7 +45,7 @@ def _rows(ro, tokenizer, scores, ratio_sign: float) -> list[dict]:
 @torch.no_grad()
 def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_model: str | None = None, reward_function: str | None = None,
                         max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0, batch_size: int = 16, max_prompt_length: int = 64,
-                        prompt_field: str = "prompt") -> dict:
+                        prompt_field: str = "prompt", probes: list | None = None) -> dict:
     tok_a, tok_b = load_tokenizer(a), load_tokenizer(b)
     if not same_vocabulary(tok_a, tok_b):
         raise ModelError(f"{a} and {b} use different vocabularies: a per-token KL between them is undefined")
@@ -57,6 +57,7 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
     reward = make_reward(reward_model, reward_function) if (reward_model or reward_function) else None
     cfg = RolloutConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature)
 
+    probe_scores = _probe_suites(probes or [], model_a, model_b, tok_a, cfg, max_prompt_length, seed)
     summaries, samples = {"a": [], "b": []}, []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -83,6 +84,7 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
         "reward": None if reward is None else {
             "a_mean": torch.cat([s for _, _, s in summaries["a"]]).mean().item(),
             "b_mean": torch.cat([s for _, _, s in summaries["b"]]).mean().item()},
+        "probes": probe_scores,
         "samples": samples,
     }
     out = Path(out_dir)
@@ -92,6 +94,24 @@ def compare_checkpoints(a: str, b: str, prompts_file: str, out_dir: str, reward_
     return result
 
 
+def _probe_suites(configs: list, model_a, model_b, tokenizer, cfg: RolloutConfig, max_prompt_length: int, seed: int) -> dict:
+    """Each probe suite's mean score and standard error for A and for B (the same seed: with B = A, equal)."""
+    import sys
+
+    from policyshift import keys
+    from policyshift.analysis.suites import evaluate_suites, load_suites
+
+    if not configs:
+        return {}
+    suites = load_suites(configs, tokenizer, model_a, max_prompt_length, cfg.max_new_tokens)
+    warn = lambda line: print(f"warning: {line}", file=sys.stderr)  # noqa: E731
+    a = evaluate_suites(suites, PolicyAndCritic(model_a), model_b, tokenizer, cfg, seed, warn)
+    b = evaluate_suites(suites, PolicyAndCritic(model_b), model_a, tokenizer, cfg, seed, warn)
+    return {s.name: {"a_mean": a[keys.probe_key(s.name)], "a_se": a[keys.probe_se_key(s.name)], "b_mean": b[keys.probe_key(s.name)],
+                     "b_se": b[keys.probe_se_key(s.name)], "higher_is_better": s.higher_is_better}
+            for s in suites if not s.disabled}
+
+
 def render_compare(result: dict) -> str:
     kl, rev = result["kl_b_from_a"], result["kl_a_from_b"]
     rows = "".join(
@@ -99,6 +119,11 @@ def render_compare(result: dict) -> str:
         for name, k in (("sampled k1 = log π_B/π_A", "k1"), ("sampled k3", "k3"), ("exact full-vocabulary", "exact")))
     reward = result["reward"]
     reward_html = f"<p>Reward mean: A {reward['a_mean']:.4f}, B {reward['b_mean']:.4f}</p>" if reward else "<p>No reward given.</p>"
+    probes = result.get("probes") or {}
+    if probes:
+        reward_html += ("<h3>Probe suites</h3><table><tr><th>suite</th><th>A (mean ± s.e.)</th><th>B (mean ± s.e.)</th><th>better</th></tr>"
+                        + "".join(f"<tr><td>{_esc(n)}</td><td>{p['a_mean']:.4f} ± {p['a_se']:.4f}</td><td>{p['b_mean']:.4f} ± {p['b_se']:.4f}</td>"
+                                  f"<td>{'higher' if p['higher_is_better'] else 'lower'}</td></tr>" for n, p in probes.items()) + "</table>")
     columns = "".join(
         render_sample_columns(s["prompt"], [
             {"label": "A", "tokens": s["a"]["tokens"], "log_ratios": s["a"]["log_ratio_b_over_a"], "score": s["a"]["score"],

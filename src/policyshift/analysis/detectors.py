@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -21,6 +21,9 @@ import numpy as np
 from policyshift import keys as K
 from policyshift.analysis.runlog import as_float, config_get, metric_series
 from policyshift.analysis.textstats import mode_collapse_score
+from policyshift.analysis.phrases import detect_new_phrases
+from policyshift.analysis.probe_verdict import detect_probe_change
+from policyshift.analysis.probe_verdict import directions as probe_directions
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
@@ -112,6 +115,9 @@ class DetectorThresholds:
     zero_spread_critical: float = 0.9
     zero_spread_rise: float = 0.2  # ... and it rose at least this much since the start (a flat-from-the-start task is another problem)
 
+    # -- probe_change (analysis.probe_verdict): each probe suite's direction, from the run's analysis.probes --
+    probe_directions: dict = field(default_factory=dict)  # {suite: higher_is_better}
+
     @classmethod
     def from_config(cls, config: dict | None, **overrides) -> "DetectorThresholds":
         """Defaults, with the run's `analysis.kl_budget` if its config sets one."""
@@ -119,6 +125,7 @@ class DetectorThresholds:
         budget = as_float(config_get(config or {}, "analysis.kl_budget"))
         if math.isfinite(budget) and budget > 0:
             values["kl_budget"] = budget
+        values["probe_directions"] = probe_directions(config or {})
         values.update(overrides)
         return cls(**values)
 
@@ -683,6 +690,8 @@ DETECTORS: dict[str, Callable[..., list[Finding]]] = {
     "mode_collapse": detect_mode_collapse,
     "ppo_instability": detect_ppo_instability,
     "zero_spread": detect_zero_spread,
+    "new_phrase": detect_new_phrases,  # analysis.phrases
+    "probe_change": detect_probe_change,  # analysis.probe_verdict
 }
 
 

@@ -8,6 +8,7 @@ samples.jsonl fields, and `fixed_prompt_metrics` turns one step's rows into the 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -32,9 +33,11 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
                          fields: dict[str, list] | None = None) -> list[dict]:
     """One sample per prompt from `models.policy`, scored by `ref_policy`. Per token: log π/π_ref (= k1),
     k3 and the exact full-vocabulary KL(π‖π_ref) at that state; `seq_*` are their sums over the response
-    (sequence KL in nats), `entropy_mean` the policy's mean entropy per token.
+    (sequence KL in nats), `entropy_mean` the policy's mean entropy per token. The exact KL and entropy are
+    always computed here, whatever rollout.exact_kl says for training batches.
     `fields`: the prompt rows' other columns (one list per field, aligned with `prompts`), passed to a reward
     function that takes them (e.g. `answer` for a verifiable reward)."""
+    rollout_cfg = replace(rollout_cfg, exact_kl=True)
     device = next(models.policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
@@ -62,7 +65,7 @@ def sample_fixed_prompts(models, ref_policy, tokenizer, prompts, rollout_cfg, ma
                 "gold_score": golds[i],
                 "seq_kl": log_ratio[i, :n].sum().item(),
                 "seq_k3": k3[i, :n].sum().item(),
-                "seq_exact_kl": ro.exact_kl[i, :n].sum().item(),
+                "seq_exact_kl": ro.exact_kl[i, :n].sum().item(),  # Σ_t KL(π‖π_ref) over the full vocabulary
                 "length": n,
                 "eos": bool(ro.has_eos[i]),
                 "ref_logprob_mean": ref_lp_mean[i].item(),

@@ -552,7 +552,7 @@ def panel_samples(run: RunData) -> str:
         preview = prompt if len(prompt) <= 100 else prompt[:100] + "…"
         note = f" ({omitted} eval steps not shown)" if omitted > 0 else ""
         blocks.append(
-            f'<details class="prompt-block"{" open" if i < 3 else ""}><summary>prompt {_esc(prompt_id)}: {_esc(preview)}{_esc(note)}</summary>'
+            f'<details class="prompt-block" id="sample-prompt-{_esc(prompt_id)}"{" open" if i < 3 else ""}><summary>prompt {_esc(prompt_id)}: {_esc(preview)}{_esc(note)}</summary>'
             + render_sample_columns(prompt, [_column(r) for r in shown]) + "</details>"
         )
     legend = (
@@ -569,7 +569,7 @@ def panel_samples(run: RunData) -> str:
 # ------------------------------------------------------------------ header + build
 
 
-def _header(run: RunData, findings: list[Finding], thresholds: DetectorThresholds) -> str:
+def _header(run: RunData, findings: list[Finding], thresholds: DetectorThresholds, extra_nav: list[tuple[int, str]] = ()) -> str:
     total = config_get(run.config, "train.steps")
     beta = config_get(run.config, "kl.beta")
     meta = [f"step {run.last_step}" + (f" / {_esc(total)}" if total is not None else ""), f"KL estimator {_esc(_estimator(run))}"]
@@ -586,10 +586,11 @@ def _header(run: RunData, findings: list[Finding], thresholds: DetectorThreshold
         health = f'<div class="health health-ok">Healthy so far: no detector fired over {run.last_step} steps.</div>'
     else:
         health = f'<div class="health health-info">Too early to judge: {run.last_step} steps logged (detectors need {thresholds.min_steps}).</div>'
-    names = ["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"]
+    names = list(enumerate(["KL", "Reward", "Distribution", "Reward vs √KL", "Shape", "Findings", "Samples"], 1))
     if config_get(run.config, "analysis.imported"):  # panels 8 and 9 exist only for imported logs
-        names += ["Imported logs", "Completions"]
-    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in enumerate(names, 1))
+        names += [(8, "Imported logs"), (9, "Completions")]
+    names += extra_nav  # panels 10-11 (report_probes), when the run has probe scores / reference and policy samples
+    nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in names)
     return f"<header><h1>policyshift · {_esc(run.name)}</h1><div class=\"meta\">{''.join(f'<span>{m}</span>' for m in meta)}</div>{health}<nav>{nav}</nav></header>"
 
 
@@ -597,10 +598,14 @@ def render_report(run: RunData) -> str:
     """The report page for an already-loaded run."""
     from policyshift.analysis.report_imports import imported_panels  # panels 8-9 use this module's helpers
 
+    from policyshift.analysis.report_probes import probe_panels  # panels 10-11
+
     findings, thresholds, run, fixed = run_findings(run)
     figures: dict[str, dict] = {}
+    probes = probe_panels(run, figures)
+    extra_nav = [(n, name) for n, name, html in zip((10, 11), ("Probes", "Learned phrases"), probes) if html]
     body = "\n".join([
-        _header(run, findings, thresholds),
+        _header(run, findings, thresholds, extra_nav),
         panel_kl(run, figures, fixed),
         panel_reward(run, figures, fixed),
         panel_distributions(run, figures),
@@ -609,6 +614,7 @@ def render_report(run: RunData) -> str:
         panel_findings(findings, run, thresholds),
         panel_samples(run),
         *imported_panels(run, figures),
+        *probes,
     ])
     return standalone_page(f"policyshift · {run.name}", body, figures)
 

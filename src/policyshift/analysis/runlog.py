@@ -84,14 +84,19 @@ def read_config(path: str | Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def merge_steps(rows: list[dict]) -> list[dict]:
+    return _by_step(rows)
+
+
 def _by_step(rows: list[dict]) -> list[dict]:
-    """Rows with an integer-like step, sorted by it; a step logged twice (a resumed run) keeps the
-    last row written, which is the one the resumed run actually trained on."""
+    """Rows with an integer-like step, sorted by it. Rows of one step are merged, a later row's value
+    winning: the probe suites' scores are logged as a second row of their step, and a step logged twice
+    (a resumed run) keeps what was written last, which is what the resumed run actually trained on."""
     latest: dict[int, dict] = {}
     for row in rows:
         step = row.get("step")
         if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
-            latest[int(step)] = row
+            latest[int(step)] = {**latest.get(int(step), {}), **row}
     return [latest[step] for step in sorted(latest)]
 
 
