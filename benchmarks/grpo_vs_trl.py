@@ -83,8 +83,10 @@ def grpo_flop_count(n_params: int, beta: float) -> dict:
 
 
 # ---- policyshift worker --------------------------------------------------------------------------
-def policyshift_config(assets: Path, threads: int, beta: float, output_dir: str):
+def policyshift_config(assets: Path, threads: int, beta: float, output_dir: str, experiments=()):
     from policyshift.config import PPOConfig
+
+    overrides = {k: v for name in experiments for k, v in CONFIG_EXPERIMENTS.get(name, {}).items()}
 
     return PPOConfig.from_dict({
         "model": {"policy": str(assets / "policy"), "dtype": "float32"},
@@ -100,7 +102,7 @@ def policyshift_config(assets: Path, threads: int, beta: float, output_dir: str)
         "analysis": {"num_prompts": 0, "every": 0},
         "train": {"steps": 1000, "save_every": 0, "output_dir": output_dir, "device": "cpu", "num_threads": threads, "overwrite": True},
         "tracking": {"tensorboard": False},
-    })
+    }, overrides)
 
 
 def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: float, experiments: list[str] = ()) -> dict:
@@ -114,7 +116,7 @@ def run_policyshift(assets: Path, iters: int, warmup: int, threads: int, beta: f
     peak = bench.matmul_peak(threads)
     for name in experiments:
         EXPERIMENTS[name]()
-    cfg = policyshift_config(assets, threads, beta, tempfile.mkdtemp(prefix="ps-grpo-bench-"))
+    cfg = policyshift_config(assets, threads, beta, tempfile.mkdtemp(prefix="ps-grpo-bench-"), experiments)
     trainer = PPOTrainer(cfg, reward=vowel_share_reward)
     timers = bench.Timers()
     generated, optimizer_steps = [], []
@@ -299,9 +301,17 @@ def _exp_decode_one_thread():
         module.sample = one_thread
 
 
+# Config changes: policyshift's own extra work that TRL does not do, switched off
+CONFIG_EXPERIMENTS = {
+    # no full-vocabulary exact KL(π‖π_ref) and entropy per visited state (metrics only; TRL computes neither in its
+    # rollout): the sampler keeps no entropy/hidden states, the reference pass no second LM head for the policy
+    "no_exact_kl": {"rollout.exact_kl": False},
+}
+
 EXPERIMENTS = {
     "cdf_sampling": bench.EXPERIMENTS["cdf_sampling"],  # inverse-CDF draw instead of torch.multinomial (ppo_vs_trl.py)
     "decode_one_thread": _exp_decode_one_thread,
+    "no_exact_kl": lambda: None,  # a config change (CONFIG_EXPERIMENTS)
 }
 
 
