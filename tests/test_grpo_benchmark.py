@@ -62,3 +62,5 @@ def test_policyshift_side_of_the_setting(tmp_path, beta):
     assert (cfg.ppo.epochs, cfg.ppo.num_minibatches, cfg.ppo.grad_accum_steps) == (1, 1, 1)
     assert cfg.algorithm.advantage == "grpo" and cfg.algorithm.loss_aggregation == "token_mean"
     assert cfg.kl.score_reference == (beta > 0) and cfg.kl.estimator == "k3" and cfg.kl.placement == "loss"
+    assert cfg.rollout.exact_kl  # policyshift's default; the no_exact_kl experiment turns it off
+    assert not grpo.policyshift_config(tmp_path, 2, beta, str(tmp_path / "out"), ["no_exact_kl"]).rollout.exact_kl
