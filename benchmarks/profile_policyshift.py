@@ -3,6 +3,7 @@ benchmark setting (benchmarks/ppo_vs_trl.py), with each phase labelled.
 
     python benchmarks/profile_policyshift.py --assets /tmp/ppo-assets --iters 2 --threads 2
     python benchmarks/profile_policyshift.py --experiment cdf_sampling --experiment shared_critic
+    python benchmarks/profile_policyshift.py --assets /tmp/ppo-assets --grpo-beta 0     # the GRPO benchmark's step
 
 Prints, per phase: wall time, time inside aten operators (self CPU time summed over the ops that
 ran in the phase), the rest (Python, module dispatch, autograd bookkeeping: "overhead"), and the
@@ -37,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--experiment", action="append", default=[], choices=sorted(bench.EXPERIMENTS))
+    ap.add_argument("--grpo-beta", type=float, default=None, metavar="BETA",
+                    help="profile the GRPO benchmark's step (grpo_vs_trl.py: 64 completions, n=8, one update) at this β instead")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--trace", help="write a chrome trace here")
     ns = ap.parse_args(argv)
@@ -52,9 +55,14 @@ def main(argv=None):
     assets = bench.build_assets(Path(ns.assets) if ns.assets else Path(tempfile.mkdtemp(prefix="ppo-bench-assets-")))
     for name in ns.experiment:
         bench.EXPERIMENTS[name]()
-    # the benchmark's own config, with the experiments' config changes (e.g. shared_critic) applied
-    cfg = bench.policyshift_config(assets, ns.threads, ns.experiment, tempfile.mkdtemp(prefix="ps-prof-"))
-    trainer = PPOTrainer(cfg)
+    if ns.grpo_beta is not None:  # the GRPO benchmark's config and Python reward
+        import grpo_vs_trl as grpo
+
+        cfg = grpo.policyshift_config(assets, ns.threads, ns.grpo_beta, tempfile.mkdtemp(prefix="ps-prof-"))
+        trainer = PPOTrainer(cfg, reward=grpo.vowel_share_reward)
+    else:  # the PPO benchmark's own config, with the experiments' config changes (e.g. shared_critic) applied
+        cfg = bench.policyshift_config(assets, ns.threads, ns.experiment, tempfile.mkdtemp(prefix="ps-prof-"))
+        trainer = PPOTrainer(cfg)
 
     # ---- phase labels (wall time per phase, measured outside the profiler's own accounting) ----
     wall = defaultdict(float)
