@@ -87,7 +87,7 @@ def test_kv_cache_sampler_equals_naive_full_recompute(world):
     pass after the last token, per-step statistics instead of stacked logits) draws the same tokens with
     the same logprobs, entropies and hidden states as recomputing the whole sequence at every step."""
     from policyshift.kl import entropy_from_logits
-    from policyshift.rollout import sample
+    from policyshift.rollout import draw, sample
 
     tok, models, _ = world
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -99,7 +99,7 @@ def test_kv_cache_sampler_equals_naive_full_recompute(world):
         for _ in range(7):
             out = models.policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True)
             step = out.logits[:, -1]
-            token = torch.multinomial(torch.softmax(step / 0.9, -1), 1, generator=gen)
+            token = draw(torch.softmax(step / 0.9, -1), gen)  # the sampler's own draw (tested on its own below)
             naive_tokens.append(token)
             naive_logits.append(step)
             naive_hidden.append(out.hidden_states[-1][:, -1])
@@ -126,3 +126,20 @@ def test_shared_log_softmax_paths_equal_the_logits_functions(world):
     m = ro.response_mask.bool()
     assert torch.allclose(ro.exact_kl[m], exact_kl_from_logits(logits, ref_logits, 0.8)[m], atol=1e-4)
     assert torch.allclose(ro.entropy[m], entropy_from_logits(logits, 0.8)[m], atol=1e-4)
+
+
+def test_inverse_cdf_draw_follows_the_distribution_exactly():
+    from policyshift.rollout import draw
+
+    probs = torch.tensor([[0.0, 0.1, 0.6, 0.0, 0.3], [0.25, 0.25, 0.25, 0.25, 0.0]], dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    n = 40000
+    tokens = torch.cat([draw(probs, g) for _ in range(n)], 1)  # (2, n)
+    for row in range(2):
+        freq = torch.bincount(tokens[row], minlength=5).float() / n
+        assert (freq[probs[row] == 0] == 0).all()  # zero-probability tokens are never drawn
+        # within 5 standard errors of the probabilities
+        se = (probs[row] * (1 - probs[row]) / n).sqrt()
+        assert ((freq - probs[row]).abs() <= 5 * se + 1e-9).all(), (freq, probs[row])
+    # a one-hot row (a tiny temperature) always draws its token: argmax sampling
+    assert draw(torch.tensor([[0.0, 0.0, 1.0]]), g).item() == 2
