@@ -3,6 +3,7 @@ logprobs equal a fresh unpadded forward pass, RoPE positions under left padding,
 transformers' `generate`, LoRA's default target modules, from_pretrained round trips, and a reward model of
 another architecture and vocabulary scoring the policy's text."""
 
+import copy
 import warnings
 
 import pytest
@@ -25,11 +26,20 @@ def tok_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
-def arch(request, tok_dir, tmp_path_factory):
-    """(name, path, tokenizer, policy) for each architecture, loaded back with from_pretrained."""
+def saved_arch(request, tok_dir, tmp_path_factory):
+    """(name, path, tokenizer, policy) for each architecture, loaded back with from_pretrained once per module."""
     out = tmp_path_factory.mktemp(request.param)
     make_arch_model(out, request.param, load_tokenizer(str(tok_dir)))
     return request.param, out, load_tokenizer(str(out)), load_causal_lm(str(out))
+
+
+@pytest.fixture
+def arch(saved_arch):
+    """Each test gets its own copy of the module's model: tests mutate it (`freeze` turns requires_grad off), and
+    that state changes later tests' numerics -- on CPU, `F.linear` on a non-contiguous input (the
+    `logits_to_keep` slice) takes another GEMM path when the weight does not require grad, 1 ulp apart."""
+    name, path, tok, policy = saved_arch
+    return name, path, tok, copy.deepcopy(policy)
 
 
 def _rollout(policy, tok, temperature=1.0, max_new_tokens=8, seed=0):
@@ -146,7 +156,12 @@ def test_checkpoint_round_trips_through_from_pretrained(arch, tmp_path):
     save_models(tmp_path / "ckpt", PolicyAndCritic(policy), tok)
     loaded = load_causal_lm(str(tmp_path / "ckpt" / "policy"))
     assert type(loaded) is type(policy)
+    saved, back = policy.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved), name  # the same weights, bit for bit
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    # Exact: the same weights through the same kernels give the same logits. "The same kernels" includes the
+    # requires_grad state (see the `arch` fixture), so both models are put in the same one.
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in policy.parameters()]
     with torch.no_grad():
         want = response_logits(policy, enc["input_ids"], enc["attention_mask"], 2)
         torch.testing.assert_close(response_logits(loaded, enc["input_ids"], enc["attention_mask"], 2), want, atol=0, rtol=0)
