@@ -27,6 +27,7 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors import DetectorThresholds, Finding, run_detectors
+from policyshift.analysis.ingest import COMPLETION_LOGS, RAW_PREFIXES
 from policyshift.analysis.gao import MIN_FIT_POINTS, fit_reward_vs_kl, gao_curve
 from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.runlog import RunData, as_float, config_get, load_run, metric_series
@@ -130,7 +131,7 @@ def _no_data(what: str, fill: str = "") -> str:
 FILL_KL = "run `policyshift analyze` on the run's checkpoints with --reference (KL on fixed prompts), or import a log that has a KL to the reference (--logs)"
 FILL_REWARD = "give `policyshift analyze` --reward or --reward-function (the fixed prompts are scored), or import training logs with a reward (--logs)"
 FILL_DIST = ("per-sample training rewards: a policyshift run logs them every step; for another trainer import its logged completions "
-             "with --logs (TRL completions/completions_*.parquet, verl rollout dumps {step}.jsonl)")
+             f"with --logs ({COMPLETION_LOGS})")
 
 
 def detector_inputs(history: list[dict]) -> tuple[list[dict], set[str]]:
@@ -157,8 +158,6 @@ def run_findings(run: RunData) -> tuple[list[Finding], DetectorThresholds, RunDa
     """Findings of a loaded run as the report shows them (and `--fail-on` gates on): the detectors on
     `detector_inputs(run.history)`. Returns (findings, thresholds, the run with that history, fixed keys)."""
     history, fixed = detector_inputs(run.history)
-    from policyshift.analysis.ingest_map import RAW_PREFIXES
-
     training_keys = {k for row in run.history for k in row if k != "step" and not k.startswith((FIXED_PREFIX, *RAW_PREFIXES))}
     overrides = FIXED_ONLY_THRESHOLDS if fixed and not training_keys else {}
     thresholds = DetectorThresholds.from_config(run.config, **overrides)

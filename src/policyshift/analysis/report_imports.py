@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from policyshift.analysis.ingest import COMPLETION_LOGS, lookup
 from policyshift.analysis.report import _axis, _esc, _figure, _fmt, _line, _no_data, _panel, _pick_columns, render_tokens
 from policyshift.analysis.runlog import RunData, as_float, config_get, metric_series
 
@@ -51,8 +52,6 @@ def _completion_cell(row: dict) -> str:
 
 
 def _meaning(source: str, key: str) -> str:
-    from policyshift.analysis.ingest_map import lookup
-
     m = lookup(source, key)
     return m.meaning if m else "not in the mapping table"
 
@@ -61,8 +60,7 @@ def panel_completions(run: RunData) -> str:
     if not run.completions:
         if not config_get(run.config, "analysis.imported"):
             return ""
-        return _panel(9, "Training completions", _no_data("no logged completions", "import them with --logs (TRL completions/completions_*.parquet, "
-                                                                                  "verl rollout dumps {step}.jsonl)"))
+        return _panel(9, "Training completions", _no_data("no logged completions", f"import them with --logs ({COMPLETION_LOGS})"))
     by_step: dict[int, list[dict]] = {}
     for row in run.completions:
         by_step.setdefault(int(as_float(row.get("step"))) if math.isfinite(as_float(row.get("step"))) else -1, []).append(row)
