@@ -9,7 +9,7 @@ import numpy as np
 from policyshift import keys as K
 from policyshift.analysis.phrases import learned_phrases
 from policyshift.analysis.report import _axis, _esc, _figure, _line, _panel
-from policyshift.analysis.probe_verdict import Z_95, directions, suite_names, verdict
+from policyshift.analysis.detectors.probe_change import Z_95, directions, suite_names, verdict
 from policyshift.analysis.runlog import RunData, metric_series
 
 
