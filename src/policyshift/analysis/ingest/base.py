@@ -139,24 +139,46 @@ class Imported:
     def describe(self) -> dict:
         return {"sources": self.sources, "notes": self.notes}
 
-    def add_scalars(self, source: str, path: Path, rows: list[tuple[int, dict]]) -> None:
-        mapped, shown, unknown = {}, set(), set()
+    def add_scalars(self, source: str, path: Path, rows: list[tuple[int, dict]], table: Callable[[str], KeyMap | None] | None = None,
+                    mode: dict | None = None) -> None:
+        """Every numeric value under `<source>/<key>`; the policyshift key too when `table` (the importer's
+        key table for the run's mode; its static table by default) says the meanings match. A value that is
+        not a number (null: NaN as JSON writes it, a string, a list) is listed, never dropped unsaid."""
+        look = table if table is not None else (lambda key: self.lookup(source, key))
+        mapped, shown, unknown, meanings, not_numbers = {}, set(), set(), {}, {}
         for step, values in rows:
             out = self.history.setdefault(step, {})
             for key, value in values.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    kind = "null" if value is None else type(value).__name__
+                    not_numbers.setdefault(key, {"kind": kind, "steps": []})["steps"].append(step)
                     continue
                 out[f"{source}/{key}"] = value  # every key, as logged
-                m = self.lookup(source, key)
+                m = look(key)
                 if m is None:
                     unknown.add(key)
-                elif m.target is None:
+                    continue
+                meanings[key] = m.meaning
+                if m.target is None:
                     shown.add(key)
                 else:
                     out[m.target] = m.value(float(value))
                     mapped[key] = m.target
-        self.sources.append({"kind": f"{source} scalars", "path": str(path), "steps": len(rows),
-                             "mapped": mapped, "shown": sorted(shown), "unknown": sorted(unknown)})
+        for key, entry in not_numbers.items():
+            if key not in meanings and key not in unknown:
+                m = look(key)
+                if m is not None:
+                    meanings[key] = m.meaning
+        entry = {"kind": f"{source} scalars", "path": str(path), "steps": len(rows), "mapped": mapped, "shown": sorted(shown),
+                 "unknown": sorted(unknown), "meanings": meanings}
+        if not_numbers:
+            entry["not_numbers"] = {key: {"kind": v["kind"], "steps": v["steps"]} for key, v in sorted(not_numbers.items())}
+            self.notes.append(f"{path}: values that are not numbers, listed and not read: " + "; ".join(
+                f"{key} ({v['kind']} at step{'s' if len(v['steps']) > 1 else ''} {', '.join(map(str, v['steps'][:5]))}"
+                f"{', …' if len(v['steps']) > 5 else ''})" for key, v in sorted(not_numbers.items())))
+        if mode:
+            entry["mode"] = mode
+        self.sources.append(entry)
 
 
 def number_rows(entries) -> list[tuple[int, dict]]:

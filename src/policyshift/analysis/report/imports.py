@@ -18,16 +18,21 @@ def panel_imported(run: RunData, figures: dict) -> str:
     """What was imported from another trainer's logs: the mapping of each key (fed to a policyshift key,
     or shown as logged), unknown keys listed, and the shown-as-logged series as small multiples."""
     sources = config_get(run.config, "analysis.imported") or []
-    rows, shown_series, unknown_all = [], [], []
+    rows, shown_series, unknown_all, modes = [], [], [], []
     for source in sources:
         prefix = source.get("kind", "").split(" ")[0]
         for key, target in sorted((source.get("mapped") or {}).items()):
             rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td><code>{esc(target)}</code> (panels, detectors)</td>"
-                        f"<td>{esc(_meaning(prefix, key))}</td></tr>")
+                        f"<td>{esc(_meaning(source, prefix, key))}</td></tr>")
         for key in source.get("shown") or []:
-            rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td>shown as logged</td><td>{esc(_meaning(prefix, key))}</td></tr>")
+            rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td>shown as logged</td><td>{esc(_meaning(source, prefix, key))}</td></tr>")
             shown_series.append(f"{prefix}/{key}")
         unknown_all += [f"{prefix}/{key}" for key in source.get("unknown") or []]
+        for key, what in (source.get("not_numbers") or {}).items():
+            rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td>not read: {esc(what.get('kind'))} at steps "
+                        f"{esc(', '.join(map(str, what.get('steps', [])[:8])))}</td><td>{esc(_meaning(source, prefix, key))}</td></tr>")
+        if source.get("mode"):
+            modes.append(f"<p><b>{esc(prefix)}</b> ({esc(source.get('path', ''))}): {esc(source['mode'].get('summary', ''))}</p>")
     if not rows and not unknown_all:
         return ""
     cells = []
@@ -43,7 +48,7 @@ def panel_imported(run: RunData, figures: dict) -> str:
     more = f"<p>Not drawn (kept in metrics.jsonl): {', '.join(f'<code>{esc(k)}</code>' for k in rest)}</p>" if rest else ""
     caption = ("A logged key feeds a policyshift panel and detector only when it measures the same quantity (unit, estimator, reward); "
                "the rest is drawn as logged. The README's mapping table gives the source of each meaning.")
-    return panel_html(number("imported"), "Imported training logs", table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
+    return panel_html(number("imported"), "Imported training logs", "".join(modes) + table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
 
 
 def _completion_cell(row: dict) -> str:
@@ -52,7 +57,10 @@ def _completion_cell(row: dict) -> str:
     return f"<pre>{esc(row.get('completion', ''))}</pre>"
 
 
-def _meaning(source: str, key: str) -> str:
+def _meaning(entry: dict, source: str, key: str) -> str:
+    """The meaning the importer gave the key for this run's mode (recorded at import), else its static table's."""
+    if key in (entry.get("meanings") or {}):
+        return entry["meanings"][key]
     m = lookup(source, key)
     return m.meaning if m else "not in the mapping table"
 
