@@ -30,7 +30,11 @@ def test_registry_order_names_and_key_tables():
 
 
 def test_lookup_by_table_and_pattern():
-    assert ingest.lookup("trl", "kl").target == K.KL_K3_TOKEN_MEAN
+    assert ingest.lookup("trl", "kl").target is None  # the static table (mode unknown): GRPO's k3 or RLOO's k1
+    from policyshift.analysis.ingest.trl import Mode, table_for
+
+    assert table_for(Mode(trainer="GRPO"))("kl").target == K.KL_K3_TOKEN_MEAN
+    assert table_for(Mode(trainer="RLOO"))("kl").target == K.KL_K1_TOKEN_MEAN
     assert ingest.lookup("verl", "response_length/clip_ratio").value(0.25) == 0.75
     found = ingest.lookup("trl", "rewards/good/mean")
     assert found.target is None and "one reward function" in found.meaning
@@ -42,7 +46,7 @@ def test_lookup_by_table_and_pattern():
 
 def test_generated_texts():
     assert ingest.DIR_EXPECTED == ("trainer_state.json or checkpoint-N/trainer_state.json, completions/completions_*.parquet, "
-                                   "{step}.jsonl rollout dumps, or TensorBoard event files")
+                                   "a verl file log (<project>/<experiment>.jsonl), {step}.jsonl rollout dumps, or TensorBoard event files")
     assert ingest.CHECKPOINT_TRAINERS == "TRL, verl, OpenRLHF, HF directories"
     assert ingest.COMPLETION_LOGS == "TRL completions/completions_*.parquet, verl rollout dumps {step}.jsonl"
     assert EXPECTED == ("an HF model directory (config.json + model.safetensors/pytorch_model.bin, or a LoRA adapter_config.json), "
