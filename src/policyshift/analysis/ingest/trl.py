@@ -409,7 +409,7 @@ def read_trainer_state(path: Path, imported: Imported, context: dict | None = No
 
 
 def _reward_names(history: list) -> list[str]:
-    """The reward functions' names, in logged order: TRL logs rewards/<name>/mean for each (grpo_trainer.py L2823)."""
+    """The reward functions' names: TRL logs rewards/<name>/mean for each (grpo_trainer.py L2823)."""
     names = []
     for entry in history:
         for key in entry if isinstance(entry, dict) else ():
@@ -472,8 +472,10 @@ def read_completions(path: Path, imported: Imported, context: dict | None = None
     numeric = [c for c in frame.columns if c not in (*COMPLETION_COLUMNS, "advantage") and pd.api.types.is_numeric_dtype(frame[c])]
     rewards = [c for c in numeric if c in names]
     extra = [c for c in frame.columns if c not in (*COMPLETION_COLUMNS, "advantage", *rewards)]
-    weights = (mode.setting("reward_weights") if mode else None) or [1.0] * len(names)
-    weight = {name: float(w) for name, w in zip(names, weights)} if len(weights) == len(names) else {}
+    # the parquet's reward columns come in reward_funcs order (grpo_trainer.py L3345), which reward_weights follows;
+    # trainer_state.json's keys are sorted, so its order is not theirs
+    weights = (mode.setting("reward_weights") if mode else None) or [1.0] * len(rewards)
+    weight = {name: float(w) for name, w in zip(rewards, weights)} if len(weights) == len(rewards) == len(names) else {}
     if not rewards or not weight:
         imported.notes.append(f"{path}: which columns are reward functions is not established (no trainer_state.json with rewards/<name>/mean "
                               f"or reward_weights of another length): scores not read; columns kept as logged: {', '.join(numeric)}")
