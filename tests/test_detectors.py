@@ -299,8 +299,9 @@ def test_registry_composes_each_familys_thresholds_into_one_object():
 
     from policyshift.analysis.detectors import DETECTORS, FAMILIES, common
 
-    assert list(DETECTORS) == ["kl_negative", "kl_flat", "kl_runaway", "reward_hacking", "length_drift", "repetition_rise",
-                               "entropy_collapse", "mode_collapse", "ppo_instability", "zero_spread", "new_phrase", "probe_change"]
+    assert list(DETECTORS) == ["kl_negative", "kl_flat", "kl_runaway", "no_reference_kl", "reward_hacking", "length_drift", "truncation",
+                               "repetition_rise", "entropy_collapse", "mode_collapse", "ppo_instability", "zero_spread", "degenerate_groups",
+                               "rollout_mismatch", "new_phrase", "probe_change"]
     names = [f.name for f in dataclasses.fields(DetectorThresholds)]
     owned = [f.name for m in (common, *FAMILIES) for f in dataclasses.fields(m.Thresholds)]
     assert names == owned and len(set(names)) == len(names)

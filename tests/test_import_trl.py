@@ -48,6 +48,9 @@ def test_grpo_default_keys_fed_with_their_meaning():
     # eval_ keys: evaluation, shown, never fed
     assert "eval_reward" in source["shown"] and source["meanings"]["eval_reward"].startswith("evaluation")
     assert "eval_reward" not in source["mapped"] and source["unknown"] == []
+    # the eval at steps 2 and 4 rewrote those steps' completions parquet with evaluation completions
+    assert sorted({c["step"] for c in result.completions}) == [1, 3]
+    assert sum("written by the evaluation" in n for n in result.notes) == 2
 
 
 def test_batch_scaled_sequence_is_run_shows_what_changed_meaning():

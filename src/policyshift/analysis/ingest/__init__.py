@@ -102,6 +102,7 @@ def import_logs(paths: list[str]) -> Imported:
     imported = Imported(importers=dict(BY_NAME))
     for path in paths:
         _read_path(Path(path).expanduser(), imported)
+    imported.add_group_metrics()
     return imported
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from policyshift import keys as K
 from policyshift.errors import DataError
 
 
@@ -138,6 +139,29 @@ class Imported:
 
     def describe(self) -> dict:
         return {"sources": self.sources, "notes": self.notes}
+
+    def add_group_metrics(self) -> None:
+        """Per step, from the logged completions that carry a group (TRL: runs of num_generations rows; verl V1:
+        the uid's sample part): the share of groups whose scores are all equal at the run's highest score (all
+        correct: too easy) and at its lowest (all wrong: too hard). Both teach nothing under a group baseline,
+        and they need opposite fixes. A step whose groups were not all scored is left out."""
+        rows = [r for r in self.completions if r.get("group") is not None]
+        scores = [r["score"] for r in rows if isinstance(r.get("score"), (int, float)) and math.isfinite(r["score"])]
+        if not rows or not scores:
+            return
+        top, bottom = max(scores), min(scores)
+        if top == bottom:
+            return  # one score over the whole run: which end is "correct" is not established
+        by_step: dict[int, dict[str, list]] = {}
+        for r in rows:
+            by_step.setdefault(r["step"], {}).setdefault(r["group"], []).append(r.get("score"))
+        for step, groups in by_step.items():
+            if any(not isinstance(s, (int, float)) or not math.isfinite(s) for g in groups.values() for s in g):
+                continue
+            flat = [g[0] for g in groups.values() if len(g) > 1 and all(s == g[0] for s in g)]
+            out = self.history.setdefault(step, {})
+            out[K.GROUP_FLAT_TOP_FRAC] = sum(v == top for v in flat) / len(groups)
+            out[K.GROUP_FLAT_BOTTOM_FRAC] = sum(v == bottom for v in flat) / len(groups)
 
     def add_scalars(self, source: str, path: Path, rows: list[tuple[int, dict]], table: Callable[[str], KeyMap | None] | None = None,
                     mode: dict | None = None) -> None:

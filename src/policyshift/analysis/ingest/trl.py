@@ -405,7 +405,13 @@ def read_trainer_state(path: Path, imported: Imported, context: dict | None = No
     imported.add_scalars("trl", path, number_rows(state["log_history"]), table=table_for(mode), mode=mode.describe())
     if context is not None:
         context.setdefault("read", set()).add("trl")
-        context["trl_mode"] = (mode, _reward_names(state["log_history"]))
+        context["trl_mode"] = (mode, _reward_names(state["log_history"]), _eval_steps(state["log_history"]))
+
+
+def _eval_steps(history: list) -> set[int]:
+    """Steps at which the HF Trainer evaluated (entries with eval_ keys)."""
+    return {e["step"] for e in history if isinstance(e, dict) and isinstance(e.get("step"), int) and any(
+        isinstance(key, str) and key.startswith(EVAL_PREFIX) for key in e)}
 
 
 def _reward_names(history: list) -> list[str]:
@@ -434,7 +440,7 @@ def find_trainer_state(directory: Path, context: dict) -> list[Path]:
     return [state] if state.is_file() else []
 
 
-def _completions_context(path: Path, context: dict | None) -> tuple[Mode | None, list[str]]:
+def _completions_context(path: Path, context: dict | None) -> tuple[Mode | None, list[str], set[int]]:
     """The mode and reward-function names of the run a completions parquet belongs to: read with its
     trainer_state.json, or found from the parquet's output_dir (completions/ is output_dir's child)."""
     if context and "trl_mode" in context:
@@ -443,11 +449,11 @@ def _completions_context(path: Path, context: dict | None) -> tuple[Mode | None,
         states = find_trainer_state(directory, {})
         if states:
             state = _load_state(states[0])
-            found = (run_mode(states[0], state), _reward_names(state["log_history"]))
+            found = (run_mode(states[0], state), _reward_names(state["log_history"]), _eval_steps(state["log_history"]))
             if context is not None:
                 context["trl_mode"] = found
             return found
-    return None, []
+    return None, [], set()
 
 
 def read_completions(path: Path, imported: Imported, context: dict | None = None) -> None:
@@ -468,7 +474,14 @@ def read_completions(path: Path, imported: Imported, context: dict | None = None
     if missing:
         raise LogImportError(f"{path}: no {', '.join(repr(c) for c in missing)} column (columns: {', '.join(map(str, frame.columns))}); "
                              "expected TRL's completions parquet (step, prompt, completion, one column per reward function, advantage)")
-    mode, names = _completions_context(path, context)
+    mode, names, eval_steps = _completions_context(path, context)
+    steps = set(int(x) for x in frame["step"].tolist())
+    if steps & eval_steps:
+        # the HF Trainer evaluates right after logging a step, and TRL's eval log rewrites completions_{step}.parquet
+        # with the evaluation's completions (grpo_trainer.py L3337-3357 run for mode "eval" too)
+        imported.notes.append(f"{path}: written by the evaluation at step {', '.join(map(str, sorted(steps & eval_steps)))} (TRL's eval log "
+                              "rewrites the step's parquet): evaluation completions, not read as training samples")
+        return
     numeric = [c for c in frame.columns if c not in (*COMPLETION_COLUMNS, "advantage") and pd.api.types.is_numeric_dtype(frame[c])]
     rewards = [c for c in numeric if c in names]
     extra = [c for c in frame.columns if c not in (*COMPLETION_COLUMNS, "advantage", *rewards)]
