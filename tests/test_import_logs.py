@@ -152,9 +152,11 @@ def test_verl_rollout_dump_and_openrlhf_tensorboard(tmp_path):
     assert imported.completions[0]["rewards"] == {"acc": 1.0}
     assert [d["scores"] for d in imported.distributions] == [[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]]
     source = imported.sources[0]
-    assert source["kind"] == "openrlhf scalars" and source["mapped"] == {"reward": "reward/score_mean", "response_length": "response/length_mean"}
-    assert "kl" in source["shown"] and source["unknown"] == ["mystery"]
-    assert imported.history[2]["reward/score_mean"] == pytest.approx(0.4) and "kl/token_mean" not in imported.history[2]
+    # OpenRLHF's reward includes the length penalties when they are on, which its logs do not say: shown, not fed
+    assert source["kind"] == "openrlhf scalars" and source["mapped"] == {"response_length": "response/length_mean"}
+    assert "kl" in source["shown"] and "reward" in source["shown"] and source["unknown"] == ["mystery"]
+    assert imported.history[2]["openrlhf/reward"] == pytest.approx(0.4) and "reward/score_mean" not in imported.history[2]
+    assert "kl/token_mean" not in imported.history[2]
 
 
 def test_bad_logs_are_one_line_each(tiny_world, tmp_path, capsys):

@@ -68,3 +68,35 @@ def test_seq_sum_norm_entropy_is_not_fed(tmp_path):
     result = import_logs([str(run)])
     source = result.sources[0]
     assert "actor/entropy" in source["shown"] and "max response length" in source["meanings"]["actor/entropy"]
+
+
+def _hf(directory: Path, weights: bool = True) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    if weights:
+        (directory / "model.safetensors").write_bytes(b"")
+    return directory
+
+
+def test_verl_checkpoint_layouts(tmp_path):
+    """LoRA merger output (verl 0.9.1 model_merger/base_model_merger.py L394-419), Megatron dist_ckpt, and a
+    huggingface/ folder with no weights (the default checkpoint.save_contents)."""
+    from policyshift.analysis.discover import DiscoveryError, find_checkpoints
+
+    lora = tmp_path / "lora"
+    _hf(lora / "global_step_5" / "actor" / "huggingface")
+    adapter = lora / "global_step_5" / "actor" / "huggingface" / "lora_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
+    [ckpt], _ = find_checkpoints(lora)
+    assert ckpt.path == adapter and ckpt.step == 5 and "LoRA" in ckpt.layout  # the adapter, not the base beside it
+
+    megatron = tmp_path / "megatron" / "global_step_2" / "actor"
+    (megatron / "dist_ckpt").mkdir(parents=True)
+    with pytest.raises(DiscoveryError, match="Megatron dist_ckpt.*--backend megatron"):
+        find_checkpoints(tmp_path / "megatron")
+
+    empty = tmp_path / "empty" / "global_step_3" / "actor"
+    _hf(empty / "huggingface", weights=False)
+    with pytest.raises(DiscoveryError, match="config and tokenizer only, no weights"):
+        find_checkpoints(tmp_path / "empty")

@@ -41,7 +41,7 @@ def test_lookup_by_table_and_pattern():
     assert ingest.lookup("verl", "rewards/good/mean") is None and ingest.lookup("nobody", "kl") is None
     from policyshift.analysis.ingest_map import BY_KEY, lookup  # the old import path
 
-    assert lookup("openrlhf", "reward").target == K.SCORE_MEAN and "kl" in BY_KEY["openrlhf"]
+    assert lookup("openrlhf", "ppo_clip_ratio").target == K.CLIP_FRAC and "kl" in BY_KEY["openrlhf"]
 
 
 def test_generated_texts():

@@ -5,7 +5,7 @@ Layouts read (README "Analyze a run from another trainer"):
   LoRA adapter (adapter_config.json naming its base);
 - HF Trainer / TRL: OUTPUT_DIR/checkpoint-N/ (N = global step, also in its trainer_state.json);
   the final model saved at OUTPUT_DIR itself counts when OUTPUT_DIR/trainer_state.json gives its step;
-- OpenRLHF: the HF model at --save_path, and --save_hf_ckpt's CKPT_PATH/global_step{N}_hf/;
+- OpenRLHF: the HF model at --ckpt.output_dir, and --ckpt.save_hf's CKPT_PATH/global_step{N}_hf/ (and best_global_step{N}_hf/);
 - verl: global_step_N/actor/huggingface/ once the HF weights are saved there (or the model merger's
   output); per-rank FSDP shards (model_world_size_W_rank_R.pt) must be merged first;
 - policyshift: RUN_DIR/checkpoints/step-N/policy/ and RUN_DIR/final/.
@@ -57,6 +57,11 @@ class Checkpoint:
     path: Path
     step: int | None  # None: no step in its name or trainer state (the caller numbers it)
     layout: str  # which convention found it, shown in the report
+
+
+# verl's model merger with LoRA writes the base weights to the target and the adapter to target/lora_adapter/
+# (verl 0.9.1 model_merger/base_model_merger.py L394-419): the policy is the adapter on its base, not the base
+LORA_ADAPTER = "lora_adapter"
 
 
 def _is_classifier(path: Path) -> bool:
@@ -144,6 +149,8 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
     found: list[Checkpoint] = []
     for directory in _walk(root):
         if is_model_dir(directory) and not _is_classifier(directory):
+            if is_adapter_dir(directory / LORA_ADAPTER):  # verl's merger: base weights here, the trained adapter below
+                directory = directory / LORA_ADAPTER
             step = step_from_path(directory, root)
             if step is None:
                 step = _unnamed_step(root, directory)

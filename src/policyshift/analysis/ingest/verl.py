@@ -326,10 +326,23 @@ IMPORTER = Importer(
     keys=tuple(_VERL) + (KeyMap("actor/entropy", None, "entropy aggregated by actor.loss_agg_mode (per token only under token-mean): "
                                                             "no saved config read"),),
     tensorboard_tags=lambda keys: any(key.startswith(("actor/", "critic/", "response_length/")) for key in keys),
-    checkpoints=(CheckpointLayout("verl HF export", lambda p: p.name == "huggingface", "global_step_N/actor/huggingface/ (verl)"),),
+    checkpoints=(CheckpointLayout("verl HF export", lambda p: p.name == "huggingface", "global_step_N/actor/huggingface/ (verl)"),
+                 CheckpointLayout("verl LoRA adapter (on the base weights merged beside it)", lambda p: p.name == "lora_adapter")),
     step_prefixes=("global_step",),
     shards=(ShardLayout(
         pattern=lambda name: bool(FSDP_SHARD.match(name)), merged=_fsdp_merged,
         note=lambda d: (f"{d}: verl FSDP shards, not an HF model; merge them first: "
-                        f"python -m verl.model_merger merge --backend fsdp --local_dir {d} --target_dir {d}/huggingface")),),
+                        f"python -m verl.model_merger merge --backend fsdp --local_dir {d} --target_dir {d}/huggingface")),
+        # Megatron: actor/dist_ckpt/ (and the newer layout's model/dist_ckpt/; utils/checkpoint/megatron_checkpoint_manager.py L115-135)
+        ShardLayout(
+            pattern=lambda name: name == "dist_ckpt", merged=_fsdp_merged,
+            note=lambda d: (f"{d}: verl Megatron dist_ckpt shards, not an HF model; merge them first: "
+                            f"python -m verl.model_merger merge --backend megatron --local_dir {d} --target_dir {d}/huggingface")),
+        # checkpoint.save_contents without hf_model (the default): huggingface/ holds the config and tokenizer only
+        ShardLayout(
+            pattern=lambda name: name == "huggingface", merged=_fsdp_merged,
+            note=lambda d: (f"{d}/huggingface: config and tokenizer only, no weights (verl saves HF weights only with "
+                            f"checkpoint.save_contents including hf_model); merge the shards with python -m verl.model_merger merge "
+                            f"--local_dir {d} --target_dir {d}/huggingface")),
+    ),
 )
