@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from policyshift.errors import ModelError  # noqa: F401 (defined in errors.py; old import path)
+from policyshift.logprobs import position_ids_from_mask  # noqa: F401 (tensor math, lives with the log-probs; old import path)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,12 +147,6 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
 def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     return disable_dropout(model)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Left-padded rows must start counting positions at their first real token, exactly as
-    # generation does, or the recomputed logprobs differ from the sampled ones.
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logits(model, input_ids, attention_mask, n_response: int) -> torch.Tensor:
