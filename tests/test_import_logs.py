@@ -208,9 +208,11 @@ def test_score_completions_colours_those_at_checkpoint_steps(trl_run, tmp_path, 
     out = tmp_path / "scored"
     assert analyze(trl_run, out, "--logs", str(trl_run["grpo"]), "--score-completions") == 0, capsys.readouterr().err
     run = load_run(out)
-    at_ckpt = [c for c in run.completions if c["step"] in (2, 4)]
+    # logged at step 3 = sampled before update 3 by checkpoint-2; checkpoint-4's samples (step 5) were never logged
+    at_ckpt = [c for c in run.completions if c["step"] == 3]
     assert at_ckpt and all(len(c["tokens"]) == len(c["token_log_ratio"]) == len(c["completion"].split()) for c in at_ckpt)
-    assert all("tokens" not in c for c in run.completions if c["step"] in (1, 3))  # no checkpoint there: no π to compare
+    assert all(c["scored_by_checkpoint_step"] == 2 for c in at_ckpt)
+    assert all("tokens" not in c for c in run.completions if c["step"] in (1, 2, 4))  # no checkpoint sampled them: no π to compare
     assert any(abs(x) > 1e-4 for c in at_ckpt for x in c["token_log_ratio"]) and all(
         c["seq_kl"] == pytest.approx(sum(c["token_log_ratio"]), abs=1e-3) for c in at_ckpt)
     cost = run.config["analysis"]["completions_scored"]

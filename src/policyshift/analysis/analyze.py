@@ -304,7 +304,9 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
         progress(f"{plan.label + ' ' if plan.label else ''}step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
         rows, metrics = ref.probe(policy, ckpt.step, "policy", str(ckpt.path))
         if settings.score_completions:
-            at_step = [row for row in completions if row["step"] == ckpt.step]
+            # a completion logged at step S was sampled before update S, by the policy of step S − 1 (TRL and verl log
+            # the batch they are about to train on): checkpoint C scores the completions logged at C + 1
+            at_step = [row for row in completions if row.get("sampled_before_update", row["step"]) == ckpt.step + 1]
             if at_step:
                 start = time.perf_counter()
                 color_completions(policy, ref, at_step)
@@ -371,10 +373,12 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
 
 def color_completions(policy, ref: Reference, rows: list[dict]) -> None:
     """Per-token log π/π_ref of logged completions (re-tokenized with the reference's tokenizer), added
-    to the rows as `tokens`, `token_log_ratio` and `seq_kl`: the checkpoint of the same step as π."""
+    to the rows as `tokens`, `token_log_ratio` and `seq_kl`: π is the checkpoint that sampled them (the step before
+    the one they were logged at; earlier still when the trainer reuses a generation for several steps)."""
     from policyshift.analysis.probe import score_texts
 
     scored = score_texts(policy, ref.model, ref.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
                          ref.settings.temperature, ref.settings.batch_size, ref.max_prompt_length)
     for row, (tokens, log_ratio) in zip(rows, scored):
         row.update({"tokens": tokens, "token_log_ratio": [round(x, 5) for x in log_ratio], "seq_kl": sum(log_ratio)})
+        row["scored_by_checkpoint_step"] = row.get("sampled_before_update", row["step"]) - 1

@@ -86,9 +86,10 @@ def panel_completions(run: RunData) -> str:
     coloured = any(r.get("tokens") for r in run.completions)
     caption = ("Completions the trainer logged during training (their rewards fill the distribution panel). The logs hold no "
                "log-probabilities, so tokens are not coloured" + (
-                   ", except at the steps of a checkpoint (analyze --score-completions): there each token is coloured by "
-                   "log π_checkpoint/π_ref, re-tokenized with the reference's tokenizer" if coloured else
-                   "; analyze --score-completions colours those logged at a checkpoint's step") + ".")
+                   ", except those a checkpoint sampled (analyze --score-completions: logged at the step after the checkpoint, "
+                   "since a batch is logged before the update it trains): each token is coloured by log π_checkpoint/π_ref, "
+                   "re-tokenized with the reference's tokenizer" if coloured else
+                   "; analyze --score-completions colours those a checkpoint sampled (logged at the step after it)") + ".")
     return panel_html(number("completions"), "Training completions", "".join(blocks), caption)
 
 
