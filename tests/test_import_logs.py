@@ -34,7 +34,8 @@ def test_analyze_a_real_trl_grpo_run(trl_run, tmp_path, capsys):
     assert analyze(trl_run, out) == 0, capsys.readouterr().err
     run = load_run(out)
     assert [(c["step"], Path(c["path"]).name) for c in run.config["analysis"]["checkpoints"]] == [(2, "checkpoint-2"), (4, "checkpoint-4")]
-    assert [r["step"] for r in run.history] == [0, 2, 4]
+    assert [r["step"] for r in run.history if any(k.startswith("fixed/") for k in r)] == [0, 2, 4]
+    assert [r["step"] for r in run.history] == [0, 1, 2, 3, 4]  # the run directory's own logs, imported without --logs
     assert run.history[0]["fixed/kl/k1_seq_mean"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
     assert run.history[2]["fixed/kl/exact_seq_mean"] > run.history[0]["fixed/kl/exact_seq_mean"]  # lr 1e-3: GRPO moved the policy
     assert all(isinstance(r["score"], float) and len(r["token_k3"]) == r["length"] for r in run.samples)

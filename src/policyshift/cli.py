@@ -103,12 +103,23 @@ def _fail_on(run_dir, level: str | None) -> int:
 def cmd_analyze(args, extra: list[str]) -> int:
     from policyshift.analysis.analyze import AnalyzeSettings, analyze
 
+    from policyshift.analysis.zeroconf import choose
+    from policyshift.errors import DataError
+
     _check_sampling_flags(args, args.out)
+    chosen = choose(args.paths, args.reference, args.prompts, args.logs, args.out) if not args.label else None
+    if args.label and (args.reference is None or args.prompts is None):
+        raise DataError("--label: give --reference and --prompts (the runs side by side share them)")
+    for line in chosen.lines if chosen else []:
+        print(line, file=sys.stderr)
+    args.reference, args.prompts = (chosen.reference, chosen.prompts) if chosen else (args.reference, args.prompts)
+    args.logs = chosen.logs if chosen else args.logs
     settings = AnalyzeSettings(
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length,
-        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions, probes=_probes(args))
+        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions, probes=_probes(args),
+        max_prompts=args.max_prompts)
     result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
     for note in result["notes"]:
         print(note, file=sys.stderr)
@@ -251,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Sample fixed prompts from the reference and each checkpoint, score them with the reference "
                                          "(per-token KL), the reward and gold; write a run directory with report.html.")
     analyze.add_argument("paths", nargs="+", metavar="PATH", help="run directories (checkpoints found by trainer convention) or model directories")
-    analyze.add_argument("--reference", required=True, help="the model the run started from (SFT), HF directory")
-    analyze.add_argument("--prompts", required=True, help="fixed prompts (.jsonl/.json/.txt/...)")
+    analyze.add_argument("--reference", help="the model the run started from (SFT), HF directory (default: what the run records: "
+                         "model card base_model, adapter base, config _name_or_path, verl's saved model path)")
+    analyze.add_argument("--prompts", help="fixed prompts (.jsonl/.json/.txt/...) (default: the run's own logged training prompts)")
+    analyze.add_argument("--max-prompts", type=int, default=64, help="fixed prompts sampled from a larger prompt set (default 64)")
     analyze.add_argument("--prompt-field", default="prompt")
     reward = analyze.add_mutually_exclusive_group()
     reward.add_argument("--reward", dest="reward_model", help="HF sequence-classification reward model")

@@ -51,6 +51,7 @@ class AnalyzeSettings:
     logs: list[str] = field(default_factory=list)  # other trainers' logs to import (analysis.ingest)
     score_completions: bool = False  # colour imported completions at checkpoint steps by log π_ckpt/π_ref
     probes: list = field(default_factory=list)  # config.ProbeSuiteConfig each (--probes FILE): probe/<name> per checkpoint
+    max_prompts: int = 64  # a larger prompt set is sampled to this many fixed prompts (every checkpoint samples each one)
 
 
 def _progress(message: str) -> None:
@@ -195,6 +196,11 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
     rows = load_prompt_rows(settings.prompts, settings.prompt_field, tokenizer=tokenizer)  # chat rows: the reference's chat template
+    from policyshift.analysis.zeroconf import bounded
+
+    rows, line = bounded(rows, settings.max_prompts, settings.seed)  # 512 prompts × every checkpoint: minutes each on a CPU
+    if line:
+        _progress(line)
     prompts = [row.text for row in rows]
     fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
     reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
