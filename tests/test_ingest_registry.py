@@ -14,9 +14,9 @@ from policyshift.analysis.ingest import IMPORTERS, LogImportError, import_logs
 
 
 def test_registry_order_names_and_key_tables():
-    assert [i.name for i in IMPORTERS] == ["trl", "verl", "openrlhf", "tensorboard", "hf", "policyshift"]
-    assert ingest.SOURCES == ("trl", "verl", "openrlhf", "tensorboard")
-    assert ingest.RAW_PREFIXES == ("trl/", "verl/", "openrlhf/", "tensorboard/")
+    assert [i.name for i in IMPORTERS] == ["trl", "nemo_rl", "verl", "openrlhf", "tensorboard", "hf", "policyshift"]
+    assert ingest.SOURCES == ("trl", "nemo_rl", "verl", "openrlhf", "tensorboard")
+    assert ingest.RAW_PREFIXES == ("trl/", "nemo_rl/", "verl/", "openrlhf/", "tensorboard/")
     known = {getattr(K, name) for name in dir(K) if name.isupper() and isinstance(getattr(K, name), str)}
     for importer in IMPORTERS:
         assert len({m.key for m in importer.keys}) == len(importer.keys), importer.name  # one meaning per key
@@ -46,9 +46,9 @@ def test_lookup_by_table_and_pattern():
 
 def test_generated_texts():
     assert ingest.DIR_EXPECTED == ("trainer_state.json or checkpoint-N/trainer_state.json, completions/completions_*.parquet, "
-                                   "a verl file log (<project>/<experiment>.jsonl), {step}.jsonl rollout dumps, or TensorBoard event files")
+                                   "NeMo-RL train_data_step{N}.jsonl, a verl file log (<project>/<experiment>.jsonl), {step}.jsonl rollout dumps, or TensorBoard event files")
     assert ingest.CHECKPOINT_TRAINERS == "TRL, verl, OpenRLHF, HF directories"
-    assert ingest.COMPLETION_LOGS == "TRL completions/completions_*.parquet, verl rollout dumps {step}.jsonl"
+    assert ingest.COMPLETION_LOGS == "TRL completions/completions_*.parquet, NeMo-RL train_data_step{N}.jsonl, verl rollout dumps {step}.jsonl"
     assert EXPECTED == ("an HF model directory (config.json + model.safetensors/pytorch_model.bin, or a LoRA adapter_config.json), "
                         "or a run directory with checkpoint-N/ (HF Trainer, TRL), global_step_N/actor/huggingface/ (verl), "
                         "global_stepN_hf/ (OpenRLHF) or checkpoints/step-N/policy/ (policyshift)")

@@ -23,7 +23,9 @@ class Thresholds:
 
 def detect_no_reference_kl(history, samples, t, distributions=(), reference=None) -> list[Finding]:
     keys = {key for row in history for key in row}
-    imported = sorted({key.split("/", 1)[0] for key in keys if key.split("/", 1)[0] in ("trl", "verl", "openrlhf", "tensorboard")})
+    from policyshift.analysis.ingest import SOURCES  # the importers' raw-key prefixes (trl/, verl/, ...)
+
+    imported = sorted({key.split("/", 1)[0] for key in keys if key.split("/", 1)[0] in SOURCES})
     if not imported or any(key.startswith(("kl/", "fixed/kl/")) for key in keys):
         return []
     if K.SCORE_MEAN not in keys:  # not an RL run on its own samples (DPO, SFT): no KL to the reference is expected in its log
