@@ -247,13 +247,19 @@ def test_score_texts_matches_the_sampled_logprobs(tiny_world):
 
 
 @pytest.mark.slow
-def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run):
+def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run, tmp_path):
     """The TRL run's own TensorBoard events (HF Trainer's callback, tags train/<key>), without trainer_state.json."""
     imported = import_logs([str(trl_run["grpo"] / "runs")])
     state = json.loads((trl_run["grpo"] / "checkpoint-4" / "trainer_state.json").read_text())
     logged = {e["step"]: e for e in state["log_history"] if "reward" in e}
-    # events alone do not say GRPO or RLOO (no model card, no training_args.bin read): kl (k3 or k1) is shown, not fed
-    assert imported.sources[0]["kind"] == "trl scalars" and "kl" in imported.sources[0]["shown"]
+    # the events' output_dir holds the model card and training_args.bin: GRPO, so its kl is the per-token k3
+    assert imported.sources[0]["kind"] == "trl scalars" and imported.sources[0]["mapped"]["kl"] == "kl/k3_token_mean"
+    assert imported.sources[0]["mode"]["trainer"] == "GRPO"
     for step, entry in logged.items():
         assert imported.history[step]["reward/score_mean"] == pytest.approx(entry["reward"], rel=1e-6)  # float32 in the events
-        assert imported.history[step]["trl/kl"] == pytest.approx(entry["kl"], rel=1e-6) and "kl/k3_token_mean" not in imported.history[step]
+        assert imported.history[step]["kl/k3_token_mean"] == pytest.approx(entry["kl"], rel=1e-6)
+    # events copied away from their run: GRPO or RLOO cannot be told, so kl (k3 or k1) is shown, not fed
+    alone = tmp_path / "events"
+    shutil.copytree(next((trl_run["grpo"] / "runs").iterdir()), alone)
+    imported = import_logs([str(alone)])
+    assert "kl" in imported.sources[0]["shown"] and "kl/k3_token_mean" not in imported.history[1]

@@ -86,6 +86,9 @@ class Importer:
     tensorboard_tags: Callable[[set[str]], bool] | None = None  # these TensorBoard scalar keys are this trainer's
     tensorboard_strip: str | None = None  # tag prefix its TensorBoard writer adds (HF Trainer: "train/")
     tensorboard_repeats_log: bool = False  # its events repeat a scalar log read from the same directory: skip them
+    # (event folder) → (key lookup, mode) of the run the events belong to, from what the run saved beside them
+    # (TRL: the output_dir's model card and training_args.bin); None: the static key table
+    events_mode: Callable[[Path], tuple] | None = None
     checkpoints: tuple[CheckpointLayout, ...] = ()
     step_prefixes: tuple[str, ...] = ()  # directory names that carry the step: PREFIX[-_]N (checkpoint-N, global_step_N, ...)
     step_suffixes: tuple[str, ...] = ()  # ... optionally followed by one of these (OpenRLHF's global_stepN_hf)

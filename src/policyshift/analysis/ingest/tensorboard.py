@@ -52,7 +52,8 @@ def read_tensorboard(directory: Path, imported: Imported, context: dict | None =
             key = tag[len(strip):] if strip and tag.startswith(strip) else tag
             for event in acc.Scalars(tag):
                 by_step.setdefault(int(event.step), {})[key] = float(event.value)
-        imported.add_scalars(source.name, folder, sorted(by_step.items()))
+        table, mode = source.events_mode(folder) if source.events_mode is not None else (None, None)
+        imported.add_scalars(source.name, folder, sorted(by_step.items()), table=table, mode=mode)
         read += 1
     if not read:
         raise LogImportError(f"{directory}: TensorBoard event files hold no scalars")

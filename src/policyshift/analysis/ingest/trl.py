@@ -538,6 +538,22 @@ def checkpoint_log(path: Path) -> tuple[Path, list] | None:
     return state_file, entries
 
 
+def events_mode(folder: Path):
+    """The key table of the run whose TensorBoard events are in `folder` (HF Trainer: OUTPUT_DIR/runs/<name>/):
+    the mode read from OUTPUT_DIR's trainer state, model card and training_args.bin; without them, mode unknown."""
+    for output_dir in (folder.parent.parent, folder.parent, folder):
+        states = find_trainer_state(output_dir, {})
+        if states:
+            try:
+                state = _load_state(states[0])
+            except LogImportError:
+                continue
+            mode = run_mode(states[0], state)
+            return table_for(mode), mode.describe()
+    mode = Mode(family="GRPO or RLOO")
+    return table_for(mode), mode.describe()
+
+
 IMPORTER = Importer(
     name="trl",
     title="TRL",
@@ -555,6 +571,7 @@ IMPORTER = Importer(
                                                "objective/scores"}),
     tensorboard_strip="train/",  # HF Trainer's TensorBoardCallback
     tensorboard_repeats_log=True,  # the same scalars as trainer_state.json, in float32
+    events_mode=events_mode,
     checkpoints=(CheckpointLayout("HF Trainer / TRL checkpoint", lambda p: p.name.startswith("checkpoint-"), "checkpoint-N/ (HF Trainer, TRL)"),),
     step_prefixes=("checkpoint",),
     checkpoint_log=checkpoint_log,
