@@ -2,7 +2,6 @@
 the fixed prompts, one line each; a large prompt file is sampled to a bounded number of fixed prompts."""
 
 import json
-from pathlib import Path
 
 import pytest
 
