@@ -119,7 +119,7 @@ def test_discovery_errors_name_the_path(saved, tmp_path):
     deepspeed = tmp_path / "openrlhf_ckpt" / "_actor" / "global_step4"
     deepspeed.mkdir(parents=True)
     (deepspeed / "mp_rank_00_model_states.pt").write_bytes(b"")
-    with pytest.raises(DiscoveryError, match="DeepSpeed shards.*--save_hf_ckpt"):
+    with pytest.raises(DiscoveryError, match="DeepSpeed shards.*--ckpt.save_hf"):
         find_checkpoints(tmp_path / "openrlhf_ckpt")
     with pytest.raises(DiscoveryError, match="no such file"):
         find_checkpoints(tmp_path / "missing")

@@ -34,7 +34,8 @@ def test_analyze_a_real_trl_grpo_run(trl_run, tmp_path, capsys):
     assert analyze(trl_run, out) == 0, capsys.readouterr().err
     run = load_run(out)
     assert [(c["step"], Path(c["path"]).name) for c in run.config["analysis"]["checkpoints"]] == [(2, "checkpoint-2"), (4, "checkpoint-4")]
-    assert [r["step"] for r in run.history] == [0, 2, 4]
+    assert [r["step"] for r in run.history if any(k.startswith("fixed/") for k in r)] == [0, 2, 4]
+    assert [r["step"] for r in run.history] == [0, 1, 2, 3, 4]  # the run directory's own logs, imported without --logs
     assert run.history[0]["fixed/kl/k1_seq_mean"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
     assert run.history[2]["fixed/kl/exact_seq_mean"] > run.history[0]["fixed/kl/exact_seq_mean"]  # lr 1e-3: GRPO moved the policy
     assert all(isinstance(r["score"], float) and len(r["token_k3"]) == r["length"] for r in run.samples)
@@ -135,10 +136,13 @@ def test_verl_file_log_mapped_with_meaning(tmp_path):
     imported = import_logs([str(verl_file_log(tmp_path / "verl.jsonl", torn=True))])
     row = imported.history[3]
     assert row["reward/score_mean"] == pytest.approx(0.3) and row["response/length_mean"] == 23.0
-    assert row["response/eos_rate"] == 0.75 and row["policy/entropy"] == pytest.approx(1.7) and row["ppo/clip_frac"] == 0.05
+    assert row["response/eos_rate"] == 0.75 and row["ppo/clip_frac"] == 0.05
     assert row["verl/actor/ppo_kl"] == 0.01 and not any(k.startswith("kl/") for k in row)  # old→new KL is not KL to the reference
+    # no saved config beside the log: loss_agg_mode unknown, so actor/entropy may be per sequence: shown, not fed
+    assert "policy/entropy" not in row and row["verl/actor/entropy"] == pytest.approx(1.7)
     source = imported.sources[0]
     assert "actor/ppo_kl" in source["shown"] and "actor/kl_loss" in source["shown"] and source["unknown"] == ["custom/thing"]
+    assert "actor/entropy" in source["shown"] and "no saved config" in source["meanings"]["actor/entropy"]
     assert row["verl/custom/thing"] == 7.0  # unknown keys are kept
     assert len(imported.notes) == 1 and "half-written" in imported.notes[0] and ":6:" in imported.notes[0]
 
@@ -149,9 +153,11 @@ def test_verl_rollout_dump_and_openrlhf_tensorboard(tmp_path):
     assert imported.completions[0]["rewards"] == {"acc": 1.0}
     assert [d["scores"] for d in imported.distributions] == [[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]]
     source = imported.sources[0]
-    assert source["kind"] == "openrlhf scalars" and source["mapped"] == {"reward": "reward/score_mean", "response_length": "response/length_mean"}
-    assert "kl" in source["shown"] and source["unknown"] == ["mystery"]
-    assert imported.history[2]["reward/score_mean"] == pytest.approx(0.4) and "kl/token_mean" not in imported.history[2]
+    # OpenRLHF's reward includes the length penalties when they are on, which its logs do not say: shown, not fed
+    assert source["kind"] == "openrlhf scalars" and source["mapped"] == {"response_length": "response/length_mean"}
+    assert "kl" in source["shown"] and "reward" in source["shown"] and source["unknown"] == ["mystery"]
+    assert imported.history[2]["openrlhf/reward"] == pytest.approx(0.4) and "reward/score_mean" not in imported.history[2]
+    assert "kl/token_mean" not in imported.history[2]
 
 
 def test_bad_logs_are_one_line_each(tiny_world, tmp_path, capsys):
@@ -203,9 +209,11 @@ def test_score_completions_colours_those_at_checkpoint_steps(trl_run, tmp_path, 
     out = tmp_path / "scored"
     assert analyze(trl_run, out, "--logs", str(trl_run["grpo"]), "--score-completions") == 0, capsys.readouterr().err
     run = load_run(out)
-    at_ckpt = [c for c in run.completions if c["step"] in (2, 4)]
+    # logged at step 3 = sampled before update 3 by checkpoint-2; checkpoint-4's samples (step 5) were never logged
+    at_ckpt = [c for c in run.completions if c["step"] == 3]
     assert at_ckpt and all(len(c["tokens"]) == len(c["token_log_ratio"]) == len(c["completion"].split()) for c in at_ckpt)
-    assert all("tokens" not in c for c in run.completions if c["step"] in (1, 3))  # no checkpoint there: no π to compare
+    assert all(c["scored_by_checkpoint_step"] == 2 for c in at_ckpt)
+    assert all("tokens" not in c for c in run.completions if c["step"] in (1, 2, 4))  # no checkpoint sampled them: no π to compare
     assert any(abs(x) > 1e-4 for c in at_ckpt for x in c["token_log_ratio"]) and all(
         c["seq_kl"] == pytest.approx(sum(c["token_log_ratio"]), abs=1e-3) for c in at_ckpt)
     cost = run.config["analysis"]["completions_scored"]
@@ -239,12 +247,19 @@ def test_score_texts_matches_the_sampled_logprobs(tiny_world):
 
 
 @pytest.mark.slow
-def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run):
+def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run, tmp_path):
     """The TRL run's own TensorBoard events (HF Trainer's callback, tags train/<key>), without trainer_state.json."""
     imported = import_logs([str(trl_run["grpo"] / "runs")])
     state = json.loads((trl_run["grpo"] / "checkpoint-4" / "trainer_state.json").read_text())
     logged = {e["step"]: e for e in state["log_history"] if "reward" in e}
+    # the events' output_dir holds the model card and training_args.bin: GRPO, so its kl is the per-token k3
     assert imported.sources[0]["kind"] == "trl scalars" and imported.sources[0]["mapped"]["kl"] == "kl/k3_token_mean"
+    assert imported.sources[0]["mode"]["trainer"] == "GRPO"
     for step, entry in logged.items():
         assert imported.history[step]["reward/score_mean"] == pytest.approx(entry["reward"], rel=1e-6)  # float32 in the events
         assert imported.history[step]["kl/k3_token_mean"] == pytest.approx(entry["kl"], rel=1e-6)
+    # events copied away from their run: GRPO or RLOO cannot be told, so kl (k3 or k1) is shown, not fed
+    alone = tmp_path / "events"
+    shutil.copytree(next((trl_run["grpo"] / "runs").iterdir()), alone)
+    imported = import_logs([str(alone)])
+    assert "kl" in imported.sources[0]["shown"] and "kl/k3_token_mean" not in imported.history[1]

@@ -9,18 +9,8 @@ import signal
 import sys
 import warnings
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from policyshift.config import ConfigError
-    from policyshift.data import DataError
-    from policyshift.checkpoint import CheckpointError
-    from policyshift.models import ModelError
-    from policyshift.rewards import RewardError
-    from policyshift.tracking import TrackingError
-    from policyshift.rundir import RunDirError
-    from policyshift.trainer import TrainingError
-
-    return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError, TrackingError
+from policyshift.errors import UserError  # every user error: one line, exit 2
+from policyshift.runfiles import CONFIG_FILE, METRICS_FILE
 
 
 def cmd_train(args, extra: list[str]) -> int:
@@ -38,9 +28,9 @@ def cmd_train(args, extra: list[str]) -> int:
         raise ConfigError("--resume needs a run directory or 'auto'")
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
+        if not (run_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        config = PPOConfig.from_dict(load_yaml(args.config or run_dir / "config.yaml"), {**overrides, "train.output_dir": str(run_dir)})
+        config = PPOConfig.from_dict(load_yaml(args.config or run_dir / CONFIG_FILE), {**overrides, "train.output_dir": str(run_dir)})
     else:
         config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
     # --resume RUN_DIR / auto continue a run that has a checkpoint; one that died before its first
@@ -79,7 +69,7 @@ def cmd_report(args, extra: list[str]) -> int:
     from policyshift.analysis.report import build_report
     from policyshift.data import DataError
 
-    if not (Path(args.run_dir) / "metrics.jsonl").is_file() and not (Path(args.run_dir) / "config.yaml").is_file():
+    if not (Path(args.run_dir) / METRICS_FILE).is_file() and not (Path(args.run_dir) / CONFIG_FILE).is_file():
         raise DataError(f"{args.run_dir} is not a policyshift run directory (no metrics.jsonl or config.yaml)")
     path = build_report(args.run_dir)
     print(path)
@@ -113,12 +103,23 @@ def _fail_on(run_dir, level: str | None) -> int:
 def cmd_analyze(args, extra: list[str]) -> int:
     from policyshift.analysis.analyze import AnalyzeSettings, analyze
 
+    from policyshift.analysis.zeroconf import choose
+    from policyshift.errors import DataError
+
     _check_sampling_flags(args, args.out)
+    chosen = choose(args.paths, args.reference, args.prompts, args.logs, args.out) if not args.label else None
+    if args.label and (args.reference is None or args.prompts is None):
+        raise DataError("--label: give --reference and --prompts (the runs side by side share them)")
+    for line in chosen.lines if chosen else []:
+        print(line, file=sys.stderr)
+    args.reference, args.prompts = (chosen.reference, chosen.prompts) if chosen else (args.reference, args.prompts)
+    args.logs = chosen.logs if chosen else args.logs
     settings = AnalyzeSettings(
         prompts=args.prompts, prompt_field=args.prompt_field, reward_model=args.reward_model, reward_function=args.reward_function,
         gold_reward_model=args.gold_reward_model, gold_reward_function=args.gold_reward_function, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length,
-        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions, probes=_probes(args))
+        kl_budget=args.kl_budget, logs=args.logs or [], score_completions=args.score_completions, probes=_probes(args),
+        max_prompts=args.max_prompts)
     result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
     for note in result["notes"]:
         print(note, file=sys.stderr)
@@ -241,6 +242,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from policyshift.analysis.ingest import CHECKPOINT_TRAINERS, LOGS_HELP  # the importers' registry names what analyze reads
+
     parser = OneLineParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
@@ -255,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     report.set_defaults(func=cmd_report)
-    analyze = sub.add_parser("analyze", help="the policy-shift analysis of any trainer's checkpoints (TRL, verl, OpenRLHF, HF directories)",
+    analyze = sub.add_parser("analyze", help=f"the policy-shift analysis of any trainer's checkpoints ({CHECKPOINT_TRAINERS})",
                              description="Sample fixed prompts from the reference and each checkpoint, score them with the reference "
                                          "(per-token KL), the reward and gold; write a run directory with report.html.")
     analyze.add_argument("paths", nargs="+", metavar="PATH", help="run directories (checkpoints found by trainer convention) or model directories")
-    analyze.add_argument("--reference", required=True, help="the model the run started from (SFT), HF directory")
-    analyze.add_argument("--prompts", required=True, help="fixed prompts (.jsonl/.json/.txt/...)")
+    analyze.add_argument("--reference", help="the model the run started from (SFT), HF directory (default: what the run records: "
+                         "model card base_model, adapter base, config _name_or_path, verl's saved model path)")
+    analyze.add_argument("--prompts", help="fixed prompts (.jsonl/.json/.txt/...) (default: the run's own logged training prompts)")
+    analyze.add_argument("--max-prompts", type=int, default=64, help="fixed prompts sampled from a larger prompt set (default 64)")
     analyze.add_argument("--prompt-field", default="prompt")
     reward = analyze.add_mutually_exclusive_group()
     reward.add_argument("--reward", dest="reward_model", help="HF sequence-classification reward model")
@@ -268,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     gold = analyze.add_mutually_exclusive_group()
     gold.add_argument("--gold-reward", dest="gold_reward_model", help="gold reward model (measured, for proxy-vs-gold divergence)")
     gold.add_argument("--gold-reward-function", help="gold reward as module:function or file.py:function")
-    analyze.add_argument("--logs", nargs="+", metavar="LOG", help="other trainers' logs to import: trainer_state.json, verl JSONL, "
-                         "TensorBoard event dirs, TRL completions/ parquet, verl rollout dump dirs")
+    analyze.add_argument("--logs", nargs="+", metavar="LOG", help=f"other trainers' logs to import: {LOGS_HELP}")
     analyze.add_argument("--score-completions", action="store_true", help="colour imported completions logged at a checkpoint's step "
                          "by log π_checkpoint/π_ref (one forward pass of each model per completion)")
     analyze.add_argument("--label", action="append", help="one per PATH: each PATH is its own run (OUT/LABEL/), shown side by side in OUT/report.html")
@@ -385,7 +389,7 @@ def _run(args, extra: list[str]) -> int:
 
             raise ConfigError(f"only `train` runs under accelerate launch ({processes} processes); run `policyshift {args.command}` as one process")
         return args.func(args, extra)
-    except _user_errors() as exc:
+    except UserError as exc:
         if os.environ.get("POLICYSHIFT_DEBUG"):
             raise
         print(f"policyshift {args.command}: error: {exc}", file=sys.stderr)

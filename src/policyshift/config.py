@@ -20,23 +20,13 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-
-class OneLineError(ValueError):
-    """A user error whose message is one line: the CLI prints it as is. Keys, values, file contents
-    and exception texts from user code are echoed back and may hold newlines; they are joined."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).splitlines()))
+from policyshift.errors import ConfigError, OneLineError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters (with "...") for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class ConfigError(OneLineError):
-    """A bad configuration; the message is one line that names the field and the problem."""
 
 
 @dataclass
@@ -138,7 +128,7 @@ class AlgorithmConfig:
     std_eps: float = 1e-4  # grpo: A = (r − mean)/(std + eps) (TRL 1e-4)
     # how per-token losses become the minibatch loss (README "Loss shapes"): token_mean (DAPO; TRL's default "dapo"),
     # seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm (Dr. GRPO: / (N · max_new_tokens)),
-    # micro_batch_token_mean (before 0.2: the mean of each micro-batch's token mean; = token_mean with one micro-batch)
+    # micro_batch_token_mean (the mean of each micro-batch's token mean, what earlier builds did; = token_mean with one micro-batch)
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_batch_token_mean"] = "token_mean"
     # token: PPO's per-token ratio; sequence: GSPO (Zheng et al. 2025), one length-normalized ratio per response,
     # clipped with sequence_clip_range(_high) instead of ppo.clip_range

@@ -37,6 +37,8 @@ ENTROPY = "policy/entropy"
 # ---- groups (num_generations > 1) and advantages
 GROUP_REWARD_STD_MEAN = "group/reward_std_mean"  # mean over groups of the std of their n scores
 GROUP_ZERO_SPREAD_FRAC = "group/zero_spread_frac"  # groups whose n scores are all equal: no learning signal
+GROUP_FLAT_TOP_FRAC = "group/flat_top_frac"  # groups whose n scores all equal the run's highest score: all correct
+GROUP_FLAT_BOTTOM_FRAC = "group/flat_bottom_frac"  # groups whose n scores all equal the run's lowest score: all wrong
 ADVANTAGE = "advantage"  # prefix of /mean, /std, /max_abs (masked, over response tokens)
 
 # ---- DAPO dynamic sampling (algorithm.dynamic_sampling)

@@ -26,7 +26,8 @@ import yaml
 
 from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_checkpoints, is_adapter_dir
 from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
-from policyshift.analysis.runlog import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, SAMPLES_FILE
+from policyshift.runfiles import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, write_jsonl
+from policyshift.checks import fit_prompt_length
 from policyshift.config import RolloutConfig
 from policyshift.models import ModelError, PolicyAndCritic, local_path_or_hub_id, freeze, load_causal_lm, load_tokenizer, same_vocabulary
 
@@ -50,6 +51,7 @@ class AnalyzeSettings:
     logs: list[str] = field(default_factory=list)  # other trainers' logs to import (analysis.ingest)
     score_completions: bool = False  # colour imported completions at checkpoint steps by log π_ckpt/π_ref
     probes: list = field(default_factory=list)  # config.ProbeSuiteConfig each (--probes FILE): probe/<name> per checkpoint
+    max_prompts: int = 64  # a larger prompt set is sampled to this many fixed prompts (every checkpoint samples each one)
 
 
 def _progress(message: str) -> None:
@@ -112,27 +114,26 @@ def load_checkpoint_policy(ckpt: Checkpoint, ref_vocab_rows: int):
 def check_same_run(imported, checkpoints: list[Checkpoint], logs: list[str]) -> None:
     """Logs and checkpoints of two different runs given together: one line (DiscoveryError).
 
-    An HF Trainer checkpoint's trainer_state.json holds the log up to its step; an imported log that
+    A checkpoint may carry its trainer's log up to its step (each importer's `checkpoint_log`: an HF Trainer
+    checkpoint's trainer_state.json); an imported log that
     disagrees with it at a shared step (same key, different value) is another run's. Any log whose last
     step comes before every checkpoint cannot describe those checkpoints either."""
-    import json
-
-    from policyshift.analysis.ingest_map import RAW_PREFIXES
+    from policyshift.analysis.ingest import IMPORTERS, RAW_PREFIXES
 
     logged = {step: row for step, row in imported.history.items() if any(k.startswith(RAW_PREFIXES) for k in row)}
     for ckpt in checkpoints:
-        state_file = ckpt.path / "trainer_state.json"
-        try:
-            entries = json.loads(state_file.read_text()).get("log_history") or [] if state_file.is_file() else []
-        except (OSError, ValueError, AttributeError):
-            continue
-        for entry in entries:
-            row = logged.get(entry.get("step")) if isinstance(entry, dict) else None
-            for key, value in (entry.items() if row else ()):
-                mine = row.get(f"trl/{key}")
-                if key != "step" and isinstance(value, (int, float)) and isinstance(mine, (int, float)) and abs(mine - value) > 1e-6 * max(1.0, abs(value)):
-                    raise DiscoveryError(f"--logs {' '.join(logs)} and {ckpt.path} are from different runs: at step {entry['step']} "
-                                         f"{key} is {mine:g} in the logs and {value:g} in {state_file}")
+        for importer in IMPORTERS:
+            found = importer.checkpoint_log(ckpt.path) if importer.checkpoint_log is not None else None
+            if found is None:
+                continue
+            state_file, entries = found
+            for entry in entries:
+                row = logged.get(entry.get("step")) if isinstance(entry, dict) else None
+                for key, value in (entry.items() if row else ()):
+                    mine = row.get(f"{importer.name}/{key}")
+                    if key != "step" and isinstance(value, (int, float)) and isinstance(mine, (int, float)) and abs(mine - value) > 1e-6 * max(1.0, abs(value)):
+                        raise DiscoveryError(f"--logs {' '.join(logs)} and {ckpt.path} are from different runs: at step {entry['step']} "
+                                             f"{key} is {mine:g} in the logs and {value:g} in {state_file}")
     if logged and checkpoints and max(logged) < checkpoints[0].step:
         raise DiscoveryError(f"--logs {' '.join(logs)} end at step {max(logged)}, before the first checkpoint (step {checkpoints[0].step}, "
                              f"{checkpoints[0].path}): logs and checkpoints of different runs?")
@@ -147,16 +148,6 @@ def _output_dir_ok(out: Path) -> None:
     ours = config.is_file() and ANALYZE_SOURCE in config.read_text(errors="replace")
     if any(out.iterdir()) and not ours:
         raise DiscoveryError(f"--out {out}: exists and is not the output of an earlier `policyshift analyze`; choose an empty or new directory")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
-    from policyshift.tracking.base import clean_json
-
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(clean_json(row)) + "\n")
 
 
 @dataclass
@@ -198,7 +189,6 @@ class Reference:
 def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
     from policyshift.data import load_prompt_rows
     from policyshift.rewards import make_reward
-    from policyshift.trainer import fit_prompt_length
 
     try:
         tokenizer = load_tokenizer(reference)
@@ -206,6 +196,11 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
     rows = load_prompt_rows(settings.prompts, settings.prompt_field, tokenizer=tokenizer)  # chat rows: the reference's chat template
+    from policyshift.analysis.zeroconf import bounded
+
+    rows, line = bounded(rows, settings.max_prompts, settings.seed)  # 512 prompts × every checkpoint: minutes each on a CPU
+    if line:
+        _progress(line)
     prompts = [row.text for row in rows]
     fields = {k: [row.fields.get(k) for row in rows] for k in sorted({k for row in rows for k in row.fields})}
     reward = make_reward(settings.reward_model, settings.reward_function) if (settings.reward_model or settings.reward_function) else None
@@ -241,7 +236,7 @@ def _plans(paths: list[str], labels: list[str] | None, logs: list[str]) -> list[
         return [RunPlan(None, checkpoints, notes, imported)]
     if len(labels) != len(paths):
         raise DiscoveryError(f"--label given {len(labels)} times for {len(paths)} PATHs: one label per run directory")
-    if len(set(labels)) != len(labels) or any(not l or "/" in l or l.startswith(".") for l in labels):
+    if len(set(labels)) != len(labels) or any(not label or "/" in label or label.startswith(".") for label in labels):
         raise DiscoveryError(f"--label {' '.join(labels)}: labels must be distinct names (no '/', not starting with '.')")
     if logs:
         raise DiscoveryError("--logs with --label: import each run's logs in its own `policyshift analyze` call")
@@ -315,7 +310,9 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
         progress(f"{plan.label + ' ' if plan.label else ''}step {ckpt.step}: {ckpt.path} ({ckpt.layout})")
         rows, metrics = ref.probe(policy, ckpt.step, "policy", str(ckpt.path))
         if settings.score_completions:
-            at_step = [row for row in completions if row["step"] == ckpt.step]
+            # a completion logged at step S was sampled before update S, by the policy of step S − 1 (TRL and verl log
+            # the batch they are about to train on): checkpoint C scores the completions logged at C + 1
+            at_step = [row for row in completions if row.get("sampled_before_update", row["step"]) == ckpt.step + 1]
             if at_step:
                 start = time.perf_counter()
                 color_completions(policy, ref, at_step)
@@ -364,15 +361,15 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
 
     target.mkdir(parents=True, exist_ok=True)
     (target / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    _write_jsonl(target / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
-    _write_jsonl(target / SAMPLES_FILE, samples)
+    write_jsonl(target / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
+    write_jsonl(target / SAMPLES_FILE, samples)
     if distributions:
-        _write_jsonl(target / DISTRIBUTIONS_FILE, distributions)
+        write_jsonl(target / DISTRIBUTIONS_FILE, distributions)
     if completions:
-        _write_jsonl(target / COMPLETIONS_FILE, completions)
+        write_jsonl(target / COMPLETIONS_FILE, completions)
     from dataclasses import replace
 
-    from policyshift.analysis.report import REPORT_FILE, render_report
+    from policyshift.analysis.report import render_report
     from policyshift.analysis.runlog import load_run
 
     # rendered under the output's own name (the page title), then moved in with the rest
@@ -382,10 +379,12 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
 
 def color_completions(policy, ref: Reference, rows: list[dict]) -> None:
     """Per-token log π/π_ref of logged completions (re-tokenized with the reference's tokenizer), added
-    to the rows as `tokens`, `token_log_ratio` and `seq_kl`: the checkpoint of the same step as π."""
+    to the rows as `tokens`, `token_log_ratio` and `seq_kl`: π is the checkpoint that sampled them (the step before
+    the one they were logged at; earlier still when the trainer reuses a generation for several steps)."""
     from policyshift.analysis.probe import score_texts
 
     scored = score_texts(policy, ref.model, ref.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
                          ref.settings.temperature, ref.settings.batch_size, ref.max_prompt_length)
     for row, (tokens, log_ratio) in zip(rows, scored):
         row.update({"tokens": tokens, "token_log_ratio": [round(x, 5) for x in log_ratio], "seq_kl": sum(log_ratio)})
+        row["scored_by_checkpoint_step"] = row.get("sampled_before_update", row["step"]) - 1
