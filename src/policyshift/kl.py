@@ -7,6 +7,13 @@ With log r = log π_ref(x) − log π(x):
     k3 = (r − 1) − log r       unbiased (E_π[r] = 1), ≥ 0, low variance
 The exact full-vocabulary KL and entropy are here too, for logging against the estimators.
 
+As a *value* (in the reward, logged) each estimates KL(π‖π_ref). As a *loss* (kl.placement loss) what matters is
+the gradient of the sampled term with the tokens held fixed, in expectation over x ~ π:
+    k1: ∇log π                      → E = 0: no restoring force at all (refused by config validation)
+    k2: (log π − log π_ref)∇log π   → ∇KL(π‖π_ref), the reverse KL the value estimates
+    k3: (1 − π_ref/π)∇log π          → −E_{π_ref}[∇log π] = ∇KL(π_ref‖π), the *forward* KL
+TRL (beta > 0) and verl (`low_var_kl`) use k3 as the loss, so they follow ∇KL(π_ref‖π) too; verl documents it.
+
 Shapes: B = batch, T = response length, V = vocabulary.
 """
 

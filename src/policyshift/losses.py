@@ -18,6 +18,9 @@ from policyshift.masked import masked_mean, masked_sum, masked_var
 
 Aggregate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+LOG_RATIO_CLAMP = 20.0  # |log ρ| bound before exp (verl core_algos.compute_policy_loss_vanilla: ±20)
+SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio upper bound before exp (verl compute_policy_loss_gspo: max 10)
+
 # ---------------------------------------------------------------------------- loss aggregation
 # Each mode divides a sum of per-token losses by a size of the whole *minibatch* (all of its micro-batches,
 # all processes), so the micro-batch shares add up to the minibatch loss exactly; README "Loss shapes".
@@ -78,7 +81,9 @@ def policy_loss(
     clip_frac_high, dual_clip_frac, approx_kl, ratio_mean, ratio_var}.
     """
     high = clip_range if clip_range_high is None else clip_range_high
-    log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask)  # padding → ρ = 1, never exp(inf)
+    # padding → ρ = 1, never exp(inf); the clamp (verl's ±20) only bites on a ratio past e^20 ≈ 5e8, where exp would
+    # overflow to inf in fp16/bf16-scaled losses: inside it clamp returns its input bit for bit, with gradient 1
+    log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     advantages = _zero_pad(advantages.detach(), mask)
     ratio = torch.exp(log_ratio)
     pg_unclipped = -advantages * ratio
@@ -126,18 +131,27 @@ def sequence_policy_loss(
     aggregate: Optional[Aggregate] = None,
 ) -> tuple[torch.Tensor, dict]:
     """GSPO (Zheng et al. 2025): one importance ratio per *sequence*, s_i = exp((1/|y_i|) Σ_t log ρ_{i,t}) — the
-    geometric mean of its token ratios — clipped as a whole: l_{i,t} = max(−A_{i,t} s_i, −A_{i,t} clip(s_i,
-    1−ε_low, 1+ε_high)); token ratios are never clipped one by one. Through autograd ∇s_i = s_i·(1/|y_i|) Σ_t
-    ∇log π(y_{i,t}): every token of a sequence gets the same weight, the paper's gradient. Its ε are about
-    1e-3 of PPO's (the paper: 3e-4 / 4e-4), since s_i is a length-normalized ratio. Stats as policy_loss's,
-    plus seq_ratio_mean/min/max and seq_clip_frac (share of sequences clipped)."""
+    geometric mean of its token ratios — clipped as a whole; token ratios are never clipped one by one.
+
+    In the GSPO-token form (the paper's §4.3, verl's compute_policy_loss_gspo): s_{i,t} = sg(s_i)·π(y_{i,t})/sg(π(y_{i,t})),
+    i.e. exp(log π − sg(log π) + sg(log s_i)), whose value is s_i on every token and whose gradient is
+    s_i·∇log π(y_{i,t}); l_{i,t} = max(−A_{i,t} s_{i,t}, −A_{i,t} clip(s_{i,t}, 1−ε_low, 1+ε_high)). With the per-sequence
+    mean (algorithm.loss_aggregation seq_mean_token_mean, which config validation requires for GSPO) and A constant
+    over the sequence this is the paper's sequence gradient −A_i s_i (1/|y_i|) Σ_t ∇log π(y_{i,t}); when A varies per
+    token (KL in the reward, γ < 1) each token keeps its own advantage instead of the sequence's mean one.
+    Its ε are about 1e-3 of PPO's (the paper: 3e-4 / 4e-4), since s_i is a length-normalized ratio. Stats as
+    policy_loss's, plus seq_ratio_mean/min/max and seq_clip_frac (share of sequences clipped)."""
     high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask)
     advantages = _zero_pad(advantages.detach(), mask)
     seq_log_ratio = masked_sum(log_ratio, mask, 1) / mask.sum(1).clamp(min=1)  # (B,)
-    seq_ratio = torch.exp(seq_log_ratio)[:, None]  # (B, 1), broadcast over the sequence's tokens
-    pg_unclipped = -advantages * seq_ratio
-    pg_clipped = -advantages * torch.clamp(seq_ratio, 1.0 - clip_range, 1.0 + high)
+    new_logprobs = _zero_pad(new_logprobs, mask)
+    # value: log s_i on every token; gradient: that of the token's own log π (verl clamps above at 10 before exp)
+    token_log_s = (new_logprobs - new_logprobs.detach() + seq_log_ratio.detach()[:, None]).clamp(max=SEQ_LOG_RATIO_MAX)
+    token_s = torch.exp(token_log_s)
+    seq_ratio = torch.exp(seq_log_ratio.detach())[:, None]  # (B, 1): for the statistics
+    pg_unclipped = -advantages * token_s
+    pg_clipped = -advantages * torch.clamp(token_s, 1.0 - clip_range, 1.0 + high)
     per_token = torch.maximum(pg_unclipped, pg_clipped)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
     with torch.no_grad():

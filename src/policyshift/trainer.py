@@ -14,6 +14,7 @@ The engine (DDP/FSDP/DeepSpeed) stays behind policyshift.runtime.Runtime.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from policyshift import keys as K
-from policyshift.advantages import AdvantageInputs, get_estimator
+from policyshift.advantages import AdvantageInputs, get_estimator, group_has_signal
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
 from policyshift.checks import check_vocabularies
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
@@ -276,10 +277,11 @@ class PPOTrainer:
         group_ids = torch.arange(first_group, first_group + len(local), device=self.device).repeat_interleave(n)
         return [row for row in local for _ in range(n)], group_ids
 
-    def score(self, rollout: Rollout, fields: dict[str, list]) -> tuple[Rollout, dict[str, list]]:
-        """The rollout with its scores (and the prompt-row fields of the episodes kept). With
+    def score(self, rollout: Rollout, fields: dict[str, list], moments=None) -> tuple[Rollout, dict[str, list], torch.Tensor]:
+        """The rollout with its scores (and the prompt-row fields of the episodes kept), and the raw scores. With
         reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
-        group's baseline needs all of its n samples."""
+        group's baseline needs all of its n samples. `moments`: the reward normalizer to update and apply
+        (default self.moments; dynamic sampling passes a copy, see sample_episodes)."""
         raw = score_rollout(self.reward, rollout, fields, self.tokenizer).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
@@ -294,12 +296,17 @@ class PPOTrainer:
             rollout, raw = rollout.select(keep), raw[keep.to(raw.device)]
             fields = {k: [v[i] for i in keep.tolist()] for k, v in fields.items()}
         # Normalization statistics are the whole batch's: every process post-processes all scores, keeps its own.
-        scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(rollout.has_eos), r.missing_eos_penalty, self.moments, r.clip)
-        return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)]), fields
+        return replace(rollout, scores=self.postprocess(raw, rollout.has_eos, self.moments if moments is None else moments)), fields, raw
 
-    def sample_round(self, round_index: int, seconds: dict) -> tuple[Rollout, dict[str, list], int]:
-        """One generation round: draw prompts, sample n responses each, score them. → (rollout, row fields, episodes
-        dropped for a non-finite reward); `seconds` accumulates generation and scoring time."""
+    def postprocess(self, raw: torch.Tensor, has_eos: torch.Tensor, moments) -> torch.Tensor:
+        """This process's scores after the missing-EOS penalty, normalization (`moments`, updated) and clipping."""
+        r = self.cfg.reward
+        scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(has_eos), r.missing_eos_penalty, moments, r.clip)
+        return scores[self.group.rank * len(raw) : (self.group.rank + 1) * len(raw)]
+
+    def sample_round(self, round_index: int, seconds: dict, moments=None) -> tuple[Rollout, dict[str, list], torch.Tensor, int]:
+        """One generation round: draw prompts, sample n responses each, score them. → (rollout, row fields, raw scores,
+        episodes dropped for a non-finite reward); `seconds` accumulates generation and scoring time."""
         t0 = time.perf_counter()
         rows, group_ids = self.draw_rows(round_index)
         prompts, fields = [row.text for row in rows], {k: [row.fields.get(k) for row in rows] for k in self.field_names}
@@ -307,29 +314,42 @@ class PPOTrainer:
             rollout = generate_rollout(self.models, self.ref_policy if self.cfg.kl.score_reference else None, self.tokenizer, prompts,
                                        self.rollout_config, self.max_prompt_length, self.generator, engine=self.engine)
         t1 = time.perf_counter()
-        scored, fields = self.score(replace(rollout, group_ids=group_ids), fields)
+        scored, fields, raw = self.score(replace(rollout, group_ids=group_ids), fields, moments)
         seconds["generate"] += t1 - t0
         seconds["score"] += time.perf_counter() - t1
-        return scored, fields, len(rollout) - len(scored)
+        return scored, fields, raw, len(rollout) - len(scored)
 
     def sample_episodes(self, seconds: dict) -> tuple[Rollout, dict[str, list], dict]:
-        """This step's scored episodes. With algorithm.dynamic_sampling, groups without reward spread are dropped
-        and further rounds sampled until the batch is full again (policyshift.sampling). → (rollout, fields, metrics)."""
-        rollout, fields, skipped = self.sample_round(0, seconds)
+        """This step's scored episodes. With algorithm.dynamic_sampling, groups whose advantages would all be 0 are
+        dropped and further rounds sampled until the batch is full again (policyshift.sampling). → (rollout, fields, metrics)."""
         a = self.cfg.algorithm
         if not a.dynamic_sampling:
+            rollout, fields, _, skipped = self.sample_round(0, seconds)
             return rollout, fields, {K.NONFINITE_SKIPPED: skipped}
+        # Each round is scored with a throw-away copy of the normalizer (its groups are judged on scores as they
+        # would be normalized); the real one is updated once, from the episodes kept, and the batch rescored with it.
+        provisional = lambda: copy.deepcopy(self.moments)  # noqa: E731  (None without reward.normalize)
         pool = GroupPool(need=self.cfg.rollout.batch_size // self.cfg.rollout.num_generations // self.group.world_size)
-        pool.add(rollout, fields)
-        rounds = 1
-        while rounds < a.max_sampling_rounds and self.group.any(not pool.full):  # every process runs as many rounds
-            rollout, fields, more = self.sample_round(rounds, seconds)
-            pool.add(rollout, fields)
+        rounds, skipped = 0, 0
+        while rounds == 0 or (rounds < a.max_sampling_rounds and self.group.any(not pool.full)):  # every process runs as many rounds
+            rollout, fields, raw, more = self.sample_round(rounds, seconds, provisional())
+            pool.add(rollout, fields, group_has_signal(self.estimator, self.advantage_inputs(rollout)), raw)
             rounds, skipped = rounds + 1, skipped + more
-        rollout, fields, flat_kept = pool.batch()
+        rollout, fields, raw, flat_kept = pool.batch()
+        rollout = replace(rollout, scores=self.postprocess(raw, rollout.has_eos, self.moments))
         counts = self.group.sum(torch.tensor([float(skipped), float(pool.n_flat - flat_kept), float(flat_kept)], device=self.device))
         return rollout, fields, {K.NONFINITE_SKIPPED: skipped, K.SAMPLING_ROUNDS: rounds, K.SAMPLING_DROPPED_GROUPS: counts[1].item(),
                                  K.SAMPLING_FLAT_GROUPS_KEPT: counts[2].item()}
+
+    def advantage_inputs(self, rollout: Rollout) -> AdvantageInputs:
+        """What the estimator reads of a scored rollout: per-token KL (kl.estimator; 0 without a reference), β when
+        the KL is in the reward (0 as a loss term), the ppo/algorithm settings, sums over every process."""
+        cfg, mask = self.cfg, rollout.response_mask
+        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs) if rollout.ref_logprobs is not None else torch.zeros_like(mask)
+        a, p = cfg.algorithm, cfg.ppo
+        return AdvantageInputs(scores=rollout.scores, kl=kl, beta=self.kl_ctl.beta if cfg.kl.placement == "reward" else 0.0, mask=mask,
+                               group_ids=rollout.group_ids, values=rollout.values, gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages,
+                               scale=a.scale, std_eps=a.std_eps, all_sum=self.group.sum)
 
     def ppo_step(self) -> dict:
         """rollout → rewards (+ KL) → advantages (algorithm.advantage) → update → metrics."""
@@ -340,14 +360,10 @@ class PPOTrainer:
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
-        # per token, estimator as configured; no reference scored (kl.score_reference false, β = 0): no KL at all
-        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs) if rollout.ref_logprobs is not None else None
+        x = self.advantage_inputs(rollout)
+        kl = x.kl if rollout.ref_logprobs is not None else None  # no reference scored (kl.score_reference false, β = 0): no KL at all
         in_reward = cfg.kl.placement == "reward"
-        a, p = cfg.algorithm, cfg.ppo
-        advantages, returns = self.estimator.compute(AdvantageInputs(
-            scores=rollout.scores, kl=kl if kl is not None else torch.zeros_like(mask), beta=beta if in_reward else 0.0, mask=mask,
-            group_ids=rollout.group_ids, values=rollout.values, gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages,
-            scale=a.scale, std_eps=a.std_eps, all_sum=self.group.sum))
+        advantages, returns = self.estimator.compute(x)
         update_stats = self.update(rollout, advantages, returns, beta)
         self.engine.sync_weights(self.models.policy)  # a separate engine samples the next batch from the new weights
         t_update = time.perf_counter()
@@ -431,7 +447,8 @@ class PPOTrainer:
 
     def micro_batch_loss(self, mb: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float, norm: LossNormalizer):
         """L = clipped surrogate (per token, or GSPO's per sequence) (+ vf_coef · clipped value loss, with a critic)
-        − ent_coef · entropy (+ β · KL(π_θ‖π_ref) with kl.placement loss), each aggregated as algorithm.loss_aggregation
+        − ent_coef · entropy (+ β · the kl.estimator term with kl.placement loss: k2's gradient is ∇KL(π_θ‖π_ref),
+        k3's ∇KL(π_ref‖π_θ), as in TRL and verl; policyshift.kl), each aggregated as algorithm.loss_aggregation
         says: this micro-batch's share of the minibatch loss. → (loss share, stats)."""
         p, a, T = self.cfg.ppo, self.cfg.algorithm, self.cfg.rollout.temperature
         aggregate = partial(aggregate_loss, mode=a.loss_aggregation, norm=norm)
@@ -461,7 +478,7 @@ class PPOTrainer:
             entropy = entropy_bonus(token_entropy, mask, aggregate)
             loss = loss - p.ent_coef * entropy
             stats[K.LOSS_ENTROPY] = entropy
-        if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
+        if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·(k2 or k3) as a loss term
             kl_loss = aggregate(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
             loss = loss + beta * kl_loss
             stats[K.LOSS_KL] = kl_loss
