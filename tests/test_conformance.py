@@ -1,0 +1,334 @@
+"""Conformance: every named algorithm against the reference implementations' OWN code, imported from the pinned
+packages of the `conform` extra (pyproject.toml; .ci/run installs verl and OpenRLHF with --no-deps) — no formula
+is retyped here. Each test id names the reference function and its version.
+
+Identical inputs — scores, per-token logprobs, masks of unequal lengths (one row of length 1), groups, values,
+and garbage in the padding — go to ours and to the reference; advantages, loss values and gradients (with respect
+to the new logprobs, or to a tiny model's weights for TRL) must agree. Tolerance: float64 throughout,
+rtol 1e-9 / atol 1e-12, except where a reference adds its own epsilon to a count (verl's masked_mean and
+seq-mean, OpenRLHF's seq-mean: / (n + 1e-8)): rtol 1e-7, stated at the assertion.
+
+Imports, narrowest that work (nothing stubbed):
+  verl 0.9.1: `verl.trainer.ppo.core_algos` — importing the `verl` package runs verl/__init__.py, which imports
+    verl.protocol → ray, tensordict; core_algos itself needs omegaconf and codetiming (via verl.utils.profiler).
+    Those four are the conform extra's verl dependencies; verl's own (transformers<5.11, …) are never installed.
+  OpenRLHF 0.11.2: `openrlhf/models/loss.py` loaded by file path with its sibling `utils.py` (which imports
+    deepspeed, our `deepspeed` extra); the package's __init__ (the actor: flash-attn) is not run.
+  TRL 1.16.0: `GRPOTrainer._compute_loss` on a tiny GPT-2 (float64) built in the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from policyshift.advantages import AdvantageInputs, get_estimator
+from policyshift.kl import kl_estimate
+from policyshift.losses import LossNormalizer, aggregate_loss, policy_loss, sequence_policy_loss, value_loss
+
+PINS = {"verl": "0.9.1", "trl": "1.16.0", "openrlhf": "0.11.2"}
+
+
+def _require(dist: str):
+    """The reference package at its pin. CI installs the conform extra, so there a missing one is a failure."""
+    try:
+        found = version(dist)
+    except Exception:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{dist} not installed (pip install -e '.[conform]' and .ci/run's --no-deps line)")
+    assert found == PINS[dist], f"{dist} {found} installed, the conformance tests are for {PINS[dist]}"
+
+
+@pytest.fixture(scope="module")
+def verl():
+    _require("verl")
+    from verl.trainer.ppo import core_algos
+
+    return core_algos
+
+
+@pytest.fixture(scope="module")
+def openrlhf():
+    """openrlhf/models/{utils,loss}.py by file path, as the submodules of a package object whose __init__ is not
+    run (it imports the actor and flash-attn); the two files execute unchanged."""
+    _require("openrlhf")
+    spec = importlib.util.find_spec("openrlhf")
+    models = Path(spec.submodule_search_locations[0]) / "models"
+    name = "_openrlhf_models"
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(models)]
+        sys.modules[name] = pkg
+    mods = {}
+    for sub in ("utils", "loss"):
+        full = f"{name}.{sub}"
+        if full not in sys.modules:
+            s = importlib.util.spec_from_file_location(full, models / f"{sub}.py")
+            m = importlib.util.module_from_spec(s)
+            sys.modules[full] = m
+            s.loader.exec_module(m)
+        mods[sub] = sys.modules[full]
+    return types.SimpleNamespace(**mods)
+
+
+def close(a, b, rtol=1e-9, atol=1e-12):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------- fixed inputs
+LENGTHS = [7, 3, 5, 1, 6, 4]  # unequal, one of length 1
+GROUPS = [0, 0, 0, 1, 1, 1]  # two prompts × 3 samples
+B, T = len(LENGTHS), max(LENGTHS)
+
+
+def data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]).to(torch.float64)
+    pad = lambda x: torch.where(mask.bool(), x, torch.full_like(x, 123.0))  # noqa: E731  garbage in the padding
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 - 0.1
+    new = old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3  # ratios on both sides of the clip range
+    ref = old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.2
+    return {
+        "mask": mask,
+        "scores": torch.tensor([1.0, 0.2, -0.5, 2.0, 2.0, -1.0], dtype=torch.float64),
+        "old": pad(old), "new": pad(new), "ref": pad(ref),
+        "values": pad(torch.randn(B, T, generator=g, dtype=torch.float64)),
+        "adv": pad(torch.randn(B, T, generator=g, dtype=torch.float64)),
+        "group_ids": torch.tensor(GROUPS),
+    }
+
+
+def ours(name, d, **kw):
+    x = AdvantageInputs(scores=d["scores"], kl=kw.pop("kl", torch.zeros(B, T, dtype=torch.float64)), beta=kw.pop("beta", 0.0), mask=d["mask"],
+                        group_ids=d["group_ids"], values=d["values"] if name == "gae" else None, **kw)
+    return get_estimator(name).compute(x)
+
+
+def token_scores(d):
+    """verl's token_level_rewards for outcome rewards: the score on the last real token (an input, not a formula)."""
+    out = torch.zeros(B, T, dtype=torch.float64)
+    out[torch.arange(B), torch.tensor(LENGTHS) - 1] = d["scores"]
+    return out
+
+
+def on_mask(x, d):
+    return torch.where(d["mask"].bool(), x, torch.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------- verl: advantages
+def test_verl_gae_with_kl_in_the_reward(verl, openrlhf):
+    """id: verl-0.9.1:core_algos.compute_gae_advantage_return — token rewards shaped by OpenRLHF 0.11.2's
+    models.utils.compute_reward (score at the last token, −β·k1 on every token)."""
+    d = data()
+    kl = kl_estimate("k1", d["old"], d["ref"])
+    rewards = openrlhf.utils.compute_reward(d["scores"], 0.1, on_mask(kl, d), action_mask=d["mask"])
+    ref_adv, ref_ret = verl.compute_gae_advantage_return(rewards, on_mask(d["values"], d), d["mask"], gamma=0.95, lam=0.9)
+    adv, ret = ours("gae", d, kl=kl, beta=0.1, gamma=0.95, lam=0.9, whiten=True)
+    close(on_mask(adv, d), on_mask(ref_adv, d), rtol=1e-7)  # verl's whitening: / (count + 1e-8)
+    close(on_mask(ret, d), on_mask(ref_ret, d))
+
+
+@pytest.mark.parametrize("norm", [True, False], ids=["verl-0.9.1:core_algos.compute_grpo_outcome_advantage[std]",
+                                                       "verl-0.9.1:core_algos.compute_grpo_outcome_advantage[no-std=Dr.GRPO]"])
+def test_verl_grpo(verl, norm):
+    d = data()
+    ref, _ = verl.compute_grpo_outcome_advantage(token_scores(d), d["mask"], np.array(GROUPS), epsilon=1e-6, norm_adv_by_std_in_grpo=norm)
+    adv, _ = ours("grpo", d, scale="group" if norm else "none", std_eps=1e-6)
+    close(adv, ref)
+
+
+def test_verl_rloo(verl):
+    """id: verl-0.9.1:core_algos.compute_rloo_outcome_advantage (β = 0: verl and OpenRLHF agree)."""
+    d = data()
+    ref, _ = verl.compute_rloo_outcome_advantage(token_scores(d), d["mask"], np.array(GROUPS))
+    close(ours("rloo", d)[0], ref)
+
+
+def test_verl_reinforce_plus_plus(verl, openrlhf):
+    """id: verl-0.9.1:core_algos.compute_reinforce_plus_plus_outcome_advantage, γ = 0.9, k1 in the reward
+    (token rewards by OpenRLHF 0.11.2's compute_reward: verl's apply_kl_penalty is the same shaping)."""
+    from verl.trainer.config import AlgoConfig
+
+    d = data()
+    kl = kl_estimate("k1", d["old"], d["ref"])
+    rewards = openrlhf.utils.compute_reward(d["scores"], 0.05, on_mask(kl, d), action_mask=d["mask"])
+    ref, _ = verl.compute_reinforce_plus_plus_outcome_advantage(rewards, d["mask"], config=AlgoConfig(gamma=0.9))
+    close(ours("reinforce_pp", d, kl=kl, beta=0.05, gamma=0.9)[0], ref, rtol=1e-7)  # verl's masked_mean: / (count + 1e-8)
+
+
+def test_verl_reinforce_plus_plus_baseline(verl):
+    """id: verl-0.9.1:core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage (β = 0, γ = 1)."""
+    d = data()
+    ref, _ = verl.compute_reinforce_plus_plus_baseline_outcome_advantage(token_scores(d), d["mask"], np.array(GROUPS))
+    close(ours("reinforce_pp_baseline", d)[0], ref, rtol=1e-7)  # verl's masked_mean: / (count + 1e-8)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp_baseline"])
+def test_kl_in_the_reward_follows_openrlhf_baseline_on_the_score_only(verl, openrlhf, name):
+    """With KL in the reward we deliberately follow OpenRLHF 0.11.2 (experience_maker.compute_advantages_and_returns):
+    the group baseline is taken on the score alone, then models.utils.compute_reward adds −β·kl per token and the
+    advantage is the reward-to-go (reinforce_baseline: then whitened). Composed from the references' own functions:
+    the baseline-adjusted score from verl-0.9.1 (grpo / rloo / grpo without std = s − mean_g), the shaping from
+    openrlhf-0.11.2:models.utils.compute_reward, the reward-to-go (γ = 1) and whitening from
+    verl-0.9.1:core_algos.compute_reinforce_plus_plus_outcome_advantage (its `returns`; its whitened advantages).
+    (verl's own grpo/rloo would subtract the baseline from score + summed KL instead.)"""
+    from verl.trainer.config import AlgoConfig
+
+    d = data()
+    kl = kl_estimate("k1", d["old"], d["ref"])
+    idx = np.array(GROUPS)
+    if name == "grpo":
+        seq = verl.compute_grpo_outcome_advantage(token_scores(d), d["mask"], idx, epsilon=1e-4)[0][:, 0]
+    elif name == "rloo":
+        seq = verl.compute_rloo_outcome_advantage(token_scores(d), d["mask"], idx)[0][:, 0]
+    else:
+        seq = verl.compute_grpo_outcome_advantage(token_scores(d), d["mask"], idx, norm_adv_by_std_in_grpo=False)[0][:, 0]
+    rewards = openrlhf.utils.compute_reward(seq, 0.1, on_mask(kl, d), action_mask=d["mask"])
+    whitened, returns = verl.compute_reinforce_plus_plus_outcome_advantage(rewards, d["mask"], config=AlgoConfig(gamma=1.0))
+    adv, _ = ours(name, d, kl=kl, beta=0.1)
+    close(adv, whitened if name == "reinforce_pp_baseline" else returns, rtol=1e-7)  # verl's whitening: / (count + 1e-8)
+
+
+# ---------------------------------------------------------------------------- verl: losses and KL
+AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean", "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
+MAX_NEW = 9  # > T: Dr. GRPO's constant is the generation budget, not the padded width
+
+
+def actor_config(low, high, c, **batch_info):
+    from verl.workers.config import ActorConfig
+
+    cfg = ActorConfig(strategy="fsdp", rollout_n=3, ppo_micro_batch_size_per_gpu=2, clip_ratio=low, clip_ratio_low=low, clip_ratio_high=high,
+                      clip_ratio_c=c)
+    cfg.global_batch_info.update(batch_info)  # as verl's workers/utils/losses.py fills it per micro-batch
+    return cfg
+
+
+def grad_of(fn, new):
+    """fn(new) and the gradient of its sum with respect to `new`."""
+    new = new.clone().requires_grad_(True)
+    out = fn(new)
+    (g,) = torch.autograd.grad(out.sum(), new)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("mode", list(AGG))
+@pytest.mark.parametrize("clip", ["plain", "clip-higher", "clip-higher+dual-clip"])
+def test_verl_vanilla_policy_loss_over_micro_batches(verl, mode, clip):
+    """id: verl-0.9.1:core_algos.get_policy_loss_fn('vanilla') + agg_loss(token-mean | seq-mean-token-mean |
+    seq-mean-token-sum-norm). The batch is split in two micro-batches; each one's share divides by the whole
+    minibatch's sizes (verl: batch_num_tokens / global_batch_size / loss_scale_factor), and value and gradient
+    of every share must agree. verl always applies a dual clip (clip_ratio_c, default 3): "plain" runs it at
+    c = 1e9, where it never binds."""
+    d = data()
+    low, high, c = {"plain": (0.2, 0.2, 1e9), "clip-higher": (0.2, 0.28, 1e9), "clip-higher+dual-clip": (0.2, 0.28, 3.0)}[clip]
+    norm = LossNormalizer(tokens=d["mask"].sum(), sequences=float(B), max_new_tokens=MAX_NEW)
+    info = {"batch_num_tokens": d["mask"].sum(), "global_batch_size": float(B), "loss_scale_factor": MAX_NEW}
+    vanilla = verl.get_policy_loss_fn("vanilla")
+    for rows in (slice(0, 4), slice(4, 6)):
+        old, adv, mask = d["old"][rows], d["adv"][rows], d["mask"][rows]
+        cfg = actor_config(low, high, c, **info)
+        ref_loss, ref_g = grad_of(lambda n: vanilla(old, n, on_mask(adv, {"mask": mask}), mask, loss_agg_mode=AGG[mode], config=cfg)[0], d["new"][rows])
+        agg = lambda x, m: aggregate_loss(x, m, mode, norm)  # noqa: E731
+        got_loss, got_g = grad_of(lambda n: policy_loss(n, old, adv, mask, low, high, None if c > 1e8 else c, agg)[0], d["new"][rows])
+        rtol = 1e-7 if mode == "seq_mean_token_mean" else 1e-9  # verl: token sum / (length + 1e-8)
+        close(got_loss, ref_loss, rtol=rtol)
+        close(on_mask(got_g, {"mask": mask}), on_mask(ref_g, {"mask": mask}), rtol=rtol)
+
+
+def test_verl_gspo_token_form_with_per_token_advantages(verl):
+    """id: verl-0.9.1:core_algos.get_policy_loss_fn('gspo') (the GSPO-token form, seq-mean-token-mean), with
+    advantages that differ per token (KL in the reward): each token keeps its own advantage. ε 3e-4 / 4e-4 with
+    log-ratios ~1e-3, so some sequences clip on each side."""
+    d = data()
+    new = d["old"] + (d["new"] - d["old"]) * 0.004
+    cfg = actor_config(3e-4, 4e-4, 3.0)
+    gspo = verl.get_policy_loss_fn("gspo")
+    ref_loss, ref_g = grad_of(lambda n: gspo(d["old"], n, on_mask(d["adv"], d), d["mask"], loss_agg_mode="seq-mean-token-mean", config=cfg)[0], new)
+    norm = LossNormalizer(tokens=d["mask"].sum(), sequences=float(B), max_new_tokens=MAX_NEW)
+    agg = lambda x, m: aggregate_loss(x, m, "seq_mean_token_mean", norm)  # noqa: E731
+    got_loss, got_g = grad_of(lambda n: sequence_policy_loss(n, d["old"], d["adv"], d["mask"], 3e-4, 4e-4, agg)[0], new)
+    stats = sequence_policy_loss(new, d["old"], d["adv"], d["mask"], 3e-4, 4e-4, agg)[1]
+    assert 0 < stats["seq_clip_frac"] < 1  # the clip is exercised
+    close(got_loss, ref_loss, rtol=1e-7)
+    close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
+
+
+@pytest.mark.parametrize("mode", list(AGG))
+def test_verl_value_loss(verl, mode):
+    """id: verl-0.9.1:core_algos.compute_value_loss (clipped, ½·max of the two squared errors)."""
+    d = data()
+    returns = on_mask(d["adv"], d)
+    old = on_mask(d["values"], d)
+    norm = LossNormalizer(tokens=d["mask"].sum(), sequences=float(B), max_new_tokens=MAX_NEW)
+    ref_loss, ref_g = grad_of(lambda v: verl.compute_value_loss(v, returns, old, d["mask"], 0.2, AGG[mode], loss_scale_factor=MAX_NEW)[0],
+                              old + on_mask(d["new"] - d["old"], d))
+    got_loss, got_g = grad_of(lambda v: value_loss(v, old, returns, d["mask"], 0.2, lambda x, m: aggregate_loss(x, m, mode, norm))[0],
+                              old + on_mask(d["new"] - d["old"], d))
+    close(got_loss, ref_loss, rtol=1e-7)
+    close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+def test_verl_kl_penalty(verl, name):
+    """id: verl-0.9.1:core_algos.kl_penalty (k1, k2, k3 = low_var_kl): values and gradients as a loss term."""
+    d = data()
+    m = d["mask"].bool()
+    ref_v, ref_g = grad_of(lambda n: verl.kl_penalty(n, d["ref"], name)[m], d["new"])
+    got_v, got_g = grad_of(lambda n: kl_estimate(name, n, d["ref"])[m], d["new"])
+    close(got_v, ref_v)
+    close(on_mask(got_g, d), on_mask(ref_g, d))
+
+
+# ---------------------------------------------------------------------------- OpenRLHF
+@pytest.mark.parametrize("token_level", [True, False], ids=["token_mean", "seq_mean_token_mean"])
+@pytest.mark.parametrize("dual", [None, 3.0], ids=["no-dual-clip", "dual-clip-3"])
+def test_openrlhf_policy_loss(openrlhf, token_level, dual):
+    """id: openrlhf-0.11.2:models.loss.PolicyLoss(policy_loss_type='ppo', clip_eps_low 0.2, clip_eps_high 0.28)."""
+    d = data()
+    fn = openrlhf.loss.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=dual, token_level_loss=token_level)
+    adv = on_mask(d["adv"], d)
+    ref_loss, ref_g = grad_of(lambda n: fn(n, d["old"], adv, action_mask=d["mask"])[0], d["new"])
+    mode = "token_mean" if token_level else "seq_mean_token_mean"
+    norm = LossNormalizer(tokens=d["mask"].sum(), sequences=float(B), max_new_tokens=MAX_NEW)
+    got_loss, got_g = grad_of(lambda n: policy_loss(n, d["old"], d["adv"], d["mask"], 0.2, 0.28, dual, lambda x, m: aggregate_loss(x, m, mode, norm))[0],
+                              d["new"])
+    close(got_loss, ref_loss, rtol=1e-7)  # OpenRLHF's seq mean: / (length + 1e-8)
+    close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
+
+
+def test_openrlhf_gspo_with_sequence_advantages(openrlhf):
+    """id: openrlhf-0.11.2:models.loss.PolicyLoss(policy_loss_type='gspo') — the paper's sequence form (gradient
+    through the mean log-ratio), forced to the per-sample mean. With the advantage constant over each response
+    (the outcome estimators at β = 0) it equals our GSPO-token form in value and gradient."""
+    d = data()
+    new = d["old"] + (d["new"] - d["old"]) * 0.004
+    adv = d["scores"][:, None].expand(B, T) * d["mask"]
+    fn = openrlhf.loss.PolicyLoss(clip_eps_low=3e-4, clip_eps_high=4e-4, policy_loss_type="gspo")
+    ref_loss, ref_g = grad_of(lambda n: fn(n, d["old"], adv, action_mask=d["mask"])[0], new)
+    norm = LossNormalizer(tokens=d["mask"].sum(), sequences=float(B), max_new_tokens=MAX_NEW)
+    got_loss, got_g = grad_of(lambda n: sequence_policy_loss(n, d["old"], adv, d["mask"], 3e-4, 4e-4,
+                                                             lambda x, m: aggregate_loss(x, m, "seq_mean_token_mean", norm))[0], new)
+    close(got_loss, ref_loss, rtol=1e-7)
+    close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+def test_openrlhf_compute_approx_kl(openrlhf, name):
+    """id: openrlhf-0.11.2:models.utils.compute_approx_kl (values and pathwise gradients; |log r| < 10 here, where
+    its clamps do not bind). It computes in float32 whatever the input, so both get float32 inputs: rtol 1e-6."""
+    d = data()
+    m = d["mask"].bool()
+    new, ref = d["new"].float(), d["ref"].float()
+    ref_v, ref_g = grad_of(lambda n: openrlhf.utils.compute_approx_kl(n, ref, kl_estimator=name)[m], new)
+    got_v, got_g = grad_of(lambda n: kl_estimate(name, n, ref)[m], new)
+    close(got_v, ref_v, rtol=1e-6, atol=1e-7)
+    close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-6, atol=1e-7)
