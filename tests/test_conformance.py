@@ -332,3 +332,190 @@ def test_openrlhf_compute_approx_kl(openrlhf, name):
     got_v, got_g = grad_of(lambda n: kl_estimate(name, n, ref)[m], new)
     close(got_v, ref_v, rtol=1e-6, atol=1e-7)
     close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- TRL GRPOTrainer._compute_loss
+@pytest.fixture(scope="module")
+def trl_world(tmp_path_factory):
+    _require("trl")
+    import tiny
+
+    root = tmp_path_factory.mktemp("trl-conformance")
+    tok = tiny.make_tokenizer(root / "sft")
+    tiny.make_policy(root / "sft", tok)
+    return root, tok
+
+
+# TRL ≥ 1.16 multiplies the k3 KL term by the importance ratio by default (use_bias_correction_kl, DeepSeek-V3.2), which
+# makes its gradient ∇KL(π‖π_ref); policyshift's k3 loss term is the plain one (gradient ∇KL(π_ref‖π), policyshift.kl;
+# k2 gives ∇KL(π‖π_ref)), so the β > 0 cases compare with use_bias_correction_kl=False.
+TRL_CASES = {  # id → (GRPOConfig overrides, our aggregation, ratio level)
+    "trl-1.16.0:GRPOTrainer._compute_loss[loss_type=dapo,epsilon_high=0.28,beta=0.04]":
+        ({"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.04, "use_bias_correction_kl": False}, "token_mean", "token"),
+    "trl-1.16.0:GRPOTrainer._compute_loss[loss_type=grpo,beta=0.04]":
+        ({"loss_type": "grpo", "epsilon": 0.2, "beta": 0.04, "use_bias_correction_kl": False}, "seq_mean_token_mean", "token"),
+    "trl-1.16.0:GRPOTrainer._compute_loss[loss_type=dr_grpo]":
+        ({"loss_type": "dr_grpo", "epsilon": 0.2, "beta": 0.0}, "seq_mean_token_sum_norm", "token"),
+    "trl-1.16.0:GRPOTrainer._compute_loss[importance_sampling_level=sequence,loss_type=grpo]":
+        ({"loss_type": "grpo", "epsilon": 3e-4, "epsilon_high": 4e-4, "beta": 0.0, "importance_sampling_level": "sequence"},
+         "seq_mean_token_mean", "sequence"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRL_CASES))
+def test_trl_grpo_compute_loss(trl_world, tmp_path, case):
+    """TRL's GRPO loss is a method: a GRPOTrainer on a tiny GPT-2 (float64, eval mode: no gradient-accumulation
+    divisor) computes it on fixed inputs — prompts, completions of unequal lengths (right padding), per-sequence
+    advantages, old logprobs off the current ones so that clipping binds, reference logprobs for β > 0. Our loss on
+    the same logprobs must agree in value (rtol 1e-7) and in the gradient of every weight (to 1e-6 of the largest
+    gradient: the backward runs through TRL's float32 head); our own
+    forward (PolicyAndCritic) must give TRL's logprobs to 2e-6 (TRL computes them in float32)."""
+    from accelerate.state import AcceleratorState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from policyshift.models import PolicyAndCritic
+
+    root, tok = trl_world
+    overrides, mode, level = TRL_CASES[case]
+    max_new = 6
+    environ = dict(os.environ)
+    try:
+        args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=4, max_completion_length=max_new,
+                          use_cpu=True, bf16=False, report_to=[], seed=0, **overrides)
+        model = AutoModelForCausalLM.from_pretrained(root / "sft", dtype=torch.float64)
+        trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+                              train_dataset=Dataset.from_dict({"prompt": ["a b"] * 4}), processing_class=tok)
+        model = trainer.model.double()
+        model.eval()
+
+        g = torch.Generator().manual_seed(1)
+        V = model.config.vocab_size
+        prompt_ids = torch.randint(3, V, (4, 3), generator=g)
+        # full-length prompts: with left padding TRL's forward passes no position_ids (GPT-2 then counts positions
+        # from the padded start) while ours derives them from the mask, a difference of the forward, not of the loss
+        prompt_mask = torch.ones(4, 3, dtype=torch.long)
+        completion_ids = torch.randint(3, V, (4, max_new), generator=g)
+        lengths = torch.tensor([6, 2, 4, 1])
+        completion_mask = (torch.arange(max_new)[None] < lengths[:, None]).long()
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id or 0)
+        prompt_ids = torch.where(prompt_mask.bool(), prompt_ids, tok.pad_token_id or 0)
+        advantages = torch.tensor([1.2, -0.7, 0.4, -1.5], dtype=torch.float64)
+
+        net = PolicyAndCritic(model)
+        input_ids = torch.cat([prompt_ids, completion_ids], 1)
+        attention = torch.cat([prompt_mask, completion_mask], 1)
+        mask = completion_mask.to(torch.float64)
+        with torch.no_grad():
+            current = net(input_ids, attention, completion_ids, completion_mask, 1.0, None, False)[0]
+        scale = 0.0006 if level == "sequence" else 0.3
+        old = current + scale * torch.randn(current.shape, generator=g, dtype=torch.float64)
+        ref = current + 0.2 * torch.randn(current.shape, generator=g, dtype=torch.float64)
+        inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids, "completion_mask": completion_mask,
+                  "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+                  "num_items_in_batch": completion_mask.sum().to(torch.float64)}
+
+        model.zero_grad(set_to_none=True)
+        trl_loss = trainer._compute_loss(model, inputs)
+        trl_loss.backward()
+        trl_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        model.zero_grad(set_to_none=True)
+        # TRL's fused LM head returns float32 logprobs whatever the model's dtype; ours are the model's (float64).
+        # Ours must equal it to float32 precision; the loss is then compared on TRL's own logprobs (same graph), so
+        # what is compared is the loss: ratio, clip, KL term, aggregation and normalizer, and its gradient.
+        new = trainer._get_per_token_logps_and_entropies(model, input_ids, attention, max_new)[0]
+        own = net(input_ids, attention, completion_ids, completion_mask, 1.0, None, False)[0]
+        close(on_mask(own.detach(), {"mask": mask}), on_mask(new.detach().double(), {"mask": mask}), rtol=0, atol=2e-6)
+        norm = LossNormalizer(tokens=mask.sum(), sequences=4.0, max_new_tokens=max_new)
+        agg = lambda x, m: aggregate_loss(x, m, mode, norm)  # noqa: E731
+        adv = advantages[:, None].expand_as(mask)
+        if level == "sequence":
+            ours_loss, stats = sequence_policy_loss(new, old, adv, mask, overrides["epsilon"], overrides["epsilon_high"], agg)
+            assert 0 < stats["seq_clip_frac"] < 1  # the clip binds on some sequences
+        else:
+            ours_loss, stats = policy_loss(new, old, adv, mask, overrides["epsilon"], overrides.get("epsilon_high"), None, agg)
+            assert stats["clip_frac"] > 0
+        if overrides["beta"]:
+            ours_loss = ours_loss + overrides["beta"] * agg(kl_estimate("k3", new, ref), mask)
+        ours_loss.backward()
+        ours_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # HF Trainer leaves process-wide state behind
+        os.environ.clear()
+        os.environ.update(environ)
+
+    close(ours_loss.detach(), trl_loss.detach(), rtol=1e-7, atol=1e-10)
+    assert trl_grads.keys() == ours_grads.keys() and trl_grads
+    scale = max(g.abs().max().item() for g in trl_grads.values())
+    for n in trl_grads:  # back through TRL's float32 head: float32 rounding, 1e-6 of the largest gradient
+        close(ours_grads[n], trl_grads[n], rtol=0, atol=1e-6 * scale)
+
+
+# ---------------------------------------------------------------------------- DAPO dynamic sampling, by behaviour
+# The reference is not in any wheel: verl's recipe/dapo/dapo_ray_trainer.py (volcengine/verl, read at commit
+# 53971be5b6822ca3767351356164c11955120ead, RayDAPOTrainer.fit, the `filter_groups` block): the metric
+# `seq_final_reward` is token_level_rewards.sum(-1) — the score plus the KL penalty when use_kl_in_reward
+# (apply_kl_penalty runs just before); groups are kept when np.std(metric) > 0 (or of size 1); kept groups are
+# concatenated over generation batches until train_batch_size prompts, then cut to exactly that many
+# (`batch[:traj_bsz]`); past max_num_gen_batches verl raises, where we fill with flat groups and count them.
+from dataclasses import dataclass, fields as dc_fields, replace as dc_replace  # noqa: E402
+
+from policyshift.advantages import group_has_signal  # noqa: E402
+from policyshift.sampling import GroupPool  # noqa: E402
+
+
+@dataclass
+class _Round:
+    """The fields of a Rollout that the pool reads (group ids, scores, a response mask)."""
+
+    group_ids: torch.Tensor
+    scores: torch.Tensor
+    response_mask: torch.Tensor
+
+    def __len__(self):
+        return len(self.group_ids)
+
+    def select(self, index):
+        return dc_replace(self, **{f.name: getattr(self, f.name)[index] for f in dc_fields(self)})
+
+
+def _round(first_group, scores, kl=None, beta=0.0):
+    n = len(scores)
+    ids = torch.arange(first_group, first_group + n // 2).repeat_interleave(2)  # groups of 2
+    mask = torch.ones(n, 3)
+    r = _Round(ids, torch.tensor(scores, dtype=torch.float64), mask)
+    x = AdvantageInputs(scores=r.scores, kl=torch.zeros(n, 3, dtype=torch.float64) if kl is None else kl, beta=beta, mask=mask, group_ids=ids)
+    return r, group_has_signal(get_estimator("grpo"), x)
+
+
+def test_dapo_dynamic_sampling_drops_flat_groups_and_refills_in_arrival_order():
+    pool = GroupPool(need=3)
+    r0, s0 = _round(0, [1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # groups 0 and 2 flat (std 0), group 1 has spread
+    assert s0.tolist() == [False, True, False]
+    pool.add(r0, {}, s0, r0.scores)
+    assert not pool.full
+    r1, s1 = _round(3, [0.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # groups 3 and 5 have spread, 4 is flat
+    pool.add(r1, {}, s1, r1.scores)
+    assert pool.full
+    batch, _, raw, flat_kept = pool.batch()
+    assert batch.group_ids.tolist() == [1, 1, 3, 3, 5, 5] and flat_kept == 0  # exactly `need` groups, in arrival order
+    assert torch.equal(raw, batch.scores)
+
+
+def test_dapo_dynamic_sampling_with_kl_in_the_reward_keeps_equal_score_groups():
+    """verl filters on seq_final_reward, which includes the KL penalty: a group with equal scores but different KL
+    still has a learning signal (so does ours: its advantages are −β·kl reward-to-go)."""
+    kl = torch.tensor([[0.1, 0.0, 0.2], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    _, with_kl = _round(0, [1.0, 1.0, 1.0, 1.0], kl=kl, beta=0.1)
+    _, kl_as_loss = _round(0, [1.0, 1.0, 1.0, 1.0], kl=kl, beta=0.0)
+    assert with_kl.tolist() == [True, False] and kl_as_loss.tolist() == [False, False]
+
+
+def test_dapo_dynamic_sampling_fills_with_flat_groups_when_the_rounds_run_out():
+    pool = GroupPool(need=2)
+    r0, s0 = _round(0, [1.0, 1.0, 0.0, 1.0])
+    pool.add(r0, {}, s0, r0.scores)
+    batch, _, _, flat_kept = pool.batch()
+    assert batch.group_ids.tolist() == [1, 1, 0, 0] and flat_kept == 1  # the informative group first, then a flat one

@@ -562,7 +562,7 @@ def validate_algorithm(cfg: PPOConfig) -> None:
     # k1 = log π − log π_ref as a loss: its gradient ∇log π has expectation 0 under π — no restoring force at all.
     _check(k.placement != "loss" or k.estimator != "k1",
            "kl.placement loss with kl.estimator k1 has zero expected gradient (E_π[∇log π] = 0): use k2 (its gradient is "
-           "that of KL(π‖π_ref)) or k3 (that of KL(π_ref‖π), as TRL and verl)")
+           "that of KL(π‖π_ref)) or k3 (that of KL(π_ref‖π), as verl's low_var_kl)")
     _check(k.score_reference or (k.beta == 0 and k.controller == "fixed"),
            "kl.score_reference false skips the reference, so there is no KL to penalize: it needs kl.beta 0 and kl.controller fixed")
 

@@ -12,7 +12,9 @@ the gradient of the sampled term with the tokens held fixed, in expectation over
     k1: ∇log π                      → E = 0: no restoring force at all (refused by config validation)
     k2: (log π − log π_ref)∇log π   → ∇KL(π‖π_ref), the reverse KL the value estimates
     k3: (1 − π_ref/π)∇log π          → −E_{π_ref}[∇log π] = ∇KL(π_ref‖π), the *forward* KL
-TRL (beta > 0) and verl (`low_var_kl`) use k3 as the loss, so they follow ∇KL(π_ref‖π) too; verl documents it.
+verl (`low_var_kl`) and TRL ≤ 1.15 (beta > 0) use plain k3 as the loss, so they follow ∇KL(π_ref‖π) too (verl
+documents it and offers a straight-through "k3+"); TRL 1.16 multiplies k3 by the importance ratio by default
+(use_bias_correction_kl), which turns its gradient into ∇KL(π‖π_ref). Here kl.estimator k2 gives that gradient.
 
 Shapes: B = batch, T = response length, V = vocabulary.
 """
