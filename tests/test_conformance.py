@@ -125,7 +125,8 @@ def on_mask(x, d):
 
 
 # ---------------------------------------------------------------------------- verl: advantages
-def test_verl_gae_with_kl_in_the_reward(verl, openrlhf):
+@pytest.mark.parametrize("reference", ["verl-0.9.1:core_algos.compute_gae_advantage_return+openrlhf-0.11.2:models.utils.compute_reward"])
+def test_verl_gae_with_kl_in_the_reward(verl, openrlhf, reference):
     """id: verl-0.9.1:core_algos.compute_gae_advantage_return — token rewards shaped by OpenRLHF 0.11.2's
     models.utils.compute_reward (score at the last token, −β·k1 on every token)."""
     d = data()
@@ -146,14 +147,16 @@ def test_verl_grpo(verl, norm):
     close(adv, ref)
 
 
-def test_verl_rloo(verl):
+@pytest.mark.parametrize("reference", ["verl-0.9.1:core_algos.compute_rloo_outcome_advantage"])
+def test_verl_rloo(verl, reference):
     """id: verl-0.9.1:core_algos.compute_rloo_outcome_advantage (β = 0: verl and OpenRLHF agree)."""
     d = data()
     ref, _ = verl.compute_rloo_outcome_advantage(token_scores(d), d["mask"], np.array(GROUPS))
     close(ours("rloo", d)[0], ref)
 
 
-def test_verl_reinforce_plus_plus(verl, openrlhf):
+@pytest.mark.parametrize("reference", ["verl-0.9.1:core_algos.compute_reinforce_plus_plus_outcome_advantage"])
+def test_verl_reinforce_plus_plus(verl, openrlhf, reference):
     """id: verl-0.9.1:core_algos.compute_reinforce_plus_plus_outcome_advantage, γ = 0.9, k1 in the reward
     (token rewards by OpenRLHF 0.11.2's compute_reward: verl's apply_kl_penalty is the same shaping)."""
     from verl.trainer.config import AlgoConfig
@@ -165,14 +168,16 @@ def test_verl_reinforce_plus_plus(verl, openrlhf):
     close(ours("reinforce_pp", d, kl=kl, beta=0.05, gamma=0.9)[0], ref, rtol=1e-7)  # verl's masked_mean: / (count + 1e-8)
 
 
-def test_verl_reinforce_plus_plus_baseline(verl):
+@pytest.mark.parametrize("reference", ["verl-0.9.1:core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage"])
+def test_verl_reinforce_plus_plus_baseline(verl, reference):
     """id: verl-0.9.1:core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage (β = 0, γ = 1)."""
     d = data()
     ref, _ = verl.compute_reinforce_plus_plus_baseline_outcome_advantage(token_scores(d), d["mask"], np.array(GROUPS))
     close(ours("reinforce_pp_baseline", d)[0], ref, rtol=1e-7)  # verl's masked_mean: / (count + 1e-8)
 
 
-@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp_baseline"])
+@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_pp_baseline"],
+                         ids=lambda n: f"openrlhf-0.11.2:compute_advantages_and_returns-construction[{n}]+models.utils.compute_reward+verl-0.9.1:core_algos")
 def test_kl_in_the_reward_follows_openrlhf_baseline_on_the_score_only(verl, openrlhf, name):
     """With KL in the reward we deliberately follow OpenRLHF 0.11.2 (experience_maker.compute_advantages_and_returns):
     the group baseline is taken on the score alone, then models.utils.compute_reward adds −β·kl per token and the
@@ -220,8 +225,8 @@ def grad_of(fn, new):
     return out.detach(), g
 
 
-@pytest.mark.parametrize("mode", list(AGG))
-@pytest.mark.parametrize("clip", ["plain", "clip-higher", "clip-higher+dual-clip"])
+@pytest.mark.parametrize("mode", list(AGG), ids=lambda m: f"agg_loss({AGG[m]})")
+@pytest.mark.parametrize("clip", ["plain", "clip-higher", "clip-higher+dual-clip"], ids=lambda c: f"verl-0.9.1:core_algos.get_policy_loss_fn(vanilla)[{c}]")
 def test_verl_vanilla_policy_loss_over_micro_batches(verl, mode, clip):
     """id: verl-0.9.1:core_algos.get_policy_loss_fn('vanilla') + agg_loss(token-mean | seq-mean-token-mean |
     seq-mean-token-sum-norm). The batch is split in two micro-batches; each one's share divides by the whole
@@ -244,7 +249,8 @@ def test_verl_vanilla_policy_loss_over_micro_batches(verl, mode, clip):
         close(on_mask(got_g, {"mask": mask}), on_mask(ref_g, {"mask": mask}), rtol=rtol)
 
 
-def test_verl_gspo_token_form_with_per_token_advantages(verl):
+@pytest.mark.parametrize("reference", ["verl-0.9.1:core_algos.get_policy_loss_fn(gspo)+agg_loss(seq-mean-token-mean)"])
+def test_verl_gspo_token_form_with_per_token_advantages(verl, reference):
     """id: verl-0.9.1:core_algos.get_policy_loss_fn('gspo') (the GSPO-token form, seq-mean-token-mean), with
     advantages that differ per token (KL in the reward): each token keeps its own advantage. ε 3e-4 / 4e-4 with
     log-ratios ~1e-3, so some sequences clip on each side."""
@@ -262,7 +268,7 @@ def test_verl_gspo_token_form_with_per_token_advantages(verl):
     close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
 
 
-@pytest.mark.parametrize("mode", list(AGG))
+@pytest.mark.parametrize("mode", list(AGG), ids=lambda m: f"verl-0.9.1:core_algos.compute_value_loss[{AGG[m]}]")
 def test_verl_value_loss(verl, mode):
     """id: verl-0.9.1:core_algos.compute_value_loss (clipped, ½·max of the two squared errors)."""
     d = data()
@@ -277,7 +283,7 @@ def test_verl_value_loss(verl, mode):
     close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"], ids=lambda k: f"verl-0.9.1:core_algos.kl_penalty[{k}]")
 def test_verl_kl_penalty(verl, name):
     """id: verl-0.9.1:core_algos.kl_penalty (k1, k2, k3 = low_var_kl): values and gradients as a loss term."""
     d = data()
@@ -289,8 +295,8 @@ def test_verl_kl_penalty(verl, name):
 
 
 # ---------------------------------------------------------------------------- OpenRLHF
-@pytest.mark.parametrize("token_level", [True, False], ids=["token_mean", "seq_mean_token_mean"])
-@pytest.mark.parametrize("dual", [None, 3.0], ids=["no-dual-clip", "dual-clip-3"])
+@pytest.mark.parametrize("token_level", [True, False], ids=["token_level_loss", "per-sample"])
+@pytest.mark.parametrize("dual", [None, 3.0], ids=["openrlhf-0.11.2:models.loss.PolicyLoss(ppo)[no-dual-clip]", "openrlhf-0.11.2:models.loss.PolicyLoss(ppo)[dual-clip-3]"])
 def test_openrlhf_policy_loss(openrlhf, token_level, dual):
     """id: openrlhf-0.11.2:models.loss.PolicyLoss(policy_loss_type='ppo', clip_eps_low 0.2, clip_eps_high 0.28)."""
     d = data()
@@ -305,7 +311,8 @@ def test_openrlhf_policy_loss(openrlhf, token_level, dual):
     close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
 
 
-def test_openrlhf_gspo_with_sequence_advantages(openrlhf):
+@pytest.mark.parametrize("reference", ["openrlhf-0.11.2:models.loss.PolicyLoss(gspo)"])
+def test_openrlhf_gspo_with_sequence_advantages(openrlhf, reference):
     """id: openrlhf-0.11.2:models.loss.PolicyLoss(policy_loss_type='gspo') — the paper's sequence form (gradient
     through the mean log-ratio), forced to the per-sample mean. With the advantage constant over each response
     (the outcome estimators at β = 0) it equals our GSPO-token form in value and gradient."""
@@ -321,7 +328,7 @@ def test_openrlhf_gspo_with_sequence_advantages(openrlhf):
     close(on_mask(got_g, d), on_mask(ref_g, d), rtol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"], ids=lambda k: f"openrlhf-0.11.2:models.utils.compute_approx_kl[{k}]")
 def test_openrlhf_compute_approx_kl(openrlhf, name):
     """id: openrlhf-0.11.2:models.utils.compute_approx_kl (values and pathwise gradients; |log r| < 10 here, where
     its clamps do not bind). It computes in float32 whatever the input, so both get float32 inputs: rtol 1e-6."""
@@ -490,7 +497,8 @@ def _round(first_group, scores, kl=None, beta=0.0):
     return r, group_has_signal(get_estimator("grpo"), x)
 
 
-def test_dapo_dynamic_sampling_drops_flat_groups_and_refills_in_arrival_order():
+@pytest.mark.parametrize("reference", ["verl-recipe/dapo@53971be:dapo_ray_trainer.fit[filter_groups]"])
+def test_dapo_dynamic_sampling_drops_flat_groups_and_refills_in_arrival_order(reference):
     pool = GroupPool(need=3)
     r0, s0 = _round(0, [1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # groups 0 and 2 flat (std 0), group 1 has spread
     assert s0.tolist() == [False, True, False]
@@ -504,7 +512,8 @@ def test_dapo_dynamic_sampling_drops_flat_groups_and_refills_in_arrival_order():
     assert torch.equal(raw, batch.scores)
 
 
-def test_dapo_dynamic_sampling_with_kl_in_the_reward_keeps_equal_score_groups():
+@pytest.mark.parametrize("reference", ["verl-recipe/dapo@53971be:dapo_ray_trainer.fit[filter_groups,seq_final_reward]"])
+def test_dapo_dynamic_sampling_with_kl_in_the_reward_keeps_equal_score_groups(reference):
     """verl filters on seq_final_reward, which includes the KL penalty: a group with equal scores but different KL
     still has a learning signal (so does ours: its advantages are −β·kl reward-to-go)."""
     kl = torch.tensor([[0.1, 0.0, 0.2], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
@@ -513,7 +522,8 @@ def test_dapo_dynamic_sampling_with_kl_in_the_reward_keeps_equal_score_groups():
     assert with_kl.tolist() == [True, False] and kl_as_loss.tolist() == [False, False]
 
 
-def test_dapo_dynamic_sampling_fills_with_flat_groups_when_the_rounds_run_out():
+@pytest.mark.parametrize("reference", ["verl-recipe/dapo@53971be:dapo_ray_trainer.fit[max_num_gen_batches]"])
+def test_dapo_dynamic_sampling_fills_with_flat_groups_when_the_rounds_run_out(reference):
     pool = GroupPool(need=2)
     r0, s0 = _round(0, [1.0, 1.0, 0.0, 1.0])
     pool.add(r0, {}, s0, r0.scores)
