@@ -196,3 +196,31 @@ def test_block_by_block_sampling_equals_ddp(mode, config, tmp_path):
     assert ddp.returncode == 0 and ours.returncode == 0, (ddp.stderr + ours.stderr)[-4000:]
     for a, b in zip(rows(tmp_path / "ddp" / "metrics.jsonl"), rows(tmp_path / "run" / "metrics.jsonl"), strict=True):
         assert not close(a, b, COMPARED, rel=1e-4), (a["step"], close(a, b, COMPARED, rel=1e-4))
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed")
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_deepspeed_never_steps_on_a_nonfinite_gradient(mode, config, tmp_path):
+    """Every backward of step 1 gets a NaN loss on both processes (POLICYSHIFT_FAULT nonfinite_grad:1): the runtime
+    decides to skip before DeepSpeed's engine.step, every update of the step is counted as skipped, and the weights
+    written after it are the initial ones, bit for bit. A run without the fault moves them (the check can fail)."""
+    initial = AutoModelForCausalLM.from_pretrained(rows_config(config)["model"]["policy"]).state_dict()
+    args = ["--config", str(config), "--train.steps", "1", "--train.max_consecutive_skips", "100", "--analysis.every", "0",
+            "--analysis.num_prompts", "0", *ARGS]
+    runs = {}
+    for fault in ("nonfinite_grad:1", None):
+        out = tmp_path / f"run-{bool(fault)}"
+        result = sharded_launch(mode, *args, "--train.output_dir", str(out), fault=fault)
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs[fault] = (rows(out / "metrics.jsonl")[-1], AutoModelForCausalLM.from_pretrained(out / "final").state_dict())
+    (faulty, weights), (clean, moved) = runs["nonfinite_grad:1"], runs[None]
+    updates = 4 * 2  # ppo.epochs × ppo.num_minibatches
+    assert faulty["optim/skipped_updates"] == updates and clean["optim/skipped_updates"] == 0
+    assert all(torch.equal(weights[k], initial[k]) for k in initial), [k for k in initial if not torch.equal(weights[k], initial[k])]
+    assert any(not torch.equal(moved[k], initial[k]) for k in initial)
+
+
+def rows_config(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())

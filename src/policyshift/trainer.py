@@ -429,9 +429,9 @@ class PPOTrainer:
                         self.runtime.backward(loss, last)
                     for k, v in mb_stats.items():
                         stats[k].append(float(v.detach()))
-                grad_norm = self.runtime.clip_gradients(p.max_grad_norm or math.inf)
+                grad_norm, stepped = self.runtime.finish_update(p.max_grad_norm or math.inf, self.optimizer)
                 stats[K.GRAD_NORM].append(grad_norm.item())
-                skipped += not self.optimizer_step(grad_norm)
+                skipped += not self.after_update(stepped)
         self.models.eval()
         self.skipped_updates += skipped
         finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
@@ -484,11 +484,11 @@ class PPOTrainer:
             stats[K.LOSS_KL] = kl_loss
         return loss, {**stats, K.LOSS_TOTAL: loss}
 
-    def optimizer_step(self, grad_norm: torch.Tensor) -> bool:
-        """Step unless the gradient is non-finite: a NaN/inf loss or gradient never reaches the weights
-        (too many in a row stop the run). Returns whether it stepped."""
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+    def after_update(self, stepped: bool) -> bool:
+        """The runtime stepped unless the gradient was non-finite (Runtime.finish_update: a NaN/inf loss or gradient
+        never reaches the weights, on any engine); count skips (too many in a row stop the run), and step the
+        scheduler after a real update. Returns `stepped`."""
+        if not stepped:
             self.consecutive_skips += 1
             if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
                 raise TrainingError(
@@ -496,7 +496,6 @@ class PPOTrainer:
                     "lower ppo.lr, set reward.clip/normalize, or check the reward for huge values")
             return False
         self.consecutive_skips = 0
-        self.optimizer.step()
         self.scheduler.step()
         return True
 
