@@ -149,6 +149,12 @@ class AlgorithmConfig:
     # until the batch is full, at most max_sampling_rounds generation rounds per step (then flat groups fill it)
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
+    # training–inference mismatch (an engine with its own weights: vLLM, a bf16 copy): weight the policy loss by the
+    # importance ratio π_train_old/π_engine of the sampled tokens, truncated at or masked beyond mismatch_cap, per token
+    # or per response (TRL's vllm_importance_sampling_mode, default sequence_mask, cap 3). The shared-weights HF engine
+    # samples with the training model itself: nothing to correct, so it never applies there.
+    mismatch_correction: Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate", "none"] = "sequence_mask"
+    mismatch_cap: float = 3.0
 
 
 @dataclass
@@ -555,6 +561,7 @@ def validate_algorithm(cfg: PPOConfig) -> None:
     _check(a.ratio_level != "sequence" or a.loss_aggregation == "seq_mean_token_mean",
            f"algorithm.ratio_level sequence (GSPO) averages over responses: set algorithm.loss_aggregation seq_mean_token_mean "
            f"(got {a.loss_aggregation}, which weighs each response by its length)")
+    _check(math.isfinite(a.mismatch_cap) and a.mismatch_cap >= 1, f"algorithm.mismatch_cap must be >= 1 (a ratio of 1 is no mismatch); got {a.mismatch_cap}")
     _check(a.max_sampling_rounds >= 1, f"algorithm.max_sampling_rounds must be >= 1; got {a.max_sampling_rounds}")
     _check(not a.dynamic_sampling or estimator.needs_groups,
            f"algorithm.dynamic_sampling drops groups with zero reward spread: it needs a group estimator (grpo, rloo, reinforce_pp_baseline), not {a.advantage}")

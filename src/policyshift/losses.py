@@ -69,6 +69,7 @@ def policy_loss(
     clip_range_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
     aggregate: Optional[Aggregate] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate: l_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε_low, 1+ε_high)), ρ_t = π_new/π_old.
 
@@ -94,6 +95,8 @@ def policy_loss(
         bound = -advantages * dual_clip
         dual = (advantages < 0) & (bound < per_token)
         per_token = torch.where(dual, bound, per_token)
+    if weights is not None:  # the mismatch correction (mismatch_weights): after the clip, as TRL
+        per_token = per_token * _zero_pad(weights.detach(), mask)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
 
     with torch.no_grad():
@@ -101,6 +104,38 @@ def policy_loss(
         if dual_clip is not None:
             stats["dual_clip_frac"] = masked_mean(dual.to(ratio.dtype), mask)
     return loss, stats
+
+
+MISMATCH_MODES = ("sequence_mask", "sequence_truncate", "token_mask", "token_truncate")
+
+
+@torch.no_grad()
+def mismatch_weights(train_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor, mode: str,
+                     cap: float = 3.0) -> tuple[torch.Tensor, dict]:
+    """Importance weights for the training–inference mismatch (TRL GRPOTrainer's vllm_importance_sampling_*): the
+    tokens were drawn by the engine (π_engine), the loss treats them as drawn by π_train_old; the ratio
+    π_train_old/π_engine per token, or per response exp(Σ_t log ratio) in the sequence modes, is truncated at `cap`
+    (*_truncate) or zeroed beyond it (*_mask). (B, T) ×3 → weights (B, T) (1 on padding, detached), stats
+    {is_ratio_min/mean/max over real tokens (responses), masked_frac}."""
+    m = mask.bool()
+    diff = torch.where(m, train_logprobs - engine_logprobs, torch.zeros_like(train_logprobs))
+    sequence = mode.startswith("sequence")
+    log_ratio = diff.sum(-1, keepdim=True) if sequence else diff
+    ratio = torch.exp(log_ratio)
+    if mode.endswith("truncate"):
+        weights, masked = ratio.clamp(max=cap), torch.zeros_like(ratio, dtype=torch.bool)
+    elif mode.endswith("mask"):
+        masked = ratio > cap
+        weights = ratio.masked_fill(masked, 0.0)
+    else:
+        raise ValueError(f"unknown mismatch correction {mode!r}; one of {', '.join(MISMATCH_MODES)}")
+    units = (m.any(-1, keepdim=True) if sequence else m)  # real responses (sequence modes) or real tokens
+    seen = weights[units]
+    nan = torch.tensor(float("nan"))
+    stats = {"is_ratio_min": seen.min() if seen.numel() else nan, "is_ratio_mean": seen.mean() if seen.numel() else nan,
+             "is_ratio_max": seen.max() if seen.numel() else nan,
+             "masked_frac": masked[units].float().mean() if seen.numel() else nan}
+    return torch.where(m, weights.expand_as(m).to(train_logprobs.dtype), torch.ones_like(train_logprobs)), stats
 
 
 def _ratio_stats(pg_unclipped, pg_clipped, ratio, log_ratio, mask, clipped_ratio=None) -> dict:
@@ -129,6 +164,7 @@ def sequence_policy_loss(
     clip_range: float,
     clip_range_high: Optional[float] = None,
     aggregate: Optional[Aggregate] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict]:
     """GSPO (Zheng et al. 2025): one importance ratio per *sequence*, s_i = exp((1/|y_i|) Σ_t log ρ_{i,t}) — the
     geometric mean of its token ratios — clipped as a whole; token ratios are never clipped one by one.
@@ -153,6 +189,8 @@ def sequence_policy_loss(
     pg_unclipped = -advantages * token_s
     pg_clipped = -advantages * torch.clamp(token_s, 1.0 - clip_range, 1.0 + high)
     per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if weights is not None:
+        per_token = per_token * _zero_pad(weights.detach(), mask)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
     with torch.no_grad():
         stats = _ratio_stats(pg_unclipped, pg_clipped, torch.exp(log_ratio), log_ratio, mask, clipped_ratio=seq_ratio.expand_as(log_ratio))

@@ -43,7 +43,8 @@ from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
 from policyshift.sampling import GroupPool
 from policyshift.kl import kl_estimate, make_kl_controller
-from policyshift.losses import LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, policy_loss, sequence_policy_loss, value_loss
+from policyshift.losses import (LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, mismatch_weights, policy_loss, sequence_policy_loss,
+                                value_loss)
 from policyshift.manifest import write_manifest
 from policyshift.masked import masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
@@ -59,6 +60,10 @@ from policyshift.tracking.jsonl import truncate_run_logs
 POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, "clip_frac_high": K.CLIP_FRAC_HIGH, "dual_clip_frac": K.DUAL_CLIP_FRAC,
                     "approx_kl": K.APPROX_KL, "ratio_mean": K.RATIO_MEAN, "ratio_var": K.RATIO_VAR, "seq_ratio_mean": K.SEQ_RATIO_MEAN,
                     "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
+
+
+MISMATCH_STAT_KEYS = {"is_ratio_min": K.MISMATCH_IS_MIN, "is_ratio_mean": K.MISMATCH_IS_MEAN, "is_ratio_max": K.MISMATCH_IS_MAX,
+                      "masked_frac": K.MISMATCH_MASKED_FRAC}
 
 
 def seed_everything(seed: int) -> None:
@@ -360,6 +365,12 @@ class PPOTrainer:
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
+        correction = {}
+        if rollout.engine_logprobs is not None and cfg.algorithm.mismatch_correction != "none":  # an engine with its own weights
+            weights, mstats = mismatch_weights(rollout.logprobs, rollout.engine_logprobs, mask, cfg.algorithm.mismatch_correction,
+                                               cfg.algorithm.mismatch_cap)
+            rollout = replace(rollout, is_weights=weights)
+            correction = {key: float(mstats[name]) for name, key in MISMATCH_STAT_KEYS.items()}
         x = self.advantage_inputs(rollout)
         kl = x.kl if rollout.ref_logprobs is not None else None  # no reference scored (kl.score_reference false, β = 0): no KL at all
         in_reward = cfg.kl.placement == "reward"
@@ -383,6 +394,7 @@ class PPOTrainer:
         metrics = {
             K.EPISODES: self.episodes,
             **sampling_stats,
+            **correction,
             **rollout_metrics(rollout, kl, beta, beta if in_reward else 0.0),
             **advantage_metrics(advantages, mask, rollout.scores, rollout.group_ids, cfg.rollout.num_generations),
             **update_stats,
@@ -452,6 +464,7 @@ class PPOTrainer:
         says: this micro-batch's share of the minibatch loss. → (loss share, stats)."""
         p, a, T = self.cfg.ppo, self.cfg.algorithm, self.cfg.rollout.temperature
         aggregate = partial(aggregate_loss, mode=a.loss_aggregation, norm=norm)
+        weights = mb.is_weights[:, : int(mb.lengths.max().clamp(min=1))] if mb.is_weights is not None else None
         # Drop columns that are padding in every row of this micro-batch: trailing response
         # columns and leading prompt columns (positions come from the mask, so this is exact).
         R = int(mb.lengths.max().clamp(min=1))
@@ -466,9 +479,10 @@ class PPOTrainer:
                                                                with_entropy, p.ent_coef > 0)
         if a.ratio_level == "sequence":
             loss, pg = sequence_policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, a.sequence_clip_range,
-                                            a.sequence_clip_range_high, aggregate)
+                                            a.sequence_clip_range_high, aggregate, weights)
         else:
-            loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range, p.clip_range_high, p.dual_clip, aggregate)
+            loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range, p.clip_range_high, p.dual_clip, aggregate,
+                                   weights)
         stats = {K.LOSS_POLICY: loss, **{POLICY_STAT_KEYS[name]: value for name, value in pg.items()}}
         if returns is not None:  # an estimator with a critic: its clipped regression to the returns
             vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value, aggregate)
