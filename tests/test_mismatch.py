@@ -84,7 +84,7 @@ def test_trainer_reports_the_correction_with_an_engine_copy_and_not_without(tiny
 
 def test_first_minibatch_ratio_is_one_under_bf16_autocast_with_the_shared_engine(tiny_world, tmp_path, monkeypatch):
     """The old logprobs come from the sampler, under the same autocast as the update: before any step the first
-    minibatch's ratio is 1 (to bf16 rounding of the two forwards: the sampler's cached one and the update's full one)."""
+    minibatch's ratio is 1."""
     import policyshift.trainer as T
     from test_train import config
 
@@ -95,4 +95,5 @@ def test_first_minibatch_ratio_is_one_under_bf16_autocast_with_the_shared_engine
                  analysis={"every": 0, "num_prompts": 0}, tracking={"tensorboard": False})
     PPOTrainer(cfg).train()
     first = seen[0][1]
-    assert abs(first["ratio_mean"].item() - 1) < 1e-2 and first["approx_kl"].item() < 1e-3, {k: v.item() for k, v in first.items()}
+    # measured on CPU: exactly 1 (ratio variance 0); 1e-6 leaves room for another kernel's rounding
+    assert abs(first["ratio_mean"].item() - 1) < 1e-6 and first["ratio_var"].item() < 1e-10, {k: v.item() for k, v in first.items()}
