@@ -178,6 +178,11 @@ def test_beta_zero_can_skip_the_reference(tiny_world, tmp_path):
     ({"algorithm": {"advantage": "reinforce_pp", "dynamic_sampling": True}, "rollout": {"batch_size": 16, "num_generations": 1}},
      "dynamic_sampling drops groups"),
     ({"algorithm": {"advantage": "grpo", "max_sampling_rounds": 0}}, "max_sampling_rounds must be >= 1"),
+    # a config named after a paper computes that paper's objective
+    ({"algorithm": {"advantage": "grpo", "ratio_level": "sequence"}}, "GSPO\\) averages over responses: set algorithm.loss_aggregation seq_mean_token_mean"),
+    ({"algorithm": {"advantage": "grpo", "ratio_level": "sequence", "loss_aggregation": "seq_mean_token_sum_norm"}}, "got seq_mean_token_sum_norm"),
+    ({"kl": {"placement": "loss"}}, "kl.estimator k1 has zero expected gradient .*use k2 .* or k3"),
+    ({"kl": {"placement": "loss", "estimator": "k1", "beta": 0.1}}, "zero expected gradient"),
 ])
 def test_bad_algorithm_settings_fail_in_one_line(overrides, message):
     base = {"algorithm": {"advantage": "grpo"}, "rollout": {"batch_size": 16, "num_generations": 4}}
@@ -202,6 +207,35 @@ def test_cli_one_line_for_a_group_estimator_without_groups(tiny_world, tmp_path,
                  "--reward.function", "tiny:good_fraction", "--algorithm.advantage", "rloo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "num_generations >= 2" in err[0]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--algorithm.ratio_level", "sequence"], "algorithm.ratio_level sequence (GSPO) averages over responses"),
+    (["--kl.placement", "loss", "--kl.beta", "0.1"], "kl.placement loss with kl.estimator k1 has zero expected gradient"),
+])
+def test_cli_refuses_what_is_not_the_named_algorithm_before_any_model_loads(tmp_path, flags, message):
+    # the policy path does not exist: a refusal that came after loading would be a different error
+    proc = cli("--model.policy", str(tmp_path / "no-model"), "--data.prompts", str(tmp_path / "no.jsonl"), "--reward.function",
+               "tiny:good_fraction", "--algorithm.advantage", "grpo", "--rollout.num_generations", "4", "--rollout.batch_size", "8", *flags)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and message in err[0], proc.stderr
+
+
+def test_dr_grpo_example_is_dr_grpo():
+    from pathlib import Path
+
+    cfg = PPOConfig.from_yaml(Path(__file__).parents[1] / "examples" / "algorithms" / "dr_grpo.yaml")
+    assert (cfg.algorithm.advantage, cfg.algorithm.scale, cfg.algorithm.loss_aggregation) == ("grpo", "none", "seq_mean_token_sum_norm")
+
+
+def test_dynamic_sampling_updates_the_normalizer_from_kept_episodes_only(tiny_world, tmp_path):
+    cfg = config(tiny_world, tmp_path / "run", reward={"function": None, "normalize": True},
+                 algorithm={"advantage": "grpo", "dynamic_sampling": True, "max_sampling_rounds": 3},
+                 kl={"beta": 0.0, "placement": "loss", "estimator": "k3"}, train={"steps": 2, "save_every": 0}, analysis={"every": 0, "num_prompts": 0})
+    trainer = PPOTrainer(cfg, reward=good_or_nothing)
+    h = trainer.train()
+    assert any(r["sampling/dropped_groups"] > 0 for r in h)  # rounds were thrown away …
+    assert trainer.moments.count == h[-1]["episodes"] == 2 * 16  # … and only the kept episodes reached the normalizer
 
 
 # ---- loss shapes: GSPO, DAPO (clip-higher + token mean + dynamic sampling) ------------------------------------
@@ -233,8 +267,10 @@ def good_or_nothing(prompts, responses):
 
 
 def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_world, tmp_path):
+    # KL as a loss: a group's advantages are 0 exactly when its scores are equal (with KL in the reward they rarely are)
     cfg = config(tiny_world, tmp_path / "run", reward={"function": None}, algorithm={"advantage": "grpo", "dynamic_sampling": True,
-                 "max_sampling_rounds": 8}, train={"steps": 3, "save_every": 0}, analysis={"every": 0, "num_prompts": 0})
+                 "max_sampling_rounds": 8}, kl={"beta": 0.05, "placement": "loss", "estimator": "k3"}, train={"steps": 3, "save_every": 0},
+                 analysis={"every": 0, "num_prompts": 0})
     h = PPOTrainer(cfg, reward=good_or_nothing).train()
     dist = rows(tmp_path / "run" / "distributions.jsonl")
     for r, d in zip(h, dist):
@@ -248,7 +284,7 @@ def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_worl
 
 def test_dynamic_sampling_stops_at_its_bound_when_every_group_is_flat(tiny_world, tmp_path):
     cfg = config(tiny_world, tmp_path / "run", reward={"function": None}, algorithm={"advantage": "grpo", "dynamic_sampling": True,
-                 "max_sampling_rounds": 3}, kl={"beta": 0.05, "placement": "loss"}, train={"steps": 2, "save_every": 0},
+                 "max_sampling_rounds": 3}, kl={"beta": 0.05, "placement": "loss", "estimator": "k3"}, train={"steps": 2, "save_every": 0},
                  analysis={"every": 0, "num_prompts": 0})
     h = PPOTrainer(cfg, reward=lambda prompts, responses: [1.0] * len(responses)).train()
     for r in h:

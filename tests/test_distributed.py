@@ -186,7 +186,7 @@ def test_groups_stay_on_one_process_and_advantages_are_the_whole_batchs(tiny_wor
 
     config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "run")
     result = launch("--config", str(config), "--algorithm.advantage", "grpo", "--rollout.num_generations", "2",
-                    "--algorithm.scale", "batch", "--kl.placement", "loss", "--train.steps", "2", "--analysis.every", "0")
+                    "--algorithm.scale", "batch", "--kl.placement", "loss", "--kl.estimator", "k3", "--train.steps", "2", "--analysis.every", "0")
     assert result.returncode == 0, result.stderr[-4000:]
     for step in (1, 2):
         ranks = torch.load(tmp_path / "run" / "rollouts" / f"step-{step}.pt", weights_only=False)

@@ -196,3 +196,29 @@ def test_block_by_block_sampling_equals_ddp(mode, config, tmp_path):
     assert ddp.returncode == 0 and ours.returncode == 0, (ddp.stderr + ours.stderr)[-4000:]
     for a, b in zip(rows(tmp_path / "ddp" / "metrics.jsonl"), rows(tmp_path / "run" / "metrics.jsonl"), strict=True):
         assert not close(a, b, COMPARED, rel=1e-4), (a["step"], close(a, b, COMPARED, rel=1e-4))
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed")
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_deepspeed_never_steps_on_a_nonfinite_gradient(mode, config, tmp_path):
+    """Every backward of step 1 gets a NaN loss on both processes (POLICYSHIFT_FAULT nonfinite_grad:1): the runtime
+    decides to skip before DeepSpeed's engine.step, every update of step 1 is counted as skipped, and the weights
+    checkpointed after it are the initial ones, bit for bit; step 2 (no fault) moves them (the check can fail)."""
+    initial = AutoModelForCausalLM.from_pretrained(rows_config(config)["model"]["policy"]).state_dict()
+    out = tmp_path / "run"
+    result = sharded_launch(mode, "--config", str(config), "--train.steps", "2", "--train.save_every", "1", "--train.max_consecutive_skips", "100",
+                            "--analysis.every", "0", "--analysis.num_prompts", "0", *ARGS, "--train.output_dir", str(out), fault="nonfinite_grad:1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    first, second = rows(out / "metrics.jsonl")
+    updates = 4 * 2  # ppo.epochs × ppo.num_minibatches
+    assert first["optim/skipped_updates"] == updates and second["optim/skipped_updates"] == 0
+    after_skips = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-1" / "policy").state_dict()
+    assert all(torch.equal(after_skips[k], initial[k]) for k in initial), [k for k in initial if not torch.equal(after_skips[k], initial[k])]
+    moved = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    assert any(not torch.equal(moved[k], initial[k]) for k in initial)
+
+
+def rows_config(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())

@@ -19,7 +19,7 @@ every token of the response, as in the GRPO/RLOO papers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -162,6 +162,23 @@ def zero_spread(scores: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-6
     hi = torch.full((G,), -torch.inf, dtype=torch.float64, device=scores.device).scatter_reduce(0, inverse, scores.double(), "amax")
     lo = torch.full((G,), torch.inf, dtype=torch.float64, device=scores.device).scatter_reduce(0, inverse, scores.double(), "amin")
     return (hi - lo) <= tol
+
+
+def group_has_signal(estimator: "Estimator", x: AdvantageInputs, tol: float = 1e-6) -> torch.Tensor:
+    """(G,) bool per group (in torch.unique order): the estimator gives some real token of the group a non-zero
+    advantage — what dynamic sampling keeps. Asked of the estimator itself on the group alone (no batch-wide
+    statistics: whitening an all-zero group leaves it 0), so KL in the reward counts: a group with equal scores
+    still learns −β·kl reward-to-go (verl's DAPO recipe filters on `seq_final_reward`, which includes it)."""
+    unique, inverse = torch.unique(x.group_ids, return_inverse=True)
+    out = torch.zeros(len(unique), dtype=torch.bool, device=x.group_ids.device)
+    for g in range(len(unique)):
+        rows = (inverse == g).nonzero().flatten()
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        part = replace(x, scores=x.scores[rows], kl=x.kl[rows], mask=x.mask[rows], group_ids=x.group_ids[rows],
+                       values=pick(x.values), all_sum=None)
+        advantages, _ = estimator.compute(part)
+        out[g] = bool((torch.where(part.mask.bool(), advantages, 0.0).abs() > tol).any())
+    return out
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -139,6 +139,12 @@ class AlgorithmConfig:
     # until the batch is full, at most max_sampling_rounds generation rounds per step (then flat groups fill it)
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
+    # training–inference mismatch (an engine with its own weights: vLLM, a bf16 copy): weight the policy loss by the
+    # importance ratio π_train_old/π_engine of the sampled tokens, truncated at or masked beyond mismatch_cap, per token
+    # or per response (TRL's vllm_importance_sampling_mode, default sequence_mask, cap 3). The shared-weights HF engine
+    # samples with the training model itself: nothing to correct, so it never applies there.
+    mismatch_correction: Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate", "none"] = "sequence_mask"
+    mismatch_cap: float = 3.0
 
 
 @dataclass
@@ -539,10 +545,21 @@ def validate_algorithm(cfg: PPOConfig) -> None:
         token_options = [name for name, v in (("ppo.clip_range_high", p.clip_range_high), ("ppo.dual_clip", p.dual_clip)) if v is not None]
         _check(not token_options, f"algorithm.ratio_level sequence (GSPO) clips one ratio per response with algorithm.sequence_clip_range(_high); "
                                   f"{token_options[0] if token_options else ''} clips token ratios: drop it")
+    # GSPO's objective is a mean over *sequences* of one clipped sequence ratio each. With token_mean (or a constant
+    # divisor) a response's gradient is weighted by its length (lengths 4 and 1 → 0.8/0.2, not 0.5/0.5). verl forces
+    # seq-mean-token-mean for GSPO; we refuse instead of silently overriding the field, so the saved config says what ran.
+    _check(a.ratio_level != "sequence" or a.loss_aggregation == "seq_mean_token_mean",
+           f"algorithm.ratio_level sequence (GSPO) averages over responses: set algorithm.loss_aggregation seq_mean_token_mean "
+           f"(got {a.loss_aggregation}, which weighs each response by its length)")
+    _check(math.isfinite(a.mismatch_cap) and a.mismatch_cap >= 1, f"algorithm.mismatch_cap must be >= 1 (a ratio of 1 is no mismatch); got {a.mismatch_cap}")
     _check(a.max_sampling_rounds >= 1, f"algorithm.max_sampling_rounds must be >= 1; got {a.max_sampling_rounds}")
     _check(not a.dynamic_sampling or estimator.needs_groups,
            f"algorithm.dynamic_sampling drops groups with zero reward spread: it needs a group estimator (grpo, rloo, reinforce_pp_baseline), not {a.advantage}")
     k = cfg.kl
+    # k1 = log π − log π_ref as a loss: its gradient ∇log π has expectation 0 under π — no restoring force at all.
+    _check(k.placement != "loss" or k.estimator != "k1",
+           "kl.placement loss with kl.estimator k1 has zero expected gradient (E_π[∇log π] = 0): use k2 (its gradient is "
+           "that of KL(π‖π_ref)) or k3 (that of KL(π_ref‖π), as verl's low_var_kl)")
     _check(k.score_reference or (k.beta == 0 and k.controller == "fixed"),
            "kl.score_reference false skips the reference, so there is no KL to penalize: it needs kl.beta 0 and kl.controller fixed")
 

@@ -20,3 +20,9 @@ def fault_point(point: str, step: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if name == point:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_active(point: str, step: int) -> bool:
+    """A fault that changes a value instead of killing: POLICYSHIFT_FAULT="point:step" names this point and step."""
+    spec = os.environ.get("POLICYSHIFT_FAULT")
+    return bool(spec) and spec == f"{point}:{step}"

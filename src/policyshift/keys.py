@@ -79,6 +79,11 @@ REPLICA_CHECKSUM_SPREAD = "parallel/replica_checksum_spread"
 ENGINE_LOGPROB_DIFF_MEAN = "rollout/logprob_diff_abs_mean"
 ENGINE_LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 ENGINE_KL_K3 = "rollout/engine_kl_k3"
+# training–inference mismatch correction (algorithm.mismatch_correction; TRL's sampling/importance_sampling_ratio/*)
+MISMATCH_IS_MIN = "rollout/is_ratio_min"  # π_train_old/π_engine after truncation/masking, over real tokens (sequences)
+MISMATCH_IS_MEAN = "rollout/is_ratio_mean"
+MISMATCH_IS_MAX = "rollout/is_ratio_max"
+MISMATCH_MASKED_FRAC = "rollout/is_masked_frac"  # share of real tokens (token modes) or responses (sequence modes) masked
 
 # ---- probe suites (analysis.probes): one score per suite per evaluation, on the suite's own prompts
 PROBE_PREFIX = "probe/"

@@ -7,6 +7,15 @@ With log r = log π_ref(x) − log π(x):
     k3 = (r − 1) − log r       unbiased (E_π[r] = 1), ≥ 0, low variance
 The exact full-vocabulary KL and entropy are here too, for logging against the estimators.
 
+As a *value* (in the reward, logged) each estimates KL(π‖π_ref). As a *loss* (kl.placement loss) what matters is
+the gradient of the sampled term with the tokens held fixed, in expectation over x ~ π:
+    k1: ∇log π                      → E = 0: no restoring force at all (refused by config validation)
+    k2: (log π − log π_ref)∇log π   → ∇KL(π‖π_ref), the reverse KL the value estimates
+    k3: (1 − π_ref/π)∇log π          → −E_{π_ref}[∇log π] = ∇KL(π_ref‖π), the *forward* KL
+verl (`low_var_kl`) and TRL ≤ 1.15 (beta > 0) use plain k3 as the loss, so they follow ∇KL(π_ref‖π) too (verl
+documents it and offers a straight-through "k3+"); TRL 1.16 multiplies k3 by the importance ratio by default
+(use_bias_correction_kl), which turns its gradient into ∇KL(π‖π_ref). Here kl.estimator k2 gives that gradient.
+
 Shapes: B = batch, T = response length, V = vocabulary.
 """
 

@@ -18,6 +18,9 @@ from policyshift.masked import masked_mean, masked_sum, masked_var
 
 Aggregate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+LOG_RATIO_CLAMP = 20.0  # |log ρ| bound before exp (verl core_algos.compute_policy_loss_vanilla: ±20)
+SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio upper bound before exp (verl compute_policy_loss_gspo: max 10)
+
 # ---------------------------------------------------------------------------- loss aggregation
 # Each mode divides a sum of per-token losses by a size of the whole *minibatch* (all of its micro-batches,
 # all processes), so the micro-batch shares add up to the minibatch loss exactly; README "Loss shapes".
@@ -66,6 +69,7 @@ def policy_loss(
     clip_range_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
     aggregate: Optional[Aggregate] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate: l_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε_low, 1+ε_high)), ρ_t = π_new/π_old.
 
@@ -78,7 +82,9 @@ def policy_loss(
     clip_frac_high, dual_clip_frac, approx_kl, ratio_mean, ratio_var}.
     """
     high = clip_range if clip_range_high is None else clip_range_high
-    log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask)  # padding → ρ = 1, never exp(inf)
+    # padding → ρ = 1, never exp(inf); the clamp (verl's ±20) only bites on a ratio past e^20 ≈ 5e8, where exp would
+    # overflow to inf in fp16/bf16-scaled losses: inside it clamp returns its input bit for bit, with gradient 1
+    log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     advantages = _zero_pad(advantages.detach(), mask)
     ratio = torch.exp(log_ratio)
     pg_unclipped = -advantages * ratio
@@ -89,6 +95,8 @@ def policy_loss(
         bound = -advantages * dual_clip
         dual = (advantages < 0) & (bound < per_token)
         per_token = torch.where(dual, bound, per_token)
+    if weights is not None:  # the mismatch correction (mismatch_weights): after the clip, as TRL
+        per_token = per_token * _zero_pad(weights.detach(), mask)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
 
     with torch.no_grad():
@@ -96,6 +104,38 @@ def policy_loss(
         if dual_clip is not None:
             stats["dual_clip_frac"] = masked_mean(dual.to(ratio.dtype), mask)
     return loss, stats
+
+
+MISMATCH_MODES = ("sequence_mask", "sequence_truncate", "token_mask", "token_truncate")
+
+
+@torch.no_grad()
+def mismatch_weights(train_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor, mode: str,
+                     cap: float = 3.0) -> tuple[torch.Tensor, dict]:
+    """Importance weights for the training–inference mismatch (TRL GRPOTrainer's vllm_importance_sampling_*): the
+    tokens were drawn by the engine (π_engine), the loss treats them as drawn by π_train_old; the ratio
+    π_train_old/π_engine per token, or per response exp(Σ_t log ratio) in the sequence modes, is truncated at `cap`
+    (*_truncate) or zeroed beyond it (*_mask). (B, T) ×3 → weights (B, T) (1 on padding, detached), stats
+    {is_ratio_min/mean/max over real tokens (responses), masked_frac}."""
+    m = mask.bool()
+    diff = torch.where(m, train_logprobs - engine_logprobs, torch.zeros_like(train_logprobs))
+    sequence = mode.startswith("sequence")
+    log_ratio = diff.sum(-1, keepdim=True) if sequence else diff
+    ratio = torch.exp(log_ratio)
+    if mode.endswith("truncate"):
+        weights, masked = ratio.clamp(max=cap), torch.zeros_like(ratio, dtype=torch.bool)
+    elif mode.endswith("mask"):
+        masked = ratio > cap
+        weights = ratio.masked_fill(masked, 0.0)
+    else:
+        raise ValueError(f"unknown mismatch correction {mode!r}; one of {', '.join(MISMATCH_MODES)}")
+    units = (m.any(-1, keepdim=True) if sequence else m)  # real responses (sequence modes) or real tokens
+    seen = weights[units]
+    nan = torch.tensor(float("nan"))
+    stats = {"is_ratio_min": seen.min() if seen.numel() else nan, "is_ratio_mean": seen.mean() if seen.numel() else nan,
+             "is_ratio_max": seen.max() if seen.numel() else nan,
+             "masked_frac": masked[units].float().mean() if seen.numel() else nan}
+    return torch.where(m, weights.expand_as(m).to(train_logprobs.dtype), torch.ones_like(train_logprobs)), stats
 
 
 def _ratio_stats(pg_unclipped, pg_clipped, ratio, log_ratio, mask, clipped_ratio=None) -> dict:
@@ -124,21 +164,33 @@ def sequence_policy_loss(
     clip_range: float,
     clip_range_high: Optional[float] = None,
     aggregate: Optional[Aggregate] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict]:
     """GSPO (Zheng et al. 2025): one importance ratio per *sequence*, s_i = exp((1/|y_i|) Σ_t log ρ_{i,t}) — the
-    geometric mean of its token ratios — clipped as a whole: l_{i,t} = max(−A_{i,t} s_i, −A_{i,t} clip(s_i,
-    1−ε_low, 1+ε_high)); token ratios are never clipped one by one. Through autograd ∇s_i = s_i·(1/|y_i|) Σ_t
-    ∇log π(y_{i,t}): every token of a sequence gets the same weight, the paper's gradient. Its ε are about
-    1e-3 of PPO's (the paper: 3e-4 / 4e-4), since s_i is a length-normalized ratio. Stats as policy_loss's,
-    plus seq_ratio_mean/min/max and seq_clip_frac (share of sequences clipped)."""
+    geometric mean of its token ratios — clipped as a whole; token ratios are never clipped one by one.
+
+    In the GSPO-token form (the paper's §4.3, verl's compute_policy_loss_gspo): s_{i,t} = sg(s_i)·π(y_{i,t})/sg(π(y_{i,t})),
+    i.e. exp(log π − sg(log π) + sg(log s_i)), whose value is s_i on every token and whose gradient is
+    s_i·∇log π(y_{i,t}); l_{i,t} = max(−A_{i,t} s_{i,t}, −A_{i,t} clip(s_{i,t}, 1−ε_low, 1+ε_high)). With the per-sequence
+    mean (algorithm.loss_aggregation seq_mean_token_mean, which config validation requires for GSPO) and A constant
+    over the sequence this is the paper's sequence gradient −A_i s_i (1/|y_i|) Σ_t ∇log π(y_{i,t}); when A varies per
+    token (KL in the reward, γ < 1) each token keeps its own advantage instead of the sequence's mean one.
+    Its ε are about 1e-3 of PPO's (the paper: 3e-4 / 4e-4), since s_i is a length-normalized ratio. Stats as
+    policy_loss's, plus seq_ratio_mean/min/max and seq_clip_frac (share of sequences clipped)."""
     high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = _zero_pad(new_logprobs - old_logprobs.detach(), mask)
     advantages = _zero_pad(advantages.detach(), mask)
     seq_log_ratio = masked_sum(log_ratio, mask, 1) / mask.sum(1).clamp(min=1)  # (B,)
-    seq_ratio = torch.exp(seq_log_ratio)[:, None]  # (B, 1), broadcast over the sequence's tokens
-    pg_unclipped = -advantages * seq_ratio
-    pg_clipped = -advantages * torch.clamp(seq_ratio, 1.0 - clip_range, 1.0 + high)
+    new_logprobs = _zero_pad(new_logprobs, mask)
+    # value: log s_i on every token; gradient: that of the token's own log π (verl clamps above at 10 before exp)
+    token_log_s = (new_logprobs - new_logprobs.detach() + seq_log_ratio.detach()[:, None]).clamp(max=SEQ_LOG_RATIO_MAX)
+    token_s = torch.exp(token_log_s)
+    seq_ratio = torch.exp(seq_log_ratio.detach())[:, None]  # (B, 1): for the statistics
+    pg_unclipped = -advantages * token_s
+    pg_clipped = -advantages * torch.clamp(token_s, 1.0 - clip_range, 1.0 + high)
     per_token = torch.maximum(pg_unclipped, pg_clipped)
+    if weights is not None:
+        per_token = per_token * _zero_pad(weights.detach(), mask)
     loss = aggregate(per_token, mask) if aggregate is not None else masked_mean(per_token, mask)
     with torch.no_grad():
         stats = _ratio_stats(pg_unclipped, pg_clipped, torch.exp(log_ratio), log_ratio, mask, clipped_ratio=seq_ratio.expand_as(log_ratio))

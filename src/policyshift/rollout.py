@@ -47,6 +47,9 @@ class Rollout:
     # logprobs above are then the training model's, and these only measure the mismatch. None otherwise.
     engine_logprobs: torch.Tensor | None = None
     group_ids: torch.Tensor | None = None  # (B,) long: rows with the same id are the n samples of one prompt
+    # (B, R) importance weights π_train_old/π_engine of the training–inference mismatch correction (losses.mismatch_weights),
+    # applied to the policy loss; None without an engine of its own weights or with algorithm.mismatch_correction none
+    is_weights: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:

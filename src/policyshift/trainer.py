@@ -14,6 +14,7 @@ The engine (DDP/FSDP/DeepSpeed) stays behind policyshift.runtime.Runtime.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from policyshift import keys as K
-from policyshift.advantages import AdvantageInputs, get_estimator
+from policyshift.advantages import AdvantageInputs, get_estimator, group_has_signal
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
 from policyshift.checks import check_vocabularies, fit_prompt_length  # noqa: F401 (fit_prompt_length: old import path)
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
@@ -42,7 +43,8 @@ from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
 from policyshift.sampling import GroupPool
 from policyshift.kl import kl_estimate, make_kl_controller
-from policyshift.losses import LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, policy_loss, sequence_policy_loss, value_loss
+from policyshift.losses import (LossNormalizer, aggregate_loss, entropy_bonus, explained_variance, mismatch_weights, policy_loss, sequence_policy_loss,
+                                value_loss)
 from policyshift.manifest import write_manifest
 from policyshift.masked import masked_sum
 from policyshift.metrics import advantage_metrics, rollout_metrics
@@ -60,6 +62,10 @@ from policyshift.errors import TrainingError  # noqa: F401 (defined in errors.py
 POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, "clip_frac_high": K.CLIP_FRAC_HIGH, "dual_clip_frac": K.DUAL_CLIP_FRAC,
                     "approx_kl": K.APPROX_KL, "ratio_mean": K.RATIO_MEAN, "ratio_var": K.RATIO_VAR, "seq_ratio_mean": K.SEQ_RATIO_MEAN,
                     "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
+
+
+MISMATCH_STAT_KEYS = {"is_ratio_min": K.MISMATCH_IS_MIN, "is_ratio_mean": K.MISMATCH_IS_MEAN, "is_ratio_max": K.MISMATCH_IS_MAX,
+                      "masked_frac": K.MISMATCH_MASKED_FRAC}
 
 
 def seed_everything(seed: int) -> None:
@@ -268,10 +274,11 @@ class PPOTrainer:
         group_ids = torch.arange(first_group, first_group + len(local), device=self.device).repeat_interleave(n)
         return [row for row in local for _ in range(n)], group_ids
 
-    def score(self, rollout: Rollout, fields: dict[str, list]) -> tuple[Rollout, dict[str, list]]:
-        """The rollout with its scores (and the prompt-row fields of the episodes kept). With
+    def score(self, rollout: Rollout, fields: dict[str, list], moments=None) -> tuple[Rollout, dict[str, list], torch.Tensor]:
+        """The rollout with its scores (and the prompt-row fields of the episodes kept), and the raw scores. With
         reward.on_nonfinite=skip an episode whose reward is NaN/inf is dropped — with its whole group: a
-        group's baseline needs all of its n samples."""
+        group's baseline needs all of its n samples. `moments`: the reward normalizer to update and apply
+        (default self.moments; dynamic sampling passes a copy, see sample_episodes)."""
         raw = score_rollout(self.reward, rollout, fields, self.tokenizer).to(self.device)
         r = self.cfg.reward
         finite = torch.isfinite(raw)
@@ -286,12 +293,17 @@ class PPOTrainer:
             rollout, raw = rollout.select(keep), raw[keep.to(raw.device)]
             fields = {k: [v[i] for i in keep.tolist()] for k, v in fields.items()}
         # Normalization statistics are the whole batch's: every process post-processes all scores, keeps its own.
-        scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(rollout.has_eos), r.missing_eos_penalty, self.moments, r.clip)
-        return replace(rollout, scores=scores[self.group.rank * len(rollout) : (self.group.rank + 1) * len(rollout)]), fields
+        return replace(rollout, scores=self.postprocess(raw, rollout.has_eos, self.moments if moments is None else moments)), fields, raw
 
-    def sample_round(self, round_index: int, seconds: dict) -> tuple[Rollout, dict[str, list], int]:
-        """One generation round: draw prompts, sample n responses each, score them. → (rollout, row fields, episodes
-        dropped for a non-finite reward); `seconds` accumulates generation and scoring time."""
+    def postprocess(self, raw: torch.Tensor, has_eos: torch.Tensor, moments) -> torch.Tensor:
+        """This process's scores after the missing-EOS penalty, normalization (`moments`, updated) and clipping."""
+        r = self.cfg.reward
+        scores = postprocess_scores(self.group.gather_rows(raw), self.group.gather_rows(has_eos), r.missing_eos_penalty, moments, r.clip)
+        return scores[self.group.rank * len(raw) : (self.group.rank + 1) * len(raw)]
+
+    def sample_round(self, round_index: int, seconds: dict, moments=None) -> tuple[Rollout, dict[str, list], torch.Tensor, int]:
+        """One generation round: draw prompts, sample n responses each, score them. → (rollout, row fields, raw scores,
+        episodes dropped for a non-finite reward); `seconds` accumulates generation and scoring time."""
         t0 = time.perf_counter()
         rows, group_ids = self.draw_rows(round_index)
         prompts, fields = [row.text for row in rows], {k: [row.fields.get(k) for row in rows] for k in self.field_names}
@@ -299,29 +311,42 @@ class PPOTrainer:
             rollout = generate_rollout(self.models, self.ref_policy if self.cfg.kl.score_reference else None, self.tokenizer, prompts,
                                        self.rollout_config, self.max_prompt_length, self.generator, engine=self.engine)
         t1 = time.perf_counter()
-        scored, fields = self.score(replace(rollout, group_ids=group_ids), fields)
+        scored, fields, raw = self.score(replace(rollout, group_ids=group_ids), fields, moments)
         seconds["generate"] += t1 - t0
         seconds["score"] += time.perf_counter() - t1
-        return scored, fields, len(rollout) - len(scored)
+        return scored, fields, raw, len(rollout) - len(scored)
 
     def sample_episodes(self, seconds: dict) -> tuple[Rollout, dict[str, list], dict]:
-        """This step's scored episodes. With algorithm.dynamic_sampling, groups without reward spread are dropped
-        and further rounds sampled until the batch is full again (policyshift.sampling). → (rollout, fields, metrics)."""
-        rollout, fields, skipped = self.sample_round(0, seconds)
+        """This step's scored episodes. With algorithm.dynamic_sampling, groups whose advantages would all be 0 are
+        dropped and further rounds sampled until the batch is full again (policyshift.sampling). → (rollout, fields, metrics)."""
         a = self.cfg.algorithm
         if not a.dynamic_sampling:
+            rollout, fields, _, skipped = self.sample_round(0, seconds)
             return rollout, fields, {K.NONFINITE_SKIPPED: skipped}
+        # Each round is scored with a throw-away copy of the normalizer (its groups are judged on scores as they
+        # would be normalized); the real one is updated once, from the episodes kept, and the batch rescored with it.
+        provisional = lambda: copy.deepcopy(self.moments)  # noqa: E731  (None without reward.normalize)
         pool = GroupPool(need=self.cfg.rollout.batch_size // self.cfg.rollout.num_generations // self.group.world_size)
-        pool.add(rollout, fields)
-        rounds = 1
-        while rounds < a.max_sampling_rounds and self.group.any(not pool.full):  # every process runs as many rounds
-            rollout, fields, more = self.sample_round(rounds, seconds)
-            pool.add(rollout, fields)
+        rounds, skipped = 0, 0
+        while rounds == 0 or (rounds < a.max_sampling_rounds and self.group.any(not pool.full)):  # every process runs as many rounds
+            rollout, fields, raw, more = self.sample_round(rounds, seconds, provisional())
+            pool.add(rollout, fields, group_has_signal(self.estimator, self.advantage_inputs(rollout)), raw)
             rounds, skipped = rounds + 1, skipped + more
-        rollout, fields, flat_kept = pool.batch()
+        rollout, fields, raw, flat_kept = pool.batch()
+        rollout = replace(rollout, scores=self.postprocess(raw, rollout.has_eos, self.moments))
         counts = self.group.sum(torch.tensor([float(skipped), float(pool.n_flat - flat_kept), float(flat_kept)], device=self.device))
         return rollout, fields, {K.NONFINITE_SKIPPED: skipped, K.SAMPLING_ROUNDS: rounds, K.SAMPLING_DROPPED_GROUPS: counts[1].item(),
                                  K.SAMPLING_FLAT_GROUPS_KEPT: counts[2].item()}
+
+    def advantage_inputs(self, rollout: Rollout) -> AdvantageInputs:
+        """What the estimator reads of a scored rollout: per-token KL (kl.estimator; 0 without a reference), β when
+        the KL is in the reward (0 as a loss term), the ppo/algorithm settings, sums over every process."""
+        cfg, mask = self.cfg, rollout.response_mask
+        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs) if rollout.ref_logprobs is not None else torch.zeros_like(mask)
+        a, p = cfg.algorithm, cfg.ppo
+        return AdvantageInputs(scores=rollout.scores, kl=kl, beta=self.kl_ctl.beta if cfg.kl.placement == "reward" else 0.0, mask=mask,
+                               group_ids=rollout.group_ids, values=rollout.values, gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages,
+                               scale=a.scale, std_eps=a.std_eps, all_sum=self.group.sum)
 
     def ppo_step(self) -> dict:
         """rollout → rewards (+ KL) → advantages (algorithm.advantage) → update → metrics."""
@@ -332,14 +357,16 @@ class PPOTrainer:
         t_score = time.perf_counter()
 
         mask, beta = rollout.response_mask, self.kl_ctl.beta
-        # per token, estimator as configured; no reference scored (kl.score_reference false, β = 0): no KL at all
-        kl = kl_estimate(cfg.kl.estimator, rollout.logprobs, rollout.ref_logprobs) if rollout.ref_logprobs is not None else None
+        correction = {}
+        if rollout.engine_logprobs is not None and cfg.algorithm.mismatch_correction != "none":  # an engine with its own weights
+            weights, mstats = mismatch_weights(rollout.logprobs, rollout.engine_logprobs, mask, cfg.algorithm.mismatch_correction,
+                                               cfg.algorithm.mismatch_cap)
+            rollout = replace(rollout, is_weights=weights)
+            correction = {key: float(mstats[name]) for name, key in MISMATCH_STAT_KEYS.items()}
+        x = self.advantage_inputs(rollout)
+        kl = x.kl if rollout.ref_logprobs is not None else None  # no reference scored (kl.score_reference false, β = 0): no KL at all
         in_reward = cfg.kl.placement == "reward"
-        a, p = cfg.algorithm, cfg.ppo
-        advantages, returns = self.estimator.compute(AdvantageInputs(
-            scores=rollout.scores, kl=kl if kl is not None else torch.zeros_like(mask), beta=beta if in_reward else 0.0, mask=mask,
-            group_ids=rollout.group_ids, values=rollout.values, gamma=p.gamma, lam=p.lam, whiten=p.whiten_advantages,
-            scale=a.scale, std_eps=a.std_eps, all_sum=self.group.sum))
+        advantages, returns = self.estimator.compute(x)
         update_stats = self.update(rollout, advantages, returns, beta)
         self.engine.sync_weights(self.models.policy)  # a separate engine samples the next batch from the new weights
         t_update = time.perf_counter()
@@ -359,6 +386,7 @@ class PPOTrainer:
         metrics = {
             K.EPISODES: self.episodes,
             **sampling_stats,
+            **correction,
             **rollout_metrics(rollout, kl, beta, beta if in_reward else 0.0),
             **advantage_metrics(advantages, mask, rollout.scores, rollout.group_ids, cfg.rollout.num_generations),
             **update_stats,
@@ -405,9 +433,9 @@ class PPOTrainer:
                         self.runtime.backward(loss, last)
                     for k, v in mb_stats.items():
                         stats[k].append(float(v.detach()))
-                grad_norm = self.runtime.clip_gradients(p.max_grad_norm or math.inf)
+                grad_norm, stepped = self.runtime.finish_update(p.max_grad_norm or math.inf, self.optimizer)
                 stats[K.GRAD_NORM].append(grad_norm.item())
-                skipped += not self.optimizer_step(grad_norm)
+                skipped += not self.after_update(stepped)
         self.models.eval()
         self.skipped_updates += skipped
         finite_mean = lambda v: float(np.mean(f)) if len(f := [x for x in v if math.isfinite(x)]) else math.nan  # noqa: E731
@@ -423,10 +451,12 @@ class PPOTrainer:
 
     def micro_batch_loss(self, mb: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, beta: float, norm: LossNormalizer):
         """L = clipped surrogate (per token, or GSPO's per sequence) (+ vf_coef · clipped value loss, with a critic)
-        − ent_coef · entropy (+ β · KL(π_θ‖π_ref) with kl.placement loss), each aggregated as algorithm.loss_aggregation
+        − ent_coef · entropy (+ β · the kl.estimator term with kl.placement loss: k2's gradient is ∇KL(π_θ‖π_ref),
+        k3's ∇KL(π_ref‖π_θ), as in TRL and verl; policyshift.kl), each aggregated as algorithm.loss_aggregation
         says: this micro-batch's share of the minibatch loss. → (loss share, stats)."""
         p, a, T = self.cfg.ppo, self.cfg.algorithm, self.cfg.rollout.temperature
         aggregate = partial(aggregate_loss, mode=a.loss_aggregation, norm=norm)
+        weights = mb.is_weights[:, : int(mb.lengths.max().clamp(min=1))] if mb.is_weights is not None else None
         # Drop columns that are padding in every row of this micro-batch: trailing response
         # columns and leading prompt columns (positions come from the mask, so this is exact).
         R = int(mb.lengths.max().clamp(min=1))
@@ -441,9 +471,10 @@ class PPOTrainer:
                                                                with_entropy, p.ent_coef > 0)
         if a.ratio_level == "sequence":
             loss, pg = sequence_policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, a.sequence_clip_range,
-                                            a.sequence_clip_range_high, aggregate)
+                                            a.sequence_clip_range_high, aggregate, weights)
         else:
-            loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range, p.clip_range_high, p.dual_clip, aggregate)
+            loss, pg = policy_loss(new_logprobs, mb.logprobs[:, :R], advantages[:, :R], mask, p.clip_range, p.clip_range_high, p.dual_clip, aggregate,
+                                   weights)
         stats = {K.LOSS_POLICY: loss, **{POLICY_STAT_KEYS[name]: value for name, value in pg.items()}}
         if returns is not None:  # an estimator with a critic: its clipped regression to the returns
             vf_loss, vf = value_loss(values, mb.values[:, :R], returns[:, :R], mask, p.clip_range_value, aggregate)
@@ -453,17 +484,17 @@ class PPOTrainer:
             entropy = entropy_bonus(token_entropy, mask, aggregate)
             loss = loss - p.ent_coef * entropy
             stats[K.LOSS_ENTROPY] = entropy
-        if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·KL(π_θ‖π_ref) as a loss term
+        if self.cfg.kl.placement == "loss" and mb.ref_logprobs is not None:  # GRPO/verl style: β·(k2 or k3) as a loss term
             kl_loss = aggregate(kl_estimate(self.cfg.kl.estimator, new_logprobs, mb.ref_logprobs[:, :R]), mask)
             loss = loss + beta * kl_loss
             stats[K.LOSS_KL] = kl_loss
         return loss, {**stats, K.LOSS_TOTAL: loss}
 
-    def optimizer_step(self, grad_norm: torch.Tensor) -> bool:
-        """Step unless the gradient is non-finite: a NaN/inf loss or gradient never reaches the weights
-        (too many in a row stop the run). Returns whether it stepped."""
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+    def after_update(self, stepped: bool) -> bool:
+        """The runtime stepped unless the gradient was non-finite (Runtime.finish_update: a NaN/inf loss or gradient
+        never reaches the weights, on any engine); count skips (too many in a row stop the run), and step the
+        scheduler after a real update. Returns `stepped`."""
+        if not stepped:
             self.consecutive_skips += 1
             if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
                 raise TrainingError(
@@ -471,7 +502,6 @@ class PPOTrainer:
                     "lower ppo.lr, set reward.clip/normalize, or check the reward for huge values")
             return False
         self.consecutive_skips = 0
-        self.optimizer.step()
         self.scheduler.step()
         return True
 
