@@ -31,7 +31,7 @@ import torch
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
-from policyshift.checks import check_vocabularies
+from policyshift.checks import check_vocabularies, model_context, prompt_budget
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
@@ -49,7 +49,7 @@ from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
 from policyshift.rewards import FunctionReward, ModelReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_rollout
 from policyshift.rollout import Rollout, generate_rollout
-from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
+from policyshift.rundir import RunDirError, discard_new_outputs, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
 
@@ -139,7 +139,26 @@ class PPOTrainer:
         self.run_dir = Path(cfg.train.output_dir)
         # the main process owns the directory (lock) and checks its state; train.output_dir as given ('' is refused)
         self.run_lock = prepare_run_dir(cfg.train.output_dir, cfg.train.overwrite, resume, cfg.train.steps) if group.is_main else None
-        group.barrier()
+        self._resuming, self._checkpointed, self.sink = resume, False, None
+        try:
+            group.barrier()
+            self._build(policy, tokenizer, reward, ref_policy, prompts, resume)
+        except BaseException:
+            self._discard_outputs()
+            raise
+
+    def _discard_outputs(self) -> None:
+        """A new run that fails before its first checkpoint leaves its output directory as it was (the main
+        process removes what the run added: config.yaml, tb/, the logs); a later failure leaves it resumable."""
+        if self.run_lock is None or self._resuming or self._checkpointed:
+            return
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                self.sink.close()  # TensorBoard's writer holds tb/ open
+        discard_new_outputs(self.run_lock)
+
+    def _build(self, policy, tokenizer, reward, ref_policy, prompts, resume: bool) -> None:
+        cfg, group = self.cfg, self.group
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
@@ -184,9 +203,11 @@ class PPOTrainer:
         self.field_names = sorted({k for row in self.train_rows for k in row.fields})
         # each step draws batch_size / n prompts and samples every one n times
         self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
+        # an over-long chat prompt is an error: found before the warning that plain prompts are cut from the left
+        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, prompt_budget(cfg.data.max_prompt_length, cfg.rollout.max_new_tokens,
+                        model_context(policy.config), "rollout.max_new_tokens"), cfg.data.prompts or "prompts")
         self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
                                                    cfg.rollout.max_new_tokens)
-        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, self.max_prompt_length, cfg.data.prompts or "prompts")
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
@@ -217,9 +238,15 @@ class PPOTrainer:
         # resume so it starts from the restored weights.
         self.engine = make_engine(cfg.rollout, self.models.policy, self.tokenizer, seed=cfg.train.seed,
                                   max_model_len=self.max_prompt_length + cfg.rollout.max_new_tokens, trust_remote_code=m.trust_remote_code)
-        self.sink = make_sinks(self.run_dir, cfg, is_main_process=group.is_main, resume_step=self.step if resume else None)
         self.stop_signal: int | None = None
-        self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
+        from rich.console import Console
+
+        from policyshift.analysis.live import LiveAnalysis
+
+        self.console = Console(stderr=True, quiet=not group.is_main)  # every process runs the loop; one speaks
+        # the probe suites (files, scorers) load here: checked before the run writes anything
+        self.analysis = LiveAnalysis(self, self.console)
+        self.sink = make_sinks(self.run_dir, cfg, is_main_process=group.is_main, resume_step=self.step if resume else None)
 
     def _resume(self) -> Path:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
@@ -511,15 +538,19 @@ class PPOTrainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self) -> list[dict]:
-        from policyshift.analysis.live import LiveAnalysis
+        """The run. An error before this run's first checkpoint leaves the output directory as it was
+        (a new run's files removed); after it, the run directory stays resumable."""
+        try:
+            return self._train()
+        except BaseException:
+            self._discard_outputs()
+            raise
+
+    def _train(self) -> list[dict]:
         from policyshift.progress import StepProgress
 
-        cfg = self.cfg
+        cfg, console = self.cfg, self.console
         self.sink.log_config(cfg.to_dict())
-        from rich.console import Console
-
-        console = Console(stderr=True, quiet=not self.group.is_main)  # every process runs the loop; one speaks
-        self.analysis = LiveAnalysis(self, console)
         if self.resumed_from is None:
             self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
@@ -592,6 +623,7 @@ class PPOTrainer:
         if self.group.is_main:
             save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
                             self.trainer_state(), generators, self.cfg.train.keep_last_n, sharded=state)
+            self._checkpointed = True  # from here on a failure leaves the run resumable, never removed
         self.group.barrier()
         return state
 
