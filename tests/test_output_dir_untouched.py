@@ -73,3 +73,19 @@ def test_an_over_long_chat_prompt_is_one_line_without_a_cut_warning(tiny_world, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "chat prompt(s) are longer than the 60-token prompt budget" in err[0], err
     assert listing(run) is None
+
+
+def test_datasets_progress_does_not_precede_the_error_line(tiny_world, tmp_path):
+    """A .csv prompt file goes through `datasets` (split generation, with its progress bar): the user sees one line."""
+    import subprocess
+    import sys
+
+    from tiny import cli_env
+
+    (tmp_path / "p.csv").write_text("text\nthe cat\na dog\n")
+    args = base_args(tiny_world, tmp_path / "run")
+    args[args.index("--data.prompts") + 1] = str(tmp_path / "p.csv")
+    proc = subprocess.run([sys.executable, "-m", "policyshift", *args], env=cli_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "no 'prompt' column" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
