@@ -212,6 +212,10 @@ class TrainConfig:
     max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); "no" defers to `accelerate launch --mixed_precision`
     save_rollouts: bool = False  # RUN_DIR/rollouts/step-N.pt: every process's raw episodes (tokens, logprobs, values, scores, advantages)
+    # several processes: seconds a collective may wait for the other processes before this one stops with an error
+    # (torch's default is 30 min). It bounds how long the survivors of a crashed or killed process wait; it must
+    # exceed the longest one-process stretch between collectives (the main process writing a checkpoint)
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -489,6 +493,8 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
     _check(cfg.train.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
     _check(cfg.train.num_threads >= 0, "train.num_threads must be >= 0")
+    _check(math.isfinite(cfg.train.collective_timeout_s) and cfg.train.collective_timeout_s > 0,
+           f"train.collective_timeout_s must be > 0 seconds; got {cfg.train.collective_timeout_s}")
     lora = cfg.model.lora
     _check(lora.r >= 0, f"model.lora.r must be >= 0; got {lora.r}")
     _check(math.isfinite(lora.alpha) and lora.alpha > 0, f"model.lora.alpha must be > 0; got {lora.alpha}")

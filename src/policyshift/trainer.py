@@ -36,7 +36,7 @@ from policyshift.config import ConfigError, PPOConfig, require_runnable, validat
 from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
-                                     make_accelerator, whole_model_loading, whole_weights)
+                                     lost_peer_message, make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
@@ -132,7 +132,7 @@ class PPOTrainer:
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
         self.cfg = cfg = config
         self.estimator = get_estimator(cfg.algorithm.advantage)  # what it needs (critic, groups) is asked of it, not of its name
-        self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision)
+        self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision, cfg.train.collective_timeout_s)
         self.group = group = ProcessGroup(self.accelerator)  # one process: every collective is the identity
         check_world_size(cfg, group.world_size)
         configure_sharding(self.accelerator, cfg)
@@ -143,9 +143,30 @@ class PPOTrainer:
         try:
             group.barrier()
             self._build(policy, tokenizer, reward, ref_policy, prompts, resume)
-        except BaseException:
+        except BaseException as exc:
+            if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
+                with contextlib.suppress(Exception):
+                    wait_for_checkpoints()
             self._discard_outputs()
+            self._raise_one_line(exc)
             raise
+
+    def _raise_one_line(self, exc: BaseException) -> None:
+        """Another process of the run died or went silent (a failed collective), or the run's files cannot be written
+        (disk full): one TrainingError line naming the rank or the file, and what is left in the run directory,
+        instead of the backend's error."""
+        message = lost_peer_message(self.group, exc, self.cfg.train.collective_timeout_s)
+        if message is None and isinstance(exc, OSError) and exc.errno is not None:  # the disk (full, gone read-only) under the record
+            where = f" {exc.filename}" if exc.filename else f" in {self.run_dir}"
+            message = f"cannot write{where}: {exc.strerror or exc}"
+        if message is None:
+            return
+        from policyshift.checkpoint import list_checkpoints
+
+        ckpts = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+        left = (f"the run is resumable from {ckpts[-1].name}: policyshift train --resume {self.run_dir}" if ckpts
+                else "no checkpoint yet: start the run again")
+        raise TrainingError(f"{message}; {left}") from exc
 
     def _discard_outputs(self) -> None:
         """A new run that fails before its first checkpoint leaves its output directory as it was (the main
@@ -542,8 +563,12 @@ class PPOTrainer:
         (a new run's files removed); after it, the run directory stays resumable."""
         try:
             return self._train()
-        except BaseException:
+        except BaseException as exc:
+            if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
+                with contextlib.suppress(Exception):
+                    wait_for_checkpoints()
             self._discard_outputs()
+            self._raise_one_line(exc)
             raise
 
     def _train(self) -> list[dict]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from policyshift.analysis.runlog import CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, SAMPLES_FILE, read_jsonl
+from policyshift.faults import fault_point
 from policyshift.tracking.base import clean_json
 
 
@@ -20,6 +21,7 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 class JsonlSink:
     name = "jsonl"  # how the failure warning names it
+    required = True  # MultiSink re-raises its failures: a run whose record cannot be written stops (resumable)
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -29,6 +31,7 @@ class JsonlSink:
         (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def log_scalars(self, metrics: dict, step: int) -> None:
+        fault_point("disk_full_in_metrics", step)
         append_jsonl(self.run_dir / METRICS_FILE, {"step": step, **metrics})
 
     def log_histograms(self, values: dict[str, list], step: int) -> None:
