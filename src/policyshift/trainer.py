@@ -70,23 +70,50 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. every update is non-finite); one line saying why and what to try."""
 
 
+LAUNCHER_REPEAT_S = 5.0
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer):
-    """SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal interrupts at once."""
+    """SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal interrupts at once — except, with
+    several processes, one within LAUNCHER_REPEAT_S of the first: torchrun's agent sends its SIGTERM more than
+    once when a process has died, and the survivor must live to report which one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    first_at = []
 
     def handler(signum, frame):
+        now = time.monotonic()
+        if trainer.group.world_size > 1:
+            if not first_at:
+                trainer.stop_signal, first_at[:] = signum, [now]
+                return
+            if now - first_at[0] < LAUNCHER_REPEAT_S:
+                return
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
         trainer.stop_signal = signum
         signal.signal(signum, previous[signum])  # the next one acts immediately
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except BaseException:
+        block_launcher_sigterm(trainer.group)
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def block_launcher_sigterm(group) -> None:
+    """One of several processes, failing: the launcher SIGTERMs every process once one has died, and this one, already
+    on its way out, must live to say which rank died (the default action would end it silently, before its line; the
+    blocked signal dies with the process at exit)."""
+    if group.world_size > 1 and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -155,6 +182,7 @@ class PPOTrainer:
         """Another process of the run died or went silent (a failed collective), or the run's files cannot be written
         (disk full): one TrainingError line naming the rank or the file, and what is left in the run directory,
         instead of the backend's error."""
+        block_launcher_sigterm(self.group)
         message = lost_peer_message(self.group, exc, self.cfg.train.collective_timeout_s)
         if message is None and isinstance(exc, OSError) and exc.errno is not None:  # the disk (full, gone read-only) under the record
             where = f" {exc.filename}" if exc.filename else f" in {self.run_dir}"
