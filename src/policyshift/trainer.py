@@ -98,22 +98,25 @@ def stop_on_signals(trainer):
         signal.signal(signum, previous[signum])  # the next one acts immediately
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    failing = False
     try:
         yield
     except BaseException:
-        block_launcher_sigterm(trainer.group)
+        failing = True
         raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if failing:
+            ignore_launcher_sigterm(trainer.group)
 
 
-def block_launcher_sigterm(group) -> None:
+def ignore_launcher_sigterm(group) -> None:
     """One of several processes, failing: the launcher SIGTERMs every process once one has died, and this one, already
-    on its way out, must live to say which rank died (the default action would end it silently, before its line; the
-    blocked signal dies with the process at exit)."""
+    on its way out, must live to say which rank died (the default action would end it silently, before its line).
+    Ignored process-wide: a signal sent to the process reaches any of its threads (gloo's, the writers')."""
     if group.world_size > 1 and threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -182,7 +185,7 @@ class PPOTrainer:
         """Another process of the run died or went silent (a failed collective), or the run's files cannot be written
         (disk full): one TrainingError line naming the rank or the file, and what is left in the run directory,
         instead of the backend's error."""
-        block_launcher_sigterm(self.group)
+        ignore_launcher_sigterm(self.group)
         message = lost_peer_message(self.group, exc, self.cfg.train.collective_timeout_s)
         if message is None and isinstance(exc, OSError) and exc.errno is not None:  # the disk (full, gone read-only) under the record
             where = f" {exc.filename}" if exc.filename else f" in {self.run_dir}"
