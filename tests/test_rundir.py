@@ -150,7 +150,12 @@ def test_crash_before_the_first_checkpoint_then_resume_auto_and_resume_dir(tiny_
     args = ["train", "--model.policy", tiny_world["policy"], "--data.prompts", tiny_world["prompts"], "--rollout.batch_size", "4",
             "--rollout.max_new_tokens", "4", "--analysis.num_prompts", "2", "--train.steps", "2", "--train.output_dir", str(run)]
     assert main(args + ["--reward.function", "nan_reward:reward"]) == 2  # dies at step 1, after the step-0 samples
-    assert run_state(run).kind == "started" and rows(run / "samples.jsonl")
+    assert not run.exists()  # an error before the first checkpoint leaves the output directory as it was (here: absent)
+    # a kill cannot clean up: the run directory is "started"
+    from tiny import cli
+
+    killed = cli(*args[1:], "--reward.function", "tiny:good_fraction", fault="kill_after_step:1")
+    assert killed.returncode == -9 and run_state(run).kind == "started" and rows(run / "samples.jsonl")
     capsys.readouterr()
     assert main(args + ["--reward.function", "tiny:good_fraction", "--resume", "auto"]) == 0
     assert "stopped before its first checkpoint; starting it over" in capsys.readouterr().err

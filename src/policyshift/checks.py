@@ -70,16 +70,22 @@ def check_vocabularies(policy, tokenizer, reference, model_cfg) -> None:
                              f"{rows}: the KL to the reference needs the same vocabulary")
 
 
-def fit_prompt_budget(tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int, context: int | None,
-                      new_tokens_key: str) -> int:
-    """The prompt budget: `max_prompt_length`, shrunk so that prompt + response fits the model's
-    `context`. Prompts longer than it are cut from the left; one warning line says how many and why —
-    none when no prompt is affected (a shrunk budget that cuts nothing is not news)."""
+def prompt_budget(max_prompt_length: int, max_new_tokens: int, context: int | None, new_tokens_key: str) -> int:
+    """`max_prompt_length`, shrunk so that prompt + response fits the model's `context` (no warning: fit_prompt_budget's)."""
     budget = max_prompt_length
     if context is not None and budget + max_new_tokens > context:
         budget = context - max_new_tokens
         if budget < 1:
             raise ConfigError(f"{new_tokens_key} ({max_new_tokens}) leaves no room for a prompt in the model's {context}-token context")
+    return budget
+
+
+def fit_prompt_budget(tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int, context: int | None,
+                      new_tokens_key: str) -> int:
+    """The prompt budget: `max_prompt_length`, shrunk so that prompt + response fits the model's
+    `context`. Prompts longer than it are cut from the left; one warning line says how many and why —
+    none when no prompt is affected (a shrunk budget that cuts nothing is not news)."""
+    budget = prompt_budget(max_prompt_length, max_new_tokens, context, new_tokens_key)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
     too_long = sum(n > budget for n in lengths)
     if too_long:

@@ -4,6 +4,7 @@ never a traceback (set POLICYSHIFT_DEBUG=1 to see one)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -332,12 +333,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bars = args.command in MODEL_COMMANDS and _hf_progress_bars(False)  # per-file load/save bars: our own console reports progress
     try:
-        with warnings.catch_warnings():  # restored after: main() is also called in-process (tests, notebooks)
+        with warnings.catch_warnings(), _quiet_hub_and_datasets():  # restored after: main() is also called in-process (tests, notebooks)
             warnings.showwarning = _one_line_warning(args.command)
             return _run(args, extra)
     finally:
         if bars:
             _hf_progress_bars(True)
+
+
+@contextlib.contextmanager
+def _quiet_hub_and_datasets():
+    """huggingface_hub's and datasets' own log lines (HTTP retry notices for a hub id that cannot be reached)
+    would come before, and bury, our one line: their loggers show errors only for the command (a failure
+    still reaches us as an exception). datasets' progress bars: policyshift.data."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets", "filelock")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def entry() -> int:

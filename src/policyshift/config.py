@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import re
@@ -207,6 +208,10 @@ class TrainConfig:
     max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); "no" defers to `accelerate launch --mixed_precision`
     save_rollouts: bool = False  # RUN_DIR/rollouts/step-N.pt: every process's raw episodes (tokens, logprobs, values, scores, advantages)
+    # several processes: seconds a collective may wait for the other processes before this one stops with an error
+    # (torch's default is 30 min). It bounds how long the survivors of a crashed or killed process wait; it must
+    # exceed the longest one-process stretch between collectives (the main process writing a checkpoint)
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -385,6 +390,8 @@ def _coerce(value: Any, tp: Any, name: str):
     if tp is float:
         return _to_float(value, name)
     if origin is list:
+        if _is_mapping_type(args[0]) and not isinstance(value, list):  # a list of sections: no "a,b" shorthand
+            raise ConfigError(f"{name} must be a list of mappings; got {short_repr(value)}")
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise ConfigError(f"{name} must be a non-empty list; got {short_repr(value)}")
@@ -482,6 +489,8 @@ def validate(cfg: PPOConfig) -> None:
     _check(cfg.train.keep_last_n >= 1, "train.keep_last_n must be >= 1")
     _check(cfg.train.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1")
     _check(cfg.train.num_threads >= 0, "train.num_threads must be >= 0")
+    _check(math.isfinite(cfg.train.collective_timeout_s) and cfg.train.collective_timeout_s > 0,
+           f"train.collective_timeout_s must be > 0 seconds; got {cfg.train.collective_timeout_s}")
     lora = cfg.model.lora
     _check(lora.r >= 0, f"model.lora.r must be >= 0; got {lora.r}")
     _check(math.isfinite(lora.alpha) and lora.alpha > 0, f"model.lora.alpha must be > 0; got {lora.alpha}")
@@ -601,13 +610,58 @@ def parse_overrides(argv: list[str], cls: type = PPOConfig) -> dict:
             raw = argv[i + 1]
             i += 2
         tp = _field_type(key, cls)
-        if _is_text_type(tp):
+        if _is_structured_type(tp):
+            out[key] = _parse_structured(raw, key)
+        elif _is_text_type(tp):
             out[key] = raw
         elif _is_list_type(tp):
-            out[key] = raw.strip("[]")  # "a,b" or "[a, b]": _coerce splits on commas
+            out[key] = _parse_text_list(raw)
         else:
             out[key] = _parse_scalar(raw)
     return out
+
+
+def _parse_text_list(raw: str):
+    """A list of names: JSON (["a", "b"], its strings explicit), else "a,b" or "[a, b]", each item kept as
+    typed (_coerce splits on commas; YAML 1.1 would read `[0100, yes]` as [64, True])."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw.strip("[]")
+    return value if isinstance(value, list) else raw.strip("[]")
+
+
+def _strip_optional(tp: Any) -> Any:
+    """Optional[X] -> X (other types unchanged)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else tp
+    return tp
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    tp = _strip_optional(tp)
+    return dataclasses.is_dataclass(tp) or tp is dict or typing.get_origin(tp) is dict
+
+
+def _is_structured_type(tp: Any) -> bool:
+    """A field whose value is a mapping or a list of mappings (a section, analysis.probes): on the command
+    line its value is YAML (JSON is YAML too), so that it is checked exactly as the same value in a file."""
+    tp = _strip_optional(tp)
+    if typing.get_origin(tp) is list:
+        return _is_mapping_type(typing.get_args(tp)[0])
+    return _is_mapping_type(tp)
+
+
+def _parse_structured(raw: str, key: str):
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (column {mark.column + 1})" if mark else ""
+        problem = f": {exc.problem}" if getattr(exc, "problem", None) else ""
+        raise ConfigError(f"--{key}: the value is not valid YAML or JSON{where}{problem}; "
+                          f"got {short_repr(raw)}") from None
 
 
 def _is_list_type(tp: Any) -> bool:

@@ -114,10 +114,17 @@ def _read_with_datasets(source: str, field: str, split: str) -> list[PromptRow]:
 
     path = Path(source)
     kind = DATASETS_FORMATS.get(path.suffix.lower()) if path.is_file() else None
+    from datasets.utils import logging as ds_logging
+
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # "Generating train split": not a line the user acts on, and it buries our errors
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split=split) if kind else datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)
         raise DataError(f"cannot load prompts from '{source}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()
     if field not in ds.column_names and CHAT_FIELD not in ds.column_names:
         raise DataError(f"{source}: no '{field}' column (columns: {', '.join(ds.column_names)}); set data.prompt_field")
     return [_row_from(row, field, f"{source} row {i}") for i, row in enumerate(ds)]

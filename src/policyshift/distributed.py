@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 from dataclasses import fields, replace
 
 import torch
 
 
-def make_accelerator(device: str, mixed_precision: str):
+def make_accelerator(device: str, mixed_precision: str, collective_timeout_s: float = 600.0):
     """The Accelerator of a run. `accelerate launch` decides the processes (and, with
-    --mixed_precision or its config file, the precision unless the config asks for one)."""
+    --mixed_precision or its config file, the precision unless the config asks for one).
+    `collective_timeout_s`: the process group's timeout (train.collective_timeout_s)."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     from policyshift.checks import check_device
 
@@ -38,7 +44,8 @@ def make_accelerator(device: str, mixed_precision: str):
         current = str(state.get("mixed_precision", "no"))
         if wanted is not None and current != wanted:
             AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu" or not has_accelerator, mixed_precision=wanted)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s))
+    return Accelerator(cpu=device == "cpu" or not has_accelerator, mixed_precision=wanted, kwargs_handlers=[timeout])
 
 
 class ProcessGroup:
@@ -56,6 +63,8 @@ class ProcessGroup:
         self.deepspeed = kind == DistributedType.DEEPSPEED  # steps inside backward (trainer.backward)
         # FSDP and ZeRO-3 also slice the weights: every forward on them is a collective
         self.weights_sharded = kind == DistributedType.FSDP or (self.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3)
+        # (pid, host) of every rank: who died, when a collective fails (lost_peer_message)
+        self.members = self.gather_objects([(os.getpid(), socket.gethostname())]) if self.world_size > 1 else [(os.getpid(), socket.gethostname())]
 
     def local_slice(self, items: list) -> list:
         """This process's contiguous share of a batch that every process drew identically."""
@@ -240,3 +249,51 @@ def load_state(accelerator, train_model, optimizer, ckpt, optimizer_state) -> No
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(train_model, saved_weights(ckpt, train_model.critic is not None, train_model.value_head is not None), options=options)
     set_optimizer_state_dict(train_model, optimizer.optimizer, optimizer_state, options=options)
+
+
+# what a collective raises when another process is gone (gloo: its socket closed; NCCL: an abort) or silent too long
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout", "nccl", "gloo",
+              "socket closed", "connection refused", "end of file")
+
+
+def _is_dead(pid: int) -> bool:
+    """A process of this host that has exited (gone, or a zombie its launcher has not reaped yet)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return state in ("Z", "X")
+
+
+def lost_peer_message(group: ProcessGroup, exc: BaseException, timeout_s: float, wait_s: float = 3.0) -> str | None:
+    """One line for a collective that failed because another process of the run died or went silent: which rank
+    (pid, host), what this process does; None when `exc` is not such a failure (it is then a bug or a user
+    error, reported as such). The dead process is looked for for up to `wait_s` (its socket may close a moment
+    before the kernel marks it exited)."""
+    if group.world_size == 1:
+        return None
+    text = str(exc).lower()
+    import torch.distributed as dist
+
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(k in text for k in _PEER_LOST))):
+        return None
+    me, host = group.rank, socket.gethostname()
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [r for r, (pid, h) in enumerate(group.members) if r != me and h == host and _is_dead(pid)]
+        if dead or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if dead:
+        who = ", ".join(f"rank {r} (pid {group.members[r][0]})" for r in dead)
+        return f"{who} of {group.world_size} stopped (killed, crashed, or its own error line above); rank {me} stops too"
+    if "timed out" in text or "timeout" in text:
+        return (f"rank {me}: a collective waited train.collective_timeout_s = {timeout_s:g} s for the other processes; one of them "
+                "stopped responding (hung, or on another host and gone)")
+    return f"rank {me}: the connection to another process of the run was lost ({str(exc).strip().splitlines()[0][:160]})"

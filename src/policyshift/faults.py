@@ -1,6 +1,7 @@
 """Fault injection for the reliability tests: POLICYSHIFT_FAULT="point:step" makes the run die
 (SIGKILL) or fail (disk full) at a named point, so kill-and-resume can be tested at exact places
-that timing could not hit reliably. Unset in normal use: one dictionary lookup per point."""
+that timing could not hit reliably; "point:step@rank" only in that process of a distributed run
+(RANK, as `accelerate launch` sets it). Unset in normal use: one dictionary lookup per point."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ def fault_point(point: str, step: int) -> None:
     if not spec:
         return
     name, _, at = spec.partition(":")
-    if at != str(step):
+    at, _, rank = at.partition("@")
+    if at != str(step) or (rank and rank != os.environ.get("RANK", "0")):
         return
-    if name == point == "disk_full_in_checkpoint":
+    if name == point and point.startswith("disk_full"):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if name == point:
         os.kill(os.getpid(), signal.SIGKILL)

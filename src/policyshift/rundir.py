@@ -129,6 +129,9 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path / LOCK
         self.held = False
+        self.before: set[str] | None = None  # set by prepare_run_dir (discard_new_outputs)
+        self.created: Path | None = None
+        self.kept: dict[str, bytes] = {}
 
     def acquire(self) -> "RunLock":
         me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
@@ -171,10 +174,13 @@ class RunLock:
 # ---- what a request does to the directory ------------------------------------------------------------
 def prepare_run_dir(output_dir: str | Path, overwrite: bool, resume: bool = False, steps: int | None = None) -> RunLock:
     """Take the directory for this run (lock) and make it ready, or RunDirError (one line) and change
-    nothing. `steps`: the run's train.steps (a resume may not go below its checkpoint's step)."""
+    nothing. `steps`: the run's train.steps (a resume may not go below its checkpoint's step). The lock
+    records what the directory held once ready (`lock.before`) and the first directory this call created
+    (`lock.created`), for `discard_new_outputs`."""
     if not str(output_dir).strip():
         raise RunDirError("train.output_dir is empty; name the directory the run writes to")
     path = Path(output_dir)
+    created = next((q for q in [path, *path.parents][::-1] if not q.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -187,8 +193,48 @@ def prepare_run_dir(output_dir: str | Path, overwrite: bool, resume: bool = Fals
         _apply(path, run_state(path), overwrite, resume, steps)
     except BaseException:
         lock.release()
+        _remove_created(path, created)
         raise
+    lock.before, lock.created = set(os.listdir(path)), created
+    # a run file already there in a fresh directory (the user's own config.yaml) is overwritten by the run: kept to put back
+    lock.kept = {name: (path / name).read_bytes() for name in RUN_FILES if (path / name).is_file()}
     return lock
+
+
+def discard_new_outputs(lock: RunLock) -> None:
+    """A run that fails before its first checkpoint leaves its output directory as it was: every entry
+    the run added since prepare_run_dir is removed, the lock released, and the directory (and parents)
+    prepare_run_dir created removed when empty. Files that were there before are untouched (a previous
+    run's files that prepare_run_dir replaced on request — start over, overwrite — stay replaced); a run file that
+    was there (the user's own config.yaml) gets its content back."""
+    path = lock.path.parent
+    before = getattr(lock, "before", None)
+    if before is None:
+        return
+    for name in sorted(set(os.listdir(path)) - before - {LOCK}):
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    for name, content in (getattr(lock, "kept", None) or {}).items():
+        if not (path / name).is_file() or (path / name).read_bytes() != content:
+            (path / name).write_bytes(content)
+    lock.release()
+    _remove_created(path, getattr(lock, "created", None))
+
+
+def _remove_created(path: Path, created: Path | None) -> None:
+    """Remove `path` and its parents up to `created` (the first one this run made), each only when empty."""
+    if created is None:
+        return
+    for q in [path, *path.parents]:
+        try:
+            q.rmdir()
+        except OSError:
+            return
+        if q == created:
+            return
 
 
 def _apply(path: Path, state: RunState, overwrite: bool, resume: bool, steps: int | None) -> None:

@@ -32,12 +32,12 @@ import torch
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator, group_has_signal
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
-from policyshift.checks import check_vocabularies, fit_prompt_length  # noqa: F401 (fit_prompt_length: old import path)
+from policyshift.checks import check_vocabularies, fit_prompt_length, model_context, prompt_budget  # noqa: F401 (fit_prompt_length: old import path)
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
 from policyshift.distributed import (ProcessGroup, configure_sharding, gather_rollout, gather_state, global_numel, load_state, local_numel,
-                                     make_accelerator, whole_model_loading, whole_weights)
+                                     lost_peer_message, make_accelerator, whole_model_loading, whole_weights)
 from policyshift.engines import make_engine
 from policyshift.faults import fault_point
 from policyshift.runtime import Runtime
@@ -51,7 +51,7 @@ from policyshift.metrics import advantage_metrics, rollout_metrics
 from policyshift.models import build_training_models, load_causal_lm, load_tokenizer
 from policyshift.rewards import FunctionReward, ModelReward, RunningMoments, check_finite, make_reward, postprocess_scores, score_rollout
 from policyshift.rollout import Rollout, generate_rollout
-from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
+from policyshift.rundir import RunDirError, discard_new_outputs, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
 from policyshift.analysis.runlog import resumed_history
@@ -74,23 +74,53 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+LAUNCHER_REPEAT_S = 5.0
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer):
-    """SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal interrupts at once."""
+    """SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal interrupts at once — except, with
+    several processes, one within LAUNCHER_REPEAT_S of the first: torchrun's agent sends its SIGTERM more than
+    once when a process has died, and the survivor must live to report which one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    first_at = []
 
     def handler(signum, frame):
+        now = time.monotonic()
+        if trainer.group.world_size > 1:
+            if not first_at:
+                trainer.stop_signal, first_at[:] = signum, [now]
+                return
+            if now - first_at[0] < LAUNCHER_REPEAT_S:
+                return
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
         trainer.stop_signal = signum
         signal.signal(signum, previous[signum])  # the next one acts immediately
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    failing = False
     try:
         yield
+    except BaseException:
+        failing = True
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if failing:
+            ignore_launcher_sigterm(trainer.group)
+
+
+def ignore_launcher_sigterm(group) -> None:
+    """One of several processes, failing: the launcher SIGTERMs every process once one has died, and this one, already
+    on its way out, must live to say which rank died (the default action would end it silently, before its line).
+    Ignored process-wide: a signal sent to the process reaches any of its threads (gloo's, the writers')."""
+    if group.world_size > 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -128,14 +158,55 @@ class PPOTrainer:
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
         self.cfg = cfg = config
         self.estimator = get_estimator(cfg.algorithm.advantage)  # what it needs (critic, groups) is asked of it, not of its name
-        self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision)
+        self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision, cfg.train.collective_timeout_s)
         self.group = group = ProcessGroup(self.accelerator)  # one process: every collective is the identity
         check_world_size(cfg, group.world_size)
         configure_sharding(self.accelerator, cfg)
         self.run_dir = Path(cfg.train.output_dir)
         # the main process owns the directory (lock) and checks its state; train.output_dir as given ('' is refused)
         self.run_lock = prepare_run_dir(cfg.train.output_dir, cfg.train.overwrite, resume, cfg.train.steps) if group.is_main else None
-        group.barrier()
+        self._resuming, self._checkpointed, self.sink = resume, False, None
+        try:
+            group.barrier()
+            self._build(policy, tokenizer, reward, ref_policy, prompts, resume)
+        except BaseException as exc:
+            if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
+                with contextlib.suppress(Exception):
+                    wait_for_checkpoints()
+            self._discard_outputs()
+            self._raise_one_line(exc)
+            raise
+
+    def _raise_one_line(self, exc: BaseException) -> None:
+        """Another process of the run died or went silent (a failed collective), or the run's files cannot be written
+        (disk full): one TrainingError line naming the rank or the file, and what is left in the run directory,
+        instead of the backend's error."""
+        ignore_launcher_sigterm(self.group)
+        message = lost_peer_message(self.group, exc, self.cfg.train.collective_timeout_s)
+        if message is None and isinstance(exc, OSError) and exc.errno is not None:  # the disk (full, gone read-only) under the record
+            where = f" {exc.filename}" if exc.filename else f" in {self.run_dir}"
+            message = f"cannot write{where}: {exc.strerror or exc}"
+        if message is None:
+            return
+        from policyshift.checkpoint import list_checkpoints
+
+        ckpts = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+        left = (f"the run is resumable from {ckpts[-1].name}: policyshift train --resume {self.run_dir}" if ckpts
+                else "no checkpoint yet: start the run again")
+        raise TrainingError(f"{message}; {left}") from exc
+
+    def _discard_outputs(self) -> None:
+        """A new run that fails before its first checkpoint leaves its output directory as it was (the main
+        process removes what the run added: config.yaml, tb/, the logs); a later failure leaves it resumable."""
+        if self.run_lock is None or self._resuming or self._checkpointed:
+            return
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                self.sink.close()  # TensorBoard's writer holds tb/ open
+        discard_new_outputs(self.run_lock)
+
+    def _build(self, policy, tokenizer, reward, ref_policy, prompts, resume: bool) -> None:
+        cfg, group = self.cfg, self.group
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
@@ -180,9 +251,11 @@ class PPOTrainer:
         self.field_names = sorted({k for row in self.train_rows for k in row.fields})
         # each step draws batch_size / n prompts and samples every one n times
         self.sampler = PromptSampler(self.train_rows, cfg.rollout.batch_size // cfg.rollout.num_generations, cfg.train.seed, cfg.data.shuffle)
+        # an over-long chat prompt is an error: found before the warning that plain prompts are cut from the left
+        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, prompt_budget(cfg.data.max_prompt_length, cfg.rollout.max_new_tokens,
+                        model_context(policy.config), "rollout.max_new_tokens"), cfg.data.prompts or "prompts")
         self.max_prompt_length = fit_prompt_length(policy, self.tokenizer, [r.text for r in all_rows] + self.fixed_prompts, cfg.data.max_prompt_length,
                                                    cfg.rollout.max_new_tokens)
-        check_chat_fits(all_rows + self.fixed_rows, self.tokenizer, self.max_prompt_length, cfg.data.prompts or "prompts")
 
         p = cfg.ppo
         # fused: one kernel for all parameters instead of a loop of small ops per tensor (CPU and CUDA)
@@ -214,9 +287,15 @@ class PPOTrainer:
         # resume so it starts from the restored weights.
         self.engine = make_engine(cfg.rollout, self.models.policy, self.tokenizer, seed=cfg.train.seed,
                                   max_model_len=self.max_prompt_length + cfg.rollout.max_new_tokens, trust_remote_code=m.trust_remote_code)
-        self.sink = make_sinks(self.run_dir, cfg, is_main_process=group.is_main, resume_step=self.step if resume else None)
         self.stop_signal: int | None = None
-        self.analysis = None  # set in train(): policyshift.analysis.live.LiveAnalysis
+        from rich.console import Console
+
+        from policyshift.analysis.live import LiveAnalysis
+
+        self.console = Console(stderr=True, quiet=not group.is_main)  # every process runs the loop; one speaks
+        # the probe suites (files, scorers) load here: checked before the run writes anything
+        self.analysis = LiveAnalysis(self.training_view(), self.console)
+        self.sink = make_sinks(self.run_dir, cfg, is_main_process=group.is_main, resume_step=self.step if resume else None)
 
     def _resume(self) -> Path:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, β, data
@@ -560,15 +639,23 @@ class PPOTrainer:
             self.history[-1].update(metrics)
 
     def train(self) -> list[dict]:
-        from policyshift.analysis.live import LiveAnalysis
+        """The run. An error before this run's first checkpoint leaves the output directory as it was
+        (a new run's files removed); after it, the run directory stays resumable."""
+        try:
+            return self._train()
+        except BaseException as exc:
+            if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
+                with contextlib.suppress(Exception):
+                    wait_for_checkpoints()
+            self._discard_outputs()
+            self._raise_one_line(exc)
+            raise
+
+    def _train(self) -> list[dict]:
         from policyshift.progress import StepProgress
 
-        cfg = self.cfg
+        cfg, console = self.cfg, self.console
         self.sink.log_config(cfg.to_dict())
-        from rich.console import Console
-
-        console = Console(stderr=True, quiet=not self.group.is_main)  # every process runs the loop; one speaks
-        self.analysis = LiveAnalysis(self.training_view(), console)
         if self.resumed_from is None:
             self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
@@ -643,6 +730,7 @@ class PPOTrainer:
         if self.group.is_main:
             save_checkpoint(self.run_dir, self.step, self.models, self.tokenizer, self.optimizer, self.scheduler,
                             self.trainer_state(), generators, self.cfg.train.keep_last_n, sharded=state)
+            self._checkpointed = True  # from here on a failure leaves the run resumable, never removed
         self.group.barrier()
         return state
 

@@ -2,7 +2,8 @@
 
 A sink has log_config, log_scalars, log_histograms, log_samples and close; log_findings and
 log_artifact are optional (MultiSink calls them only on sinks that have them). A sink that raises
-is reported once, on one line, and disabled: a tracking backend never stops training."""
+is reported once, on one line, and disabled: a tracking backend never stops training. A sink marked `required`
+(the JSONL record the report and resume read) is the exception: its failure (a full disk) stops the run."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class MultiSink:
             try:
                 fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any backend failure: warn once, disable, train on
+                if getattr(sink, "required", False):  # the run's own record (JSONL): without it there is no run to report or resume
+                    raise
                 self._disable(sink, method, exc)
 
     def _disable(self, sink, method: str, exc: BaseException) -> None:

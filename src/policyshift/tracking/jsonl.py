@@ -8,11 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from policyshift.faults import fault_point
 from policyshift.runfiles import CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, SAMPLES_FILE, append_jsonl, read_jsonl, write_atomic
 
 
 class JsonlSink:
     name = "jsonl"  # how the failure warning names it
+    required = True  # MultiSink re-raises its failures: a run whose record cannot be written stops (resumable)
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -22,6 +24,7 @@ class JsonlSink:
         (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def log_scalars(self, metrics: dict, step: int) -> None:
+        fault_point("disk_full_in_metrics", step)
         append_jsonl(self.run_dir / METRICS_FILE, {"step": step, **metrics})
 
     def log_histograms(self, values: dict[str, list], step: int) -> None:
