@@ -629,7 +629,7 @@ class PPOTrainer:
             fields={k: [row.fields.get(k) for row in self.fixed_rows] for k in self.field_names},
             rollout=lambda: self.rollout_config, max_prompt_length=self.max_prompt_length, suite_prompt_length=cfg.data.max_prompt_length,
             max_new_tokens=cfg.rollout.max_new_tokens, seed=fixed_prompt_seed(cfg.train.seed), reward=self.reward, gold_reward=self.gold_reward,
-            precision=precision, history=lambda: self.history, distributions=lambda: self.distributions, sink=self.sink,
+            precision=precision, history=lambda: self.history, distributions=lambda: self.distributions, sink=lambda: self.sink,
             probes=tuple(cfg.analysis.probes or ()), stop_on=cfg.analysis.stop_on, logged_samples=tuple(self.logged_samples),
             logged_findings=tuple(self.logged_findings), reference_probes=dict(self.reference_probes))
 

@@ -40,7 +40,7 @@ class TrainingView:
     precision: Callable[[], ContextManager]  # autocast + whole weights around sampling
     history: Callable[[], Sequence[dict]]  # the training rows so far (step ≥ 1)
     distributions: Callable[[], Sequence[dict]]
-    sink: Any  # where samples, probe scores and findings are logged
+    sink: Callable[[], Any]  # where samples, probe scores and findings are logged (built after the analysis: its suites are checked first)
     probes: Sequence = ()  # analysis.probes: the probe suites (config.ProbeSuiteConfig)
     stop_on: str = "none"  # analysis.stop_on
     logged_samples: Sequence[dict] = ()  # a resumed run's, up to its checkpoint
@@ -78,7 +78,7 @@ class LiveAnalysis:
                                             reward=v.reward, gold_reward=v.gold_reward, seed=v.seed, fields=v.fields)
             for row in rows:
                 row["model"] = "reference" if reference else "policy"
-            v.sink.log_samples(rows, step)
+            v.sink().log_samples(rows, step)
             self.samples.extend({"step": step, **r} for r in rows)
             self._evaluated_steps.add(step)
         return {} if step == 0 else metrics
@@ -92,7 +92,7 @@ class LiveAnalysis:
         with v.precision():
             metrics = evaluate_suites(self.suites, models, v.reference, v.tokenizer, v.rollout(), v.seed, warn)
         if metrics:
-            v.sink.log_scalars(metrics, step)
+            v.sink().log_scalars(metrics, step)
             if step == 0:
                 self.reference_probes = {"step": 0, **metrics}
         return metrics
@@ -110,7 +110,7 @@ class LiveAnalysis:
             colour = "red" if f.severity == "critical" else "yellow"
             self.console.print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False)
         if new:
-            v.sink.log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
+            v.sink().log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
         if self.stop_on != "none":
             worst = [f for f in findings if at_least(f.severity, self.stop_on)]
             if worst:
