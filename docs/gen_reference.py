@@ -202,7 +202,9 @@ def write_all(open_file) -> None:
             f.write(render())
 
 
-if __name__ == "__main__" and len(sys.argv) == 2:  # python docs/gen_reference.py OUT_DIR
+if __name__ == "__main__":  # python docs/gen_reference.py OUT_DIR
+    if len(sys.argv) != 2:
+        sys.exit("usage: python docs/gen_reference.py OUT_DIR")
     root = Path(sys.argv[1])
 
     def _open(path, mode):
@@ -210,7 +212,7 @@ if __name__ == "__main__" and len(sys.argv) == 2:  # python docs/gen_reference.p
         return open(root / path, mode, encoding="utf-8")
 
     write_all(_open)
-else:  # run by mkdocs-gen-files during `mkdocs build`
+elif __name__ == "<run_path>":  # run by mkdocs-gen-files (runpy.run_path) during `mkdocs build`; an import does nothing
     import mkdocs_gen_files
 
     write_all(mkdocs_gen_files.open)
