@@ -182,7 +182,7 @@ def importers_page() -> str:
         if imp.checkpoints:
             out.append("Checkpoints: " + "; ".join(cell(c, page) for c in imp.checkpoints) + ".\n\n")
         if not imp.keys:
-            out.append("No key table: its scalars are shown as logged.\n\n")
+            out.append("No key table: its scalars are shown as logged.\n\n" if imp.scalars else "Checkpoints only: no scalar log.\n\n")
             continue
         out.append("| key as logged | policyshift key | meaning |\n|---|---|---|\n")
         for m in imp.keys:

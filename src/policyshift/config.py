@@ -64,10 +64,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    prompts: str = ""  # .jsonl/.json/.txt/.csv/.parquet file, a directory, or a hub dataset id
+    # .jsonl/.json/.txt (parsed here, errors with line numbers), .csv/.parquet, a directory, or a hub dataset id (through
+    # `datasets`); a row may hold chat `messages` instead of a prompt
+    prompts: str = ""
     prompt_field: str = "prompt"  # the column (or JSON key) that holds the prompt text; a row may hold chat `messages` instead
     split: str = "train"  # the split of a hub dataset or `datasets`-loaded file
-    max_prompt_length: int = 64  # longer prompts are truncated from the left (the end of a prompt matters most)
+    # longer prompts are truncated from the left (the end of a prompt matters most; a warning counts them); shrunk so
+    # prompt + rollout.max_new_tokens fit the model's context (an error if nothing is left for the prompt)
+    max_prompt_length: int = 64
     shuffle: bool = True  # draw prompts in a seeded, resumable shuffled order (false: file order)
 
 
@@ -75,12 +79,14 @@ class DataConfig:
 class RolloutConfig:
     batch_size: int = 16  # episodes (responses) per step, over all processes
     # n responses sampled per prompt (a group): each step draws batch_size / n prompts. Groups stay whole on one
-    # process and through every filter; group estimators (algorithm.advantage grpo, rloo, …) need n ≥ 2
+    # process and through every filter; group estimators (algorithm.advantage grpo, rloo, …) need n ≥ 2. n must divide
+    # batch_size, and with W processes batch_size / n must divide by W
     num_generations: int = 1
     max_new_tokens: int = 48  # response tokens sampled per prompt at most (the response is cut at the first end-of-turn token)
     temperature: float = 1.0  # logprobs are taken at this temperature, with no top-k/top-p (unbiased KL)
     stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
-    engine: Literal["hf", "vllm"] = "hf"  # vllm: pip install policyshift[vllm], GPU only; logprobs are still the training model's
+    # vllm: pip install policyshift[vllm], GPU only, weights synced after each update; logprobs are still the training model's
+    engine: Literal["hf", "vllm"] = "hf"
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take (the training models need the rest)
     # FSDP / ZeRO-3: gather the whole policy and critic on every process for sampling and probes (fast);
     # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
@@ -122,9 +128,12 @@ class KLConfig:
     controller: Literal["fixed", "adaptive"] = "fixed"  # fixed β, or the adaptive controller of Ziegler et al. 2019 (β follows kl.target over kl.horizon)
     target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
     horizon: int = 10000  # adaptive controller: episodes
-    placement: Literal["reward", "loss"] = "reward"  # in the per-token reward (classic RLHF) or as a loss term (GRPO/verl style)
+    # reward: r_t −= β·KL_t in the per-token reward (classic RLHF, Ziegler et al. 2019); loss: + β·KL as a loss term
+    # (GRPO/verl style; use k3)
+    placement: Literal["reward", "loss"] = "reward"
     # the reference scores every batch even at β = 0: the per-step KL curve is the backbone of the analysis.
-    # false (β = 0 only) skips it for speed; the fixed-prompt evaluations still measure KL to the reference
+    # false (β = 0 and a fixed controller only) skips it for speed: no kl/* step metrics (the report says those curves
+    # are missing); the fixed-prompt evaluations still measure KL to the reference
     score_reference: bool = True
 
 
@@ -194,7 +203,8 @@ class AnalysisConfig:
     gold_reward_model: Optional[str] = None  # measured, never optimized: exposes proxy-vs-gold divergence
     gold_reward_function: Optional[str] = None  # a gold scorer as module:function or file.py:function (at most one of the two gold options)
     kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
-    stop_on: Literal["none", "warning", "critical"] = "none"  # end the run cleanly when a finding this severe fires
+    # end the run cleanly (checkpoint and final model kept) when a finding this severe fires (= train --stop-on)
+    stop_on: Literal["none", "warning", "critical"] = "none"
     probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (README "Probe suites")
 
 

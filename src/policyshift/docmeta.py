@@ -155,8 +155,9 @@ def stage_configs() -> dict[str, type]:
 
 
 _CITATION = re.compile(r"\b(?:[A-Z][a-z]+(?: et al\.?| & [A-Z][a-z]+)? (?:19|20)\d\d)\b")
-LIBRARIES = ("TRL", "verl", "OpenRLHF", "DeepSpeed-Chat", "DAPO", "GSPO", "Dr. GRPO", "peft", "accelerate", "vLLM", "DeepSpeed", "FSDP2",
-             "transformers", "MLflow", "W&B", "TensorBoard")
+# the libraries and named methods whose defaults or objectives config fields follow (a field that merely works with
+# vLLM or W&B does not "follow" it)
+LIBRARIES = ("TRL", "verl", "OpenRLHF", "DeepSpeed-Chat", "DAPO", "GSPO", "Dr. GRPO", "peft", "accelerate")
 
 
 def follows(description: str) -> str:
@@ -317,7 +318,8 @@ def detectors() -> list[DetectorDoc]:
         summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ") or _leading_comment(fn)
         mine = [t for t in thresholds if re.match(rf"{re.escape(name)}\b", t.group)]
         headers = [t.group.partition(":")[2].strip() for t in mine[:1] if ":" in t.group]
-        out.append(DetectorDoc(name, " ".join(filter(None, [*headers, summary])), mine))
+        parts = [p.rstrip(". ") for p in [*headers, summary] if p]
+        out.append(DetectorDoc(name, ". ".join(parts) + ("." if parts else ""), mine))
     return out
 
 
@@ -331,6 +333,7 @@ class ImporterDoc:
     formats: list[str]  # what it reads (log formats), where the registry says
     checkpoints: list[str]  # checkpoint layouts it recognizes, where the registry says
     keys: list  # KeyMap rows: key, target (policyshift key or None), meaning
+    scalars: bool = True  # writes `<name>/<key>` scalar rows (False: checkpoints only)
 
 
 def importers() -> list[ImporterDoc]:
@@ -342,7 +345,7 @@ def importers() -> list[ImporterDoc]:
         IMPORTERS = None  # noqa: N806
     if IMPORTERS:
         return [ImporterDoc(i.name, i.title, [f.help for f in i.formats if f.help],
-                            [c.expected or c.label for c in i.checkpoints], list(i.keys)) for i in IMPORTERS]
+                            [c.expected or c.label for c in i.checkpoints], list(i.keys), getattr(i, "scalars", True)) for i in IMPORTERS]
     from policyshift.analysis.ingest_map import SOURCES, TABLES
 
     titles = {"trl": "TRL (and the HF Trainer)", "verl": "verl", "openrlhf": "OpenRLHF", "tensorboard": "TensorBoard (any trainer)"}
