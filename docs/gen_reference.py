@@ -123,7 +123,9 @@ def metrics_page() -> str:
            "healthy run shows; [Read the report](../guides/report.md) explains the panels that draw them.\n\n"]
     keys = docmeta.metric_keys()
     for group in dict.fromkeys(k.group for k in keys):
-        out.append(f"## {cell(group[:1].upper() + group[1:], page)}\n\n| key | unit | meaning | healthy |\n|---|---|---|---|\n")
+        title, _, note = group.partition(" (")  # "KL to the reference (per token unless ...)": the note under the title
+        out.append(f"## {cell(title[:1].upper() + title[1:], page)}\n\n" + (f"{cell('(' + note, page)}\n\n" if note else "")
+                   + "| key | unit | meaning | healthy |\n|---|---|---|---|\n")
         for k in (k for k in keys if k.group == group):
             out.append(f"| `{k.key}` | {cell(k.unit, page)} | {cell(k.meaning.rstrip('.'), page)} | {cell(k.healthy, page)} |\n")
         out.append("\n")
