@@ -38,9 +38,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 def only(selector: str) -> str:
-    """A style that hides every top-level part of the report but `selector` (comma-separated)."""
+    """A style that hides the report's header and panels but `selector` (comma-separated). Only those: plotly
+    measures legend text in a helper element it appends to <body>, which must stay rendered."""
     shown = ", ".join(f"body > {s.strip()}" for s in selector.split(","))
-    return f"<style>body > * {{display: none !important}} {shown} {{display: block !important}} nav {{display: none !important}}</style>"
+    return (f"<style>body > header, body > section {{display: none !important}} {shown} {{display: block !important}} "
+            f"nav {{display: none !important}}</style>")
 
 
 def shoot(chromium: str, page: Path, out: Path, height: int, profile: Path) -> None:
