@@ -47,31 +47,37 @@ class ModelConfig:
     critic: Optional[str] = None  # default: reward model's backbone if it shares the policy's tokenizer, else the policy
     share_critic_backbone: bool = False  # value head on the policy's own backbone (saves memory, couples the losses)
     tokenizer: Optional[str] = None  # default: the policy's
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights of every loaded model (prefer bfloat16 with vLLM); logprobs and losses are computed in fp32
+    trust_remote_code: bool = False  # passed to from_pretrained: run a checkpoint's own modelling code (only for checkpoints you trust)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass of the update (memory for time)
 
 
 @dataclass
 class DataConfig:
-    prompts: str = ""  # .jsonl/.json/.txt/.csv/.parquet file, a directory, or a hub dataset id
-    prompt_field: str = "prompt"
-    split: str = "train"
-    max_prompt_length: int = 64  # longer prompts are truncated from the left (the end of a prompt matters most)
-    shuffle: bool = True
+    # .jsonl/.json/.txt (parsed here, errors with line numbers), .csv/.parquet, a directory, or a hub dataset id (through
+    # `datasets`); a row may hold chat `messages` instead of a prompt
+    prompts: str = ""
+    prompt_field: str = "prompt"  # the column (or JSON key) that holds the prompt text; a row may hold chat `messages` instead
+    split: str = "train"  # the split of a hub dataset or `datasets`-loaded file
+    # longer prompts are truncated from the left (the end of a prompt matters most; a warning counts them); shrunk so
+    # prompt + rollout.max_new_tokens fit the model's context (an error if nothing is left for the prompt)
+    max_prompt_length: int = 64
+    shuffle: bool = True  # draw prompts in a seeded, resumable shuffled order (false: file order)
 
 
 @dataclass
 class RolloutConfig:
     batch_size: int = 16  # episodes (responses) per step, over all processes
     # n responses sampled per prompt (a group): each step draws batch_size / n prompts. Groups stay whole on one
-    # process and through every filter; group estimators (algorithm.advantage grpo, rloo, …) need n ≥ 2
+    # process and through every filter; group estimators (algorithm.advantage grpo, rloo, …) need n ≥ 2. n must divide
+    # batch_size, and with W processes batch_size / n must divide by W
     num_generations: int = 1
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # response tokens sampled per prompt at most (the response is cut at the first end-of-turn token)
     temperature: float = 1.0  # logprobs are taken at this temperature, with no top-k/top-p (unbiased KL)
     stop_at_eos: bool = True  # False generates max_new_tokens always (benchmarks); responses are still cut at the first EOS
-    engine: Literal["hf", "vllm"] = "hf"  # vllm: pip install policyshift[vllm], GPU only; logprobs are still the training model's
+    # vllm: pip install policyshift[vllm], GPU only, weights synced after each update; logprobs are still the training model's
+    engine: Literal["hf", "vllm"] = "hf"
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take (the training models need the rest)
     # FSDP / ZeRO-3: gather the whole policy and critic on every process for sampling and probes (fast);
     # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
@@ -108,14 +114,17 @@ class RewardConfig:
 
 @dataclass
 class KLConfig:
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    beta: float = 0.05
-    controller: Literal["fixed", "adaptive"] = "fixed"
+    estimator: Literal["k1", "k2", "k3"] = "k1"  # KL(π‖π_ref) per token: k1 = log π/π_ref, k2 = ½(log r)², k3 = (r − 1) − log r (Schulman 2020); k1 as TRL PPO
+    beta: float = 0.05  # β, the KL coefficient (TRL PPO 0.05); 0 = no penalty (the reference still scores every batch)
+    controller: Literal["fixed", "adaptive"] = "fixed"  # fixed β, or the adaptive controller of Ziegler et al. 2019 (β follows kl.target over kl.horizon)
     target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
     horizon: int = 10000  # adaptive controller: episodes
-    placement: Literal["reward", "loss"] = "reward"  # in the per-token reward (classic RLHF) or as a loss term (GRPO/verl style)
+    # reward: r_t −= β·KL_t in the per-token reward (classic RLHF, Ziegler et al. 2019); loss: + β·KL as a loss term
+    # (GRPO/verl style; use k3)
+    placement: Literal["reward", "loss"] = "reward"
     # the reference scores every batch even at β = 0: the per-step KL curve is the backbone of the analysis.
-    # false (β = 0 only) skips it for speed; the fixed-prompt evaluations still measure KL to the reference
+    # false (β = 0 and a fixed controller only) skips it for speed: no kl/* step metrics (the report says those curves
+    # are missing); the fixed-prompt evaluations still measure KL to the reference
     score_reference: bool = True
 
 
@@ -139,35 +148,35 @@ class AlgorithmConfig:
     # DAPO dynamic sampling (Yu et al. 2025): drop groups whose rewards have zero spread and sample more prompts
     # until the batch is full, at most max_sampling_rounds generation rounds per step (then flat groups fill it)
     dynamic_sampling: bool = False
-    max_sampling_rounds: int = 4
+    max_sampling_rounds: int = 4  # DAPO dynamic sampling: generation rounds per step at most (then flat groups fill the batch)
     # training–inference mismatch (an engine with its own weights: vLLM, a bf16 copy): weight the policy loss by the
     # importance ratio π_train_old/π_engine of the sampled tokens, truncated at or masked beyond mismatch_cap, per token
     # or per response (TRL's vllm_importance_sampling_mode, default sequence_mask, cap 3). The shared-weights HF engine
     # samples with the training model itself: nothing to correct, so it never applies there.
     mismatch_correction: Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate", "none"] = "sequence_mask"
-    mismatch_cap: float = 3.0
+    mismatch_cap: float = 3.0  # the ratio bound of mismatch_correction: truncated at it, or masked beyond it (TRL vllm_importance_sampling_cap)
 
 
 @dataclass
 class PPOHyperparams:
-    epochs: int = 4
-    num_minibatches: int = 1
+    epochs: int = 4  # passes of the update over each step's batch (TRL PPO 4)
+    num_minibatches: int = 1  # the batch is split into this many minibatches per epoch, one optimizer step each
     grad_accum_steps: int = 1  # each minibatch is split into this many micro-batches
     clip_range: float = 0.2  # ε (ε_low with clip_range_high)
     clip_range_high: Optional[float] = None  # ε_high, clip-higher (DAPO: 0.28); null = clip_range
     dual_clip: Optional[float] = None  # c > 1: the loss of an A < 0 token is at most −c·A (Ye et al. 2020; verl 3.0)
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    ent_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    max_grad_norm: Optional[float] = 1.0
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0
+    clip_range_value: float = 0.2  # value-function clip around the rollout's values (TRL PPO 0.2); critic only
+    vf_coef: float = 0.1  # weight of the value loss (TRL PPO 0.1); critic only
+    ent_coef: float = 0.0  # weight of the entropy bonus (0: none)
+    gamma: float = 1.0  # GAE discount γ (Schulman et al. 2016); also discounts the critic-free estimators' reward-to-go
+    lam: float = 0.95  # GAE λ (Schulman et al. 2016; TRL PPO 0.95)
+    whiten_advantages: bool = True  # gae: whiten advantages over the batch (Huang et al. 2024); the other estimators normalize as their papers do
+    max_grad_norm: Optional[float] = 1.0  # clip the gradient norm to this (null: no clipping)
+    lr: float = 1e-5  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_eps: float = 1e-8  # AdamW ε
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"  # learning-rate schedule after warm-up
+    warmup_steps: int = 0  # steps of linear learning-rate warm-up
 
 
 @dataclass
@@ -177,8 +186,8 @@ class ProbeSuiteConfig:
     name: str = ""  # metrics key probe/<name>
     prompts: Optional[str] = None  # prompt file (rows may carry the scorer's fields); null: the built-in scorer's shipped set
     scorer: str = ""  # built-in name (instructions), module:function / file.py:function, or an HF reward/classifier model
-    higher_is_better: bool = True
-    prompt_field: str = "prompt"
+    higher_is_better: bool = True  # the suite's direction: whether a higher score is better (its verdict and the probe_change finding)
+    prompt_field: str = "prompt"  # the column (or JSON key) that holds the prompt text; a row may hold chat `messages` instead
     stance: Optional[str] = None  # scorer sycophancy: the stance scorer (module:function, file.py:function or an HF model)
     samples_per_prompt: int = 1  # k responses per prompt, averaged per prompt before the suite's mean and standard error
 
@@ -189,22 +198,23 @@ class AnalysisConfig:
     prompts: Optional[str] = None  # file of fixed prompts; default: held-out slice of data.prompts
     num_prompts: int = 8  # held out from the training prompts when `prompts` is not set
     gold_reward_model: Optional[str] = None  # measured, never optimized: exposes proxy-vs-gold divergence
-    gold_reward_function: Optional[str] = None
+    gold_reward_function: Optional[str] = None  # a gold scorer as module:function or file.py:function (at most one of the two gold options)
     kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
-    stop_on: Literal["none", "warning", "critical"] = "none"  # end the run cleanly when a finding this severe fires
+    # end the run cleanly (checkpoint and final model kept) when a finding this severe fires (= train --stop-on)
+    stop_on: Literal["none", "warning", "critical"] = "none"
     probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (README "Probe suites")
 
 
 @dataclass
 class TrainConfig:
     steps: int = 100  # PPO steps (rollout + update)
-    seed: int = 0
-    output_dir: str = "runs/ppo"
+    seed: int = 0  # seeds sampling, minibatch order and initialisation (process r uses seed + r)
+    output_dir: str = "runs/ppo"  # the run directory: logs, checkpoints, final/, report.html
     save_every: int = 50  # 0: only the final model
-    keep_last_n: int = 2
+    keep_last_n: int = 2  # checkpoints kept (older ones are pruned)
     device: str = "auto"  # auto | cpu | cuda | mps
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    overwrite: bool = False
+    overwrite: bool = False  # remove a previous run in output_dir and start over (only the files a run writes)
     max_consecutive_skips: int = 10  # non-finite losses/gradients in a row before the run stops with an error
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of every forward (accelerate); "no" defers to `accelerate launch --mixed_precision`
     save_rollouts: bool = False  # RUN_DIR/rollouts/step-N.pt: every process's raw episodes (tokens, logprobs, values, scores, advantages)
@@ -218,11 +228,11 @@ class TrainConfig:
 class TrackingConfig:
     tensorboard: bool = True  # RUN_DIR/tb/
     wandb: bool = False  # pip install policyshift[wandb]; honours WANDB_MODE=offline
-    wandb_project: str = "policyshift"
-    wandb_entity: Optional[str] = None
+    wandb_project: str = "policyshift"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (user or team); null: W&B's default
     mlflow: bool = False  # pip install policyshift[mlflow]
     mlflow_tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
-    mlflow_experiment: str = "policyshift"
+    mlflow_experiment: str = "policyshift"  # MLflow experiment, created when it does not exist
     run_name: Optional[str] = None  # default: the output directory's name
 
 

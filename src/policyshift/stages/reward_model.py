@@ -117,17 +117,17 @@ def load_pairs(path: str) -> list[dict]:
 class RewardModelConfig:
     pairs: str  # JSONL of {"prompt","chosen","rejected"}
     base_model: str  # HF causal-LM or sequence-classification checkpoint (the SFT dir is the usual choice)
-    output_dir: str
-    steps: int = 300
+    output_dir: str  # directory the reward model and tokenizer are saved to (save_pretrained)
+    steps: int = 300  # optimizer steps
     batch_size: int = 32  # pairs per step (2x texts)
     lr: float = 1e-3  # right for the demo's tiny model; use ~1e-5 for a pretrained one
-    seed: int = 0
-    eval_fraction: float = 0.1
+    seed: int = 0  # seeds the data split, the order and the value head's initialisation
+    eval_fraction: float = 0.1  # share of the pairs held out for the pairwise accuracy
     max_length: int = 128  # longer texts lose their *start* (the score is read at the last token)
     template: Literal["auto", "tokens", "chat", "text"] = "auto"  # the rendering PPO's reward.template will score with (auto: tokens, the base's own vocabulary)
     keep_eos: Optional[bool] = None  # as reward.keep_eos (null: the rendering's own convention)
-    device: Optional[str] = None
-    log_every: int = 100
+    device: Optional[str] = None  # null: cuda if available, else cpu
+    log_every: int = 100  # print the loss every this many steps (0: quiet)
 
 
 def _pair_scores(model, tok, pairs: list[dict], max_length: int, template: str, keep_eos) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,20 +47,20 @@ def train_tokenizer(texts, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
 @dataclass
 class SFTConfig:
     data: str  # JSONL of {"text"} or {"prompt","response"} rows
-    output_dir: str
+    output_dir: str  # directory the model and tokenizer are saved to (save_pretrained)
     model: Optional[str] = None  # None: a new small GPT-2 (below); else an HF causal-LM path or hub id
     tokenizer: Optional[str] = None  # None: trained on the data (new model) or the model's own
     vocab_size: int = 1024  # only for a trained tokenizer
     n_layer: int = 2  # the new GPT-2's size (ignored when model is set)
-    n_embd: int = 64
-    n_head: int = 4
-    n_positions: int = 128
-    steps: int = 400
-    batch_size: int = 32
+    n_embd: int = 64  # the new GPT-2's hidden size
+    n_head: int = 4  # the new GPT-2's attention heads (must divide n_embd)
+    n_positions: int = 128  # the new GPT-2's context length
+    steps: int = 400  # optimizer steps
+    batch_size: int = 32  # sequences per step
     lr: float = 2e-3  # right for a tiny model from scratch; use ~5e-5 to fine-tune a pretrained one
     seq_len: int = 64  # longer examples are truncated (counted in the metrics)
-    seed: int = 0
-    eval_fraction: float = 0.05
+    seed: int = 0  # seeds the data split, the order and the initialisation
+    eval_fraction: float = 0.05  # share of the examples held out for the eval loss
     device: Optional[str] = None  # None: cuda if available, else cpu
     log_every: int = 100  # 0: quiet
 
