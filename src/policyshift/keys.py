@@ -120,6 +120,7 @@ ENGINE_LOGPROB_DIFF_MEAN = "rollout/logprob_diff_abs_mean"
 ENGINE_LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"  # [nats/token] the same, maximum over real tokens
 ENGINE_KL_K3 = "rollout/engine_kl_k3"  # [nats/token] k3 estimate of KL(π_engine‖π_train). Healthy: ≈ 0; growing = stale engine weights
 # training–inference mismatch correction (algorithm.mismatch_correction; TRL's sampling/importance_sampling_ratio/*)
+
 # [ratio] π_train_old/π_engine after truncation/masking, over real tokens (token modes) or responses (sequence
 # modes): minimum, mean, maximum. Healthy: ≈ 1
 MISMATCH_IS_MIN = "rollout/is_ratio_min"
