@@ -18,9 +18,9 @@ from policyshift.cli import entry
 build = trainer.make_accelerator
 
 
-def sharded_accelerator(mode: str, device: str, mixed_precision: str):
-    """mode: fsdp2 | zero2 | zero3."""
-    accelerator = build(device, mixed_precision)
+def sharded_accelerator(mode: str, device: str, mixed_precision: str, *args):
+    """mode: fsdp2 | zero2 | zero3; `args`: make_accelerator's others (the collective timeout)."""
+    accelerator = build(device, mixed_precision, *args)
     state = accelerator.state
     if mode == "fsdp2":
         state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,

@@ -9,7 +9,7 @@ and no module imports a layer above its own. The layers, lowest first:
   analysis  policyshift.analysis.* (reads run directories and models; never the trainer). Inside it:
             findings, runlog < detectors < report; ingest < discover < analyze; live is the trainer's callback.
   trainer   policyshift.trainer (drives core, calls analysis.live)
-  apps      stages.*, demo.*, cli, __main__, the package's __init__
+  apps      stages.*, demo.*, cli, __main__, the package's __init__, docmeta (reads every layer for the docs)
 
 A module may import its own layer and the layers below. Imports are resolved to the module they name
 (`from policyshift.analysis.ingest import lookup` is an edge to analysis.ingest, not to analysis)."""
@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "policyshift"
 LAYERS = ["base", "core", "analysis", "trainer", "apps"]
 BASE = {"errors", "keys", "runfiles", "textstats", "faults", "progress", "kv_cache", "masked", "manifest"}
-APPS = {"stages", "demo", "cli", "__main__", ""}
+APPS = {"stages", "demo", "cli", "__main__", "docmeta", ""}
 # inside analysis: a module of the left group never imports one of the right group
 ANALYSIS_ORDER = [
     ({"findings", "runlog", "probe", "phrases", "textstats", "gao", "suites", "instructions", "sycophancy"},

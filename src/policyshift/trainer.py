@@ -672,7 +672,7 @@ class PPOTrainer:
                     self.save_checkpoint()  # after the analysis: a checkpoint holds everything of its step
         if stop_reason or self.stop_signal:
             why = stop_reason or f"signal {signal.Signals(self.stop_signal).name}"
-            progress.console.print(f"[bold red]stopping at step {self.step}: {why}[/]")
+            progress.console.print(f"[bold red]stopping at step {self.step}: {why}[/]", soft_wrap=True)
             if stop_reason and not self.analysis.evaluated(self.step):
                 self._add_to_row(self.step, self.analysis.evaluate(self.step))
         state = self.save_checkpoint()

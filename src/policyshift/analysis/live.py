@@ -108,7 +108,7 @@ class LiveAnalysis:
         for f in new:
             self.reported.add((f.detector, f.severity))
             colour = "red" if f.severity == "critical" else "yellow"
-            self.console.print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False)
+            self.console.print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False, soft_wrap=True)  # one line each
         if new:
             v.sink().log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
         if self.stop_on != "none":
