@@ -120,7 +120,7 @@ class KLConfig:
     target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
     horizon: int = 10000  # adaptive controller: episodes
     # reward: r_t −= β·KL_t in the per-token reward (classic RLHF, Ziegler et al. 2019); loss: + β·KL as a loss term
-    # (GRPO/verl style; use k3)
+    # (GRPO/verl style; k2 or k3: k1's gradient is 0 in expectation, so k1 as a loss is refused in one line)
     placement: Literal["reward", "loss"] = "reward"
     # the reference scores every batch even at β = 0: the per-step KL curve is the backbone of the analysis.
     # false (β = 0 and a fixed controller only) skips it for speed: no kl/* step metrics (the report says those curves
