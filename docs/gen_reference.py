@@ -27,6 +27,10 @@ SECTIONS = {
     "Analyze a run from another trainer": "guides/analyze.md",
 }
 _README_REF = re.compile(r'(?:README(?:\'s)? "([^"]+)"|"([^"]+)" in (?:the )?README)')
+# A description may also name a docs page by its path in the repository (docs/guides/algorithms.md#loss-shapes),
+# which reads the same in the source; it becomes a link, and a page that does not exist fails the build.
+_DOCS_REF = re.compile(r"\bdocs/((?:guides|reference|background)/[\w-]+\.md)(#[\w-]+)?")
+_DOCS_DIR = Path(__file__).resolve().parent
 
 
 def cell(text: str, page: str = "reference/x.md") -> str:
@@ -40,8 +44,14 @@ def cell(text: str, page: str = "reference/x.md") -> str:
         depth = page.count("/")
         return f'[{name}]({"../" * depth}{SECTIONS[name]})'
 
+    def docs_link(m: re.Match) -> str:
+        target = m.group(1)
+        if target not in PAGES and not (_DOCS_DIR / target).is_file():
+            raise KeyError(f"a description names {m.group(0)!r}, which is not a docs page")
+        return f'[{m.group(0)}]({"../" * page.count("/")}{target}{m.group(2) or ""})'
+
     text = html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
-    return _README_REF.sub(link, text)
+    return _DOCS_REF.sub(docs_link, _README_REF.sub(link, text))
 
 
 def code(value) -> str:

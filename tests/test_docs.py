@@ -88,5 +88,12 @@ def test_pages_render_and_old_readme_pointers_resolve(tmp_path):
         assert text.startswith(gen.GENERATED) and "README" not in text.replace("README.md", ""), path
     with pytest.raises(KeyError, match="no such section"):
         gen.cell('see README "no such section"')
+    # a docs path in a description becomes a relative link; one that names no page fails the build
+    assert gen.cell("see docs/guides/algorithms.md#loss-shapes.", "reference/config.md") == (
+        "see [docs/guides/algorithms.md#loss-shapes](../guides/algorithms.md#loss-shapes).")
+    assert gen.cell("docs/reference/metrics.md", "reference/detectors.md") == (  # a generated page counts as a page
+        "[docs/reference/metrics.md](../reference/metrics.md)")
+    with pytest.raises(KeyError, match="not a docs page"):
+        gen.cell("see docs/guides/no-such-page.md")
     for page in gen.SECTIONS.values():
         assert (ROOT / "docs" / page.split("#")[0]).is_file() or page.startswith("reference/"), page

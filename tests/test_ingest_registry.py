@@ -1,5 +1,5 @@
 """The importers' registry (analysis.ingest): every list, message and lookup built from the importers'
-declarations; the texts users and the README rely on, as they read before the registry."""
+declarations; the texts users and the docs rely on, as they read before the registry."""
 
 from __future__ import annotations
 

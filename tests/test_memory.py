@@ -1,4 +1,4 @@
-"""Memory options end to end (README "Memory: batch × length × vocabulary"): a run with tiny forward
+"""Memory options end to end (docs/guides/scale-out.md#memory-batch-length-vocabulary): a run with tiny forward
 micro-batches and logit chunks logs the same metrics as the run that takes everything at once; with
 rollout.exact_kl false the exact-KL/entropy metrics are absent (not zero) while the fixed-prompt samples
 still carry them; bad sizes are one-line errors."""

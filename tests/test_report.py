@@ -199,13 +199,13 @@ def test_panel_numbers_nav_and_references_come_from_panels(tmp_path):
     assert "8" not in links and "9" in links
 
 
-def test_readme_panel_headings_follow_panels():
-    """The README's "The panels" section numbers its panels as PANELS does (one heading per panel, in order)."""
+def test_docs_panel_headings_follow_panels():
+    """docs/guides/report.md's "The panels" section numbers its panels as PANELS does (one heading per panel, in order)."""
     import re
     from pathlib import Path
 
     from policyshift.analysis.report.panels import PANELS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### The panels", 1)[1].split("\n### ", 1)[0]
-    assert [int(n) for n in re.findall(r"^\*\*(\d+)\. ", section, flags=re.M)] == list(range(1, len(PANELS) + 1))
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "report.md").read_text(encoding="utf-8")
+    section = guide.split("\n## The panels\n", 1)[1].split("\n## ", 1)[0]
+    assert [int(n) for n in re.findall(r"^### (\d+)\. ", section, flags=re.M)] == list(range(1, len(PANELS) + 1))

@@ -121,7 +121,7 @@ class Estimator:
     needs_critic: bool  # builds, trains, checkpoints and saves a critic; logs value metrics
     needs_groups: bool  # needs rollout.num_generations ≥ 2 samples of each prompt
     paper: str
-    kl_placement: str  # the placement its paper / reference implementation uses (documentation, README)
+    kl_placement: str  # the placement its paper / reference implementation uses (documentation: docs/guides/algorithms.md)
 
 
 ESTIMATORS: dict[str, Estimator] = {}

@@ -34,7 +34,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
 class LoRAConfig:
     r: int = 0  # LoRA rank; 0 trains the full model. With r > 0 the reference is the policy with its adapter off
     alpha: float = 16.0  # scaling = alpha / r
-    dropout: float = 0.0  # adapter dropout; 0 keeps rollout and update logprobs identical (see "Dropout" in README)
+    dropout: float = 0.0  # adapter dropout; 0 keeps rollout and update logprobs identical (docs/background/how-it-works.md#correctness-details)
     target_modules: Optional[list[str]] = None  # module names to adapt; null: peft's default for the architecture
     critic: bool = False  # the critic gets its own adapter (+ a trained value head) instead of full fine-tuning
     save_merged: bool = False  # final/merged/: adapter merged into the base weights (a plain from_pretrained model)
@@ -83,7 +83,7 @@ class RolloutConfig:
     # false: one block at a time per forward, for models that fit no single device (slow: an all-gather per
     # block per token, and every process generates max_new_tokens so the collectives line up)
     gather_weights: bool = True
-    # Memory (README "Memory: batch × length × vocabulary"). Rows per forward pass of the reference, the
+    # Memory (docs/guides/scale-out.md#memory-batch-length-vocabulary). Rows per forward pass of the reference, the
     # critic and (with an engine holding its own weights) the policy's scoring; null: the whole batch.
     forward_batch_size: Optional[int] = None
     # Response tokens whose full-vocabulary logits exist at once, in the rollout and in the update (where
@@ -101,7 +101,7 @@ class RewardConfig:
     function: Optional[str] = None  # "module:function" or "path/to/file.py:function", f(prompts, responses) -> floats
     batch_size: int = 32  # reward-model forward batch
     max_length: int = 512  # reward-model input tokens
-    # what the reward model reads (README "What the reward model sees"): auto = the generated token ids when it
+    # what the reward model reads (docs/guides/rewards-and-models.md#what-the-reward-model-sees): auto = the generated token ids when it
     # shares the policy's vocabulary, else its tokenizer's chat template when it has one, else text
     template: Literal["auto", "tokens", "chat", "text"] = "auto"
     keep_eos: Optional[bool] = None  # null: the rendering's own convention (tokens keep the end token, text drops it, chat: the template's)
@@ -120,7 +120,7 @@ class KLConfig:
     target: float = 6.0  # adaptive controller: target sequence KL in nats (Ziegler et al.)
     horizon: int = 10000  # adaptive controller: episodes
     # reward: r_t −= β·KL_t in the per-token reward (classic RLHF, Ziegler et al. 2019); loss: + β·KL as a loss term
-    # (GRPO/verl style; use k3)
+    # (GRPO/verl style; k2 or k3: k1's gradient is 0 in expectation, so k1 as a loss is refused in one line)
     placement: Literal["reward", "loss"] = "reward"
     # the reference scores every batch even at β = 0: the per-step KL curve is the backbone of the analysis.
     # false (β = 0 and a fixed controller only) skips it for speed: no kl/* step metrics (the report says those curves
@@ -136,7 +136,7 @@ class AlgorithmConfig:
     advantage: Literal["gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "gae"
     scale: Literal["group", "batch", "none"] = "group"  # grpo: divide by the group std, the batch std, or not (none = Dr. GRPO, Liu et al. 2025)
     std_eps: float = 1e-4  # grpo: A = (r − mean)/(std + eps) (TRL 1e-4)
-    # how per-token losses become the minibatch loss (README "Loss shapes"): token_mean (DAPO; TRL's default "dapo"),
+    # how per-token losses become the minibatch loss (docs/guides/algorithms.md#loss-shapes): token_mean (DAPO; TRL's default "dapo"),
     # seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm (Dr. GRPO: / (N · max_new_tokens)),
     # micro_batch_token_mean (the mean of each micro-batch's token mean, what earlier builds did; = token_mean with one micro-batch)
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_batch_token_mean"] = "token_mean"
@@ -181,7 +181,7 @@ class PPOHyperparams:
 
 @dataclass
 class ProbeSuiteConfig:
-    """One probe suite (README "Probe suites"): fixed prompts, a scorer, a direction."""
+    """One probe suite (docs/guides/probes.md): fixed prompts, a scorer, a direction."""
 
     name: str = ""  # metrics key probe/<name>
     prompts: Optional[str] = None  # prompt file (rows may carry the scorer's fields); null: the built-in scorer's shipped set
@@ -202,7 +202,7 @@ class AnalysisConfig:
     kl_budget: float = 10.0  # sequence-KL nats beyond which the KL-runaway detector warns
     # end the run cleanly (checkpoint and final model kept) when a finding this severe fires (= train --stop-on)
     stop_on: Literal["none", "warning", "critical"] = "none"
-    probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (README "Probe suites")
+    probes: Optional[list[ProbeSuiteConfig]] = None  # probe suites scored at every evaluation (docs/guides/probes.md)
 
 
 @dataclass

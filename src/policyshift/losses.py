@@ -23,7 +23,7 @@ SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio upper bound before exp (ve
 
 # ---------------------------------------------------------------------------- loss aggregation
 # Each mode divides a sum of per-token losses by a size of the whole *minibatch* (all of its micro-batches,
-# all processes), so the micro-batch shares add up to the minibatch loss exactly; README "Loss shapes".
+# all processes), so the micro-batch shares add up to the minibatch loss exactly; docs/guides/algorithms.md#loss-shapes.
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_batch_token_mean")
 
 

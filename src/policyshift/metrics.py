@@ -1,5 +1,5 @@
 """Per-step metrics from a scored rollout (pure: tensors in, floats out). Every mean over tokens is
-masked; sequence quantities sum over a row's real tokens. README "Metrics" documents each key."""
+masked; sequence quantities sum over a row's real tokens. docs/reference/metrics.md documents each key (generated from keys.py)."""
 
 from __future__ import annotations
 

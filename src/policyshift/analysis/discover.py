@@ -1,6 +1,6 @@
 """Finding a run's checkpoints by its trainer's conventions (`policyshift analyze`).
 
-Layouts read (README "Analyze a run from another trainer"):
+Layouts read (docs/guides/analyze.md):
 - an HF model directory: config.json + weights (safetensors or .bin, sharded or not), or a peft
   LoRA adapter (adapter_config.json naming its base);
 - HF Trainer / TRL: OUTPUT_DIR/checkpoint-N/ (N = global step, also in its trainer_state.json);

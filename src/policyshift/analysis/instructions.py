@@ -1,6 +1,6 @@
 """Instruction following, IFEval-style (Zhou et al. 2023): each prompt row carries verifiable
 constraints, checked programmatically on the response; a response's score is the fraction of its
-prompt's constraints it meets (README "Probe suites" lists every rule).
+prompt's constraints it meets (docs/guides/probes.md lists every rule).
 
 A constraint is a mapping `{"type": ..., <argument>: ...}` in the row's `constraints` list. The rules
 are deliberately plain (regular expressions, no parser) so that a user can predict each verdict:

@@ -101,7 +101,7 @@ def _moments(prefix: str, values: list[float]) -> dict:
 
 def fixed_prompt_metrics(rows: list[dict]) -> dict:
     """One step's fixed-prompt rows → the metrics.jsonl quantities, keyed like a training step's
-    (README "Metrics"), without the `fixed/` prefix. Token means pool every response token of every
+    (docs/reference/metrics.md), without the `fixed/` prefix. Token means pool every response token of every
     prompt (Σ seq sums / Σ lengths), sequence means average the per-response sums; KL is in nats.
     Rows missing a field (older samples.jsonl) leave that metric out instead of guessing it."""
     if not rows:

@@ -1,4 +1,4 @@
-"""Probe suites (README "Probe suites"): a named set of fixed prompts, a scorer and a direction,
+"""Probe suites (docs/guides/probes.md): a named set of fixed prompts, a scorer and a direction,
 scored on the reference at step 0 and on the policy at each evaluation — by the trainer's live
 analysis, `policyshift analyze` and `policyshift compare`, all through `evaluate_suites`.
 

@@ -12,7 +12,7 @@ The trainer's live analysis and the offline report call the same `run_detectors`
 
 To add a detector: write `analysis/detectors/<family>.py` with ORDER, Thresholds and DETECTORS (and
 from_config if a config key sets a threshold), plus its test (a history or samples that must fire it and
-a healthy one that must not), and its row in the README's detector table. Nothing else changes.
+a healthy one that must not), and its row in the findings table of docs/guides/report.md. Nothing else changes.
 
 Inputs: `history` is the metrics.jsonl rows ordered by step, `samples` the fixed-prompt evaluation rows,
 `distributions` the per-step score/KL/length lists, `reference` the reference's step-0 row when the

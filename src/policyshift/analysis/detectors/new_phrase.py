@@ -21,7 +21,7 @@ class Thresholds:
 
 
 def detect_new_phrases(history, samples, t=None, distributions=(), reference=None) -> list[Finding]:
-    """Warning `new_phrase` at the latest evaluation (README "Detectors"); one finding naming the top phrases."""
+    """Warning `new_phrase` at the latest evaluation (docs/guides/report.md#findings-rules-and-what-to-do); one finding naming the top phrases."""
     t = t or Thresholds()
     summary = learned_phrases(list(samples or []), top=50)
     if summary is None or min(summary["n_policy"], summary["n_reference"]) < t.new_phrase_min_responses:

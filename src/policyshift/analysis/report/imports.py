@@ -47,7 +47,7 @@ def panel_imported(run: RunData, figures: dict) -> str:
     unknown = (f"<p>Keys not in the mapping table, kept as logged ({len(unknown_all)}): " + ", ".join(f"<code>{esc(k)}</code>" for k in unknown_all) + "</p>") if unknown_all else ""
     more = f"<p>Not drawn (kept in metrics.jsonl): {', '.join(f'<code>{esc(k)}</code>' for k in rest)}</p>" if rest else ""
     caption = ("A logged key feeds a policyshift panel and detector only when it measures the same quantity (unit, estimator, reward); "
-               "the rest is drawn as logged. The README's mapping table gives the source of each meaning.")
+               "the rest is drawn as logged. docs/reference/importers.md gives the source of each meaning.")
     return panel_html(number("imported"), "Imported training logs", "".join(modes) + table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
 
 

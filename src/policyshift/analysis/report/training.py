@@ -302,7 +302,7 @@ def panel_findings(findings: list[Finding], run: RunData, thresholds: DetectorTh
     table = "<table><thead><tr><th>severity</th><th>detector</th><th>step</th><th>finding</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     settings = esc(json.dumps(jsonable(vars(thresholds)), indent=1))
     body = table + f"<details><summary>thresholds used</summary><pre class='evidence'>{settings}</pre></details>"
-    caption = "Recomputed from the logs each time the report is built, worst first. The README's \"Reading the analysis\" section gives each rule and what to do."
+    caption = "Recomputed from the logs each time the report is built, worst first. docs/guides/report.md (\"Findings: rules and what to do\") gives each rule and what to do."
     return panel_html(number("findings"), "Findings", body, caption)
 
 
