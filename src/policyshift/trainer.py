@@ -166,9 +166,16 @@ class PPOTrainer:
         # the main process owns the directory (lock) and checks its state; train.output_dir as given ('' is refused)
         self.run_lock = prepare_run_dir(cfg.train.output_dir, cfg.train.overwrite, resume, cfg.train.steps) if group.is_main else None
         self._resuming, self._checkpointed, self.sink = resume, False, None
-        try:
+        with self._outputs_left_consistent():
             group.barrier()
             self._build(policy, tokenizer, reward, ref_policy, prompts, resume)
+
+    @contextlib.contextmanager
+    def _outputs_left_consistent(self):
+        """An error before this run's first checkpoint leaves the output directory as it was (a new run's files
+        removed); after it, the run directory stays resumable. The error comes out as one line where it can."""
+        try:
+            yield
         except BaseException as exc:
             if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
                 with contextlib.suppress(Exception):
@@ -639,17 +646,9 @@ class PPOTrainer:
             self.history[-1].update(metrics)
 
     def train(self) -> list[dict]:
-        """The run. An error before this run's first checkpoint leaves the output directory as it was
-        (a new run's files removed); after it, the run directory stays resumable."""
-        try:
+        """The run (see _outputs_left_consistent for what an error leaves behind)."""
+        with self._outputs_left_consistent():
             return self._train()
-        except BaseException as exc:
-            if self._checkpointed:  # a checkpoint's manifest still hashing in the background: let it complete
-                with contextlib.suppress(Exception):
-                    wait_for_checkpoints()
-            self._discard_outputs()
-            self._raise_one_line(exc)
-            raise
 
     def _train(self) -> list[dict]:
         from policyshift.progress import StepProgress

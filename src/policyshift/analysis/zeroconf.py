@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policyshift.analysis.ingest.base import model_card_metadata
 from policyshift.errors import DataError
 
 MAX_PROMPTS = 64  # fixed prompts sampled from a larger prompt set (every checkpoint samples every fixed prompt)
@@ -39,18 +40,9 @@ def _model_dir(path: Path) -> bool:
 
 
 def _card_base(directory: Path) -> str | None:
-    card = directory / "README.md"
-    try:
-        text = card.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text.startswith("---"):
-        return None
-    for line in text.split("---", 2)[1].splitlines():
-        if line.startswith("base_model:"):
-            value = line.split(":", 1)[1].strip().strip("'\"")
-            return value or None
-    return None
+    base = model_card_metadata(directory / "README.md").get("base_model")
+    base = base[0] if isinstance(base, list) and len(base) == 1 else base  # the Hub allows a list of bases
+    return str(base) if isinstance(base, str) and base else None
 
 
 def _json_field(path: Path, key: str) -> str | None:

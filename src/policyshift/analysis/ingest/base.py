@@ -242,3 +242,14 @@ def as_text(value) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in value)
     except (TypeError, KeyError):
         return str(value)
+
+
+def model_card_metadata(path: Path) -> dict:
+    """The YAML front matter of a Hugging Face model card (README.md: tags, base_model, ...), {} when there is none
+    or it does not parse. huggingface_hub reads it as the Hub does."""
+    from huggingface_hub import metadata_load
+
+    try:
+        return metadata_load(path) or {}
+    except Exception:  # noqa: BLE001 (unreadable file, bad YAML: a card that says nothing)
+        return {}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from policyshift import keys as k
-from policyshift.analysis.ingest.base import (CheckpointLayout, Importer, Imported, KeyMap, LogFormat, LogImportError, as_text,
+from policyshift.analysis.ingest.base import (CheckpointLayout, model_card_metadata, Importer, Imported, KeyMap, LogFormat, LogImportError, as_text,
                                               number_rows, one_minus)
 
 STATE_FILE = "trainer_state.json"
@@ -92,14 +92,8 @@ def read_training_args(path: Path) -> tuple[str, dict] | None:
 
 def read_model_card(path: Path) -> str | None:
     """The TRL trainer a model card names (its `tags:` front matter; TRL adds the trainer's tag), or None."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text.startswith("---"):
-        return None
-    front = text.split("---", 2)[1] if text.count("---") >= 2 else ""
-    tags = {line.strip()[2:].strip().lower() for line in front.splitlines() if line.strip().startswith("- ")}
+    tags = model_card_metadata(path).get("tags") or []
+    tags = {str(t).strip().lower() for t in (tags if isinstance(tags, list) else [tags])}
     if "trl" not in tags:
         return None
     found = [TRAINERS[t] for t in TRAINERS if t in tags]
