@@ -19,10 +19,12 @@ ORDER = 10
 # What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
 ADVICE = {
     "kl_negative": Advice(
-        detects="The sampled KL to the reference going negative: k1 = log π/π_ref sampled from π estimates a KL that cannot be negative, so the samples did not come from the policy whose log-probs were scored.",
+        detects=("The sampled KL to the reference going negative: k1 = log π/π_ref sampled from π estimates a KL that cannot be negative, so the samples did not come "
+                 "from the policy whose log-probs were scored."),
         healthy="Mean k1 at or above 0, rising slowly from 0.",
         broken="Mean k1 over the last steps significantly below zero (t < −3); critical when it is so far below that the KL penalty now rewards drifting.",
-        action="Generation and scoring disagree: sample with temperature 1 and no top-k/top-p (or score the same warped distribution); check that policy and reference log-probs are aligned to the same tokens and masked the same way.",
+        action=("Generation and scoring disagree: sample with temperature 1 and no top-k/top-p (or score the same warped distribution); check that policy and "
+                "reference log-probs are aligned to the same tokens and masked the same way."),
     ),
     "kl_flat": Advice(
         detects="A run that is not learning: the policy stays at its reference (KL ≈ 0) and the reward does not rise.",

@@ -14,7 +14,8 @@ ORDER = 15
 # What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
 ADVICE = {
     "no_reference_kl": Advice(
-        detects="A notice, not a problem: an imported RL run whose logs hold no KL to the reference the panels read (TRL GRPO's default β = 0 computes none; verl `actor/kl_loss` is in a unit not fed).",
+        detects=("A notice, not a problem: an imported RL run whose logs hold no KL to the reference the panels read (TRL GRPO's default β = 0 computes none; verl "
+                 "`actor/kl_loss` is in a unit not fed)."),
         healthy="The logs carry a KL to the reference, or `--reference` measures it on fixed prompts.",
         broken="Info: nothing measures drift from the SFT model; `actor/ppo_kl` / OpenRLHF `ppo_kl` is old-vs-new, the size of one update.",
         action="Do not read old-vs-new KL as drift from the SFT model; pass `--reference` to measure KL on fixed prompts.",

@@ -20,8 +20,10 @@ ADVICE = {
     "reward_hacking": Advice(
         detects="The proxy reward rising while what it stands for does not: the gold reward falls or stalls, the responses drift off the reference's distribution, or the gain is bought with length.",
         healthy="The gold reward rises with the proxy; the eval responses' log π_ref stays near step 0's; length explains little of the proxy gain.",
-        broken="Proxy up and gold fell below its start or its own peak (critical) or stalled (warning); or log π_ref of the eval responses fell ≥ 1 nat/token (critical at 2); or length explains ≥ 50% of the proxy gain (warning).",
-        action="The policy is exploiting the reward model: stop and keep the checkpoint near the gold peak, raise β, read the samples, fix or retrain the reward model; when length pays, add a length penalty or normalise the reward by length.",
+        broken=("Proxy up and gold fell below its start or its own peak (critical) or stalled (warning); or log π_ref of the eval responses fell ≥ 1 nat/token "
+                "(critical at 2); or length explains ≥ 50% of the proxy gain (warning)."),
+        action=("The policy is exploiting the reward model: stop and keep the checkpoint near the gold peak, raise β, read the samples, fix or retrain the reward "
+                "model; when length pays, add a length penalty or normalise the reward by length."),
     ),
 }
 
