@@ -90,6 +90,8 @@ def test_every_detector_declares_its_advice_and_the_page_and_report_show_it():
     assert {d.name for d in docs} == set(detectors.DETECTORS)
     missing = [d.name for d in docs if not isinstance(d.advice, Advice)]
     assert not missing, f"detectors without an ADVICE entry in their family module (analysis/detectors/<family>.py): {missing}"
+    stale = [f"{family.__name__}: {name}" for family in detectors.FAMILIES for name in getattr(family, "ADVICE", {}) if name not in family.DETECTORS]
+    assert not stale, f"ADVICE entries naming no detector of their family: {stale}"
     empty = [f"{d.name}.{f.name}" for d in docs for f in dataclasses.fields(Advice) if f.name != "findings" and not getattr(d.advice, f.name).strip()]
     assert not empty, f"advice fields left empty: {empty}"
     gen = _gen()
