@@ -152,13 +152,26 @@ def metrics_page() -> str:
     return "".join(out)
 
 
+ADVICE_ROWS = (("detects", "What it detects"), ("healthy", "Healthy"), ("broken", "Fires (broken)"), ("action", "What to do"))
+
+
+def advice_list(advice, page: str) -> str:
+    """A detector's Advice (its family's ADVICE) as a definition-style list; the names its findings carry, when not its own."""
+    out = [f"- **{label}:** {cell(getattr(advice, field), page)}\n" for field, label in ADVICE_ROWS]
+    if advice.findings:
+        out.append("- **Reported as:** " + ", ".join(f"`{name}`" for name in advice.findings) + "\n")
+    return "".join(out) + "\n"
+
+
 def detectors_page() -> str:
     page = "reference/detectors.md"
     out = [GENERATED, "# Detectors\n\n",
            "Every registered detector (`policyshift.analysis.detectors.DETECTORS`) with the thresholds it reads and their "
            "defaults, from the thresholds dataclass. Rewards are in units of σ, the batch std of the proxy reward at the start; "
            "\"start\" and \"end\" are the first and last 10% of the logged steps (at least 3 steps each). `analysis.kl_budget` "
-           "sets `kl_budget`. What each finding means and what to do about it: [Read the report](../guides/report.md#findings-rules-and-what-to-do).\n\n"]
+           "sets `kl_budget`. What each detector means and what to do when it fires is declared beside it, in its family's "
+           "`ADVICE`; the report's findings panel shows the same text under each finding. How the report shows findings: "
+           "[Read the report](../guides/report.md#findings-rules-and-what-to-do).\n\n"]
     docs = docmeta.detectors()
     shared = [t for t in docmeta.detector_thresholds() if t.group == "shared"]
     out.append("## Shared thresholds\n\n| threshold | default | meaning |\n|---|---|---|\n")
@@ -169,6 +182,8 @@ def detectors_page() -> str:
         out.append(f"## `{d.name}`\n\n")
         if d.summary:
             out.append(cell(d.summary, page) + "\n\n")
+        if d.advice:
+            out.append(advice_list(d.advice, page))
         if d.thresholds:
             out.append("| threshold | default | meaning |\n|---|---|---|\n")
             for t in d.thresholds:

@@ -81,6 +81,32 @@ def test_every_detector_and_importer_is_on_its_page():
             assert f"| `{m.key}` |" in page and m.meaning, (imp.name, m.key)
 
 
+def test_every_detector_declares_its_advice_and_the_page_and_report_show_it():
+    from policyshift.analysis import detectors
+    from policyshift.analysis.findings import Advice, Finding
+    from policyshift.analysis.report.training import panel_findings
+
+    docs = docmeta.detectors()
+    assert {d.name for d in docs} == set(detectors.DETECTORS)
+    missing = [d.name for d in docs if not isinstance(d.advice, Advice)]
+    assert not missing, f"detectors without an ADVICE entry in their family module (analysis/detectors/<family>.py): {missing}"
+    stale = [f"{family.__name__}: {name}" for family in detectors.FAMILIES for name in getattr(family, "ADVICE", {}) if name not in family.DETECTORS]
+    assert not stale, f"ADVICE entries naming no detector of their family: {stale}"
+    empty = [f"{d.name}.{f.name}" for d in docs for f in dataclasses.fields(Advice) if f.name != "findings" and not getattr(d.advice, f.name).strip()]
+    assert not empty, f"advice fields left empty: {empty}"
+    gen = _gen()
+    page = gen.detectors_page()
+    for d in docs:
+        section = page.split(f"## `{d.name}`", 1)[1].split("\n## ", 1)[0]
+        assert gen.cell(d.advice.action, "reference/detectors.md") in section and "**What to do:**" in section, d.name
+    # a finding reported under another name than its detector's (degenerate_groups) finds its advice too
+    assert detectors.advice_for("all_wrong_groups") is detectors.ADVICE["degenerate_groups"]
+    assert detectors.advice_for("no_such_detector") is None
+    # the report's findings panel shows the same text, from the same field
+    html = panel_findings([Finding("kl_runaway", "critical", 7, "KL over budget", {})], None, detectors.DetectorThresholds())
+    assert "what to do" in html and gen.html.escape(detectors.ADVICE["kl_runaway"].action, quote=False) in html
+
+
 def test_pages_render_and_old_readme_pointers_resolve(tmp_path):
     gen = _gen()
     for path, render in gen.PAGES.items():

@@ -264,6 +264,7 @@ class DetectorDoc:
     name: str
     summary: str  # the detect function's docstring or leading comment
     thresholds: list[FieldDoc]  # the thresholds of its `# -- name --` group
+    advice: object = None  # its family's ADVICE[name] (analysis.findings.Advice): detects, healthy, broken, action; None when undeclared
 
 
 def _threshold_classes() -> list[type]:
@@ -309,8 +310,11 @@ def _leading_comment(fn) -> str:
 
 
 def detectors() -> list[DetectorDoc]:
-    """Every registered detector (policyshift.analysis.detectors.DETECTORS) with its thresholds."""
+    """Every registered detector (policyshift.analysis.detectors.DETECTORS) with its thresholds and advice."""
     from policyshift.analysis.detectors import DETECTORS
+    from policyshift.analysis import detectors as registry
+
+    advice = getattr(registry, "ADVICE", {})
 
     thresholds = detector_thresholds()
     out = []
@@ -319,7 +323,7 @@ def detectors() -> list[DetectorDoc]:
         mine = [t for t in thresholds if re.match(rf"{re.escape(name)}\b", t.group)]
         headers = [t.group.partition(":")[2].strip() for t in mine[:1] if ":" in t.group]
         parts = [p.rstrip(". ") for p in [*headers, summary] if p]
-        out.append(DetectorDoc(name, ". ".join(parts) + ("." if parts else ""), mine))
+        out.append(DetectorDoc(name, ". ".join(parts) + ("." if parts else ""), mine, advice.get(name)))
     return out
 
 

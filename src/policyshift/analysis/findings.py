@@ -29,3 +29,16 @@ def at_least(severity: str, level: str) -> bool:
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Worst first: critical before warning before info, then earliest step, then detector name."""
     return sorted(findings, key=lambda f: (SEVERITY_RANK.get(f.severity, 9), f.step, f.detector))
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What a detector tells its reader, declared beside it (each detector family's ADVICE, {detector name: Advice}):
+    the detectors reference page (docs/gen_reference.py) and the report's findings panel both read it, so the
+    advice is written once, next to the code that fires."""
+
+    detects: str  # what goes wrong in a run when it fires
+    healthy: str  # what a healthy run shows on the same signal
+    broken: str  # what fires it, and what makes it critical
+    action: str  # what to do
+    findings: tuple[str, ...] = ()  # the names its findings carry, when not the detector's own (degenerate_groups)

@@ -6,13 +6,16 @@ The registry: every module of this package except `common` is a detector family 
                ones — min_steps, windows, significance — are common.Thresholds),
   DETECTORS    {name: detect(history, samples, t, distributions=(), reference=None) -> list[Finding]},
   from_config  (optional) config -> {field: value}: the values a run's config sets (analysis.kl_budget).
+  ADVICE       {name: findings.Advice}: what each of its detectors detects, what healthy and broken look
+               like, what to do. The detectors reference page and the report's findings panel read it (the one
+               copy); tests/test_docs.py fails for a detector without it.
 `DetectorThresholds` composes every family's thresholds into one object, so each detector reads
 `t.<field>` and the report shows one "thresholds used" table; `run_detectors` runs every detector.
 The trainer's live analysis and the offline report call the same `run_detectors`.
 
-To add a detector: write `analysis/detectors/<family>.py` with ORDER, Thresholds and DETECTORS (and
+To add a detector: write `analysis/detectors/<family>.py` with ORDER, Thresholds, DETECTORS and ADVICE (and
 from_config if a config key sets a threshold), plus its test (a history or samples that must fire it and
-a healthy one that must not), and its row in the findings table of docs/guides/report.md. Nothing else changes.
+a healthy one that must not). Nothing else changes.
 
 Inputs: `history` is the metrics.jsonl rows ordered by step, `samples` the fixed-prompt evaluation rows,
 `distributions` the per-step score/KL/length lists, `reference` the reference's step-0 row when the
@@ -32,7 +35,7 @@ from types import ModuleType
 from typing import Callable
 
 from policyshift.analysis.detectors import common
-from policyshift.analysis.findings import SEVERITY_RANK, Finding, sort_findings  # noqa: F401 (old import path)
+from policyshift.analysis.findings import SEVERITY_RANK, Advice, Finding, sort_findings  # noqa: F401 (old import path)
 
 
 def _families() -> list[ModuleType]:
@@ -50,6 +53,15 @@ def _families() -> list[ModuleType]:
 
 FAMILIES: list[ModuleType] = _families()
 DETECTORS: dict[str, Callable[..., list[Finding]]] = {name: fn for family in FAMILIES for name, fn in family.DETECTORS.items()}
+# Read here, not required by _families: a detector without advice still runs (the docs test names it).
+ADVICE: dict[str, Advice] = {name: advice for family in FAMILIES for name, advice in getattr(family, "ADVICE", {}).items() if name in DETECTORS}
+
+
+def advice_for(finding_detector: str) -> Advice | None:
+    """The advice behind a finding: by its detector's name, or by a name the detector reports under (Advice.findings)."""
+    if finding_detector in ADVICE:
+        return ADVICE[finding_detector]
+    return next((a for a in ADVICE.values() if finding_detector in a.findings), None)
 
 
 def _compose() -> type:

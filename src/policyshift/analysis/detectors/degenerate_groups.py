@@ -9,10 +9,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from policyshift import keys as K
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 82
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "degenerate_groups": Advice(
+        detects="Groups whose samples all got the run's lowest score (all wrong) or its highest (all correct): their advantages are 0, so those prompts teach nothing.",
+        healthy="Most groups mix better and worse answers.",
+        broken="Mean share of such groups ≥ `degenerate_warning` (critical at ≥ 0.8), reported as `all_wrong_groups` or `all_correct_groups`.",
+        action="All wrong: easier prompts or a curriculum, more samples per prompt, a denser reward. All correct: harder prompts, drop solved ones (dynamic sampling).",
+        findings=("all_wrong_groups", "all_correct_groups"),
+    ),
+}
 
 
 @dataclass

@@ -6,10 +6,20 @@ from dataclasses import dataclass
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, onset_step
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 50
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "entropy_collapse": Advice(
+        detects="The policy becoming deterministic and no longer exploring.",
+        healthy="Entropy falls gently.",
+        broken="Entropy at the end ≤ 0.3× its start (critical at ≤ 0.1×).",
+        action="Raise β, lower the LR, add an entropy bonus.",
+    ),
+}
 
 
 @dataclass

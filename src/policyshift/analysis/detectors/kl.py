@@ -10,11 +10,35 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, first_series, onset_step, fit_slope, reward_scale, proxy_reward_gain
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import as_float, config_get, metric_series
 from policyshift.config import AnalysisConfig
 
 ORDER = 10
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "kl_negative": Advice(
+        detects=("The sampled KL to the reference going negative: k1 = log π/π_ref sampled from π estimates a KL that cannot be negative, so the samples did not come "
+                 "from the policy whose log-probs were scored."),
+        healthy="Mean k1 at or above 0, rising slowly from 0.",
+        broken="Mean k1 over the last steps significantly below zero (t < −3); critical when it is so far below that the KL penalty now rewards drifting.",
+        action=("Generation and scoring disagree: sample with temperature 1 and no top-k/top-p (or score the same warped distribution); check that policy and "
+                "reference log-probs are aligned to the same tokens and masked the same way."),
+    ),
+    "kl_flat": Advice(
+        detects="A run that is not learning: the policy stays at its reference (KL ≈ 0) and the reward does not rise.",
+        healthy="KL rises slowly from 0 while the reward rises.",
+        broken="After the first steps, KL at the end near 0 nats/token and reward gained under 0.1σ (warning).",
+        action="Lower β, raise the learning rate, check that gradients reach the policy (frozen parameters, an LR schedule at 0).",
+    ),
+    "kl_runaway": Advice(
+        detects="The policy drifting from its reference faster than the run can afford: sequence KL past `analysis.kl_budget`, or accelerating while the reward stalls.",
+        healthy="Sequence KL rises slowly and stays within the budget while the reward rises.",
+        broken="End KL over budget with stagnant reward, or accelerating (warning); above 3× the budget (critical); over budget while the reward still rises is info.",
+        action="Raise β (or set the adaptive KL target lower), lower the LR or the PPO epochs; if already far past the budget, stop and keep an earlier checkpoint.",
+    ),
+}
 
 
 @dataclass

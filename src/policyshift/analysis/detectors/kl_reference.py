@@ -7,9 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policyshift import keys as K
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 
 ORDER = 15
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "no_reference_kl": Advice(
+        detects=("A notice, not a problem: an imported RL run whose logs hold no KL to the reference the panels read (TRL GRPO's default β = 0 computes none; verl "
+                 "`actor/kl_loss` is in a unit not fed)."),
+        healthy="The logs carry a KL to the reference, or `--reference` measures it on fixed prompts.",
+        broken="Info: nothing measures drift from the SFT model; `actor/ppo_kl` / OpenRLHF `ppo_kl` is old-vs-new, the size of one update.",
+        action="Do not read old-vs-new KL as drift from the SFT model; pass `--reference` to measure KL on fixed prompts.",
+    ),
+}
 
 # raw keys (`<importer>/<key>`) of other trainers: old→new KL of one update, and KL to the reference in a unit not fed
 _OLD_VS_NEW = ("verl/actor/ppo_kl", "openrlhf/ppo_kl")

@@ -7,10 +7,20 @@ from dataclasses import dataclass
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, onset_step
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 30
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "length_drift": Advice(
+        detects="Response length drifting from the start either way, or responses no longer ending (the EOS rate collapsing).",
+        healthy="Mean length within 1.5× of its start either way; the EOS rate stable.",
+        broken="End/start mean length ≥ 1.5× or ≤ 1/1.5 (critical at 3× or ⅓×), or the EOS rate fell below half its start (critical below 5% from ≥ 30%).",
+        action="Check the Reward vs √KL panel and the sample browser for length hacking; penalise truncation, add a length penalty, raise β.",
+    ),
+}
 
 
 @dataclass

@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policyshift.analysis.detectors.common import eval_groups
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.textstats import mode_collapse_score
 
 ORDER = 60
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "mode_collapse": Advice(
+        detects="The policy answering different prompts the same way.",
+        healthy="Responses to different prompts about as similar to each other as the reference's at step 0.",
+        broken="Mean pairwise word-3-gram Jaccard similarity across prompts ≥ 0.5 and ≥ 0.3 above the reference's (critical at ≥ 0.8).",
+        action="Stop; restart from an earlier checkpoint with a higher β or a lower LR.",
+    ),
+}
 
 
 @dataclass

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.phrases import learned_phrases
 
 ORDER = 90
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "new_phrase": Advice(
+        detects="A new habit nobody anticipated: a word 1–3-gram the reference (almost) never said is in a large share of the policy's responses.",
+        healthy="The policy's most-raised phrases were already common in the reference's responses, or are none.",
+        broken="At the latest evaluation a phrase in ≤ 5% of the reference's responses is in ≥ 50% of the policy's, with log-odds z ≥ 3 (warning).",
+        action="Read the learned-phrases panel and the samples; filler, flattery or a stock phrase the reward pays for is an exploit: raise β, fix the reward.",
+    ),
+}
 
 
 @dataclass

@@ -9,10 +9,20 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, last_step
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import as_float, metric_series
 
 ORDER = 70
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "ppo_instability": Advice(
+        detects="PPO updates moving the policy too far per batch, or a value head that predicts returns worse than a constant.",
+        healthy="Clip fraction 0.05–0.2, ratio variance ≲ 0.01, value explained variance rising towards 0.3–0.9.",
+        broken="In ≥ half of the last steps: clip fraction > 0.3, ratio variance > 0.1, or explained variance < −0.5 (critical when two or more hold).",
+        action="Lower the LR, the number of PPO epochs or the clip range; check reward/advantage whitening and the value head.",
+    ),
+}
 
 
 @dataclass

@@ -9,10 +9,20 @@ import math
 from dataclasses import dataclass, field
 
 from policyshift import keys as K
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import config_get, metric_series
 
 ORDER = 100
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "probe_change": Advice(
+        detects="A probe suite's score moving since the reference (step 0): a behaviour you test got better or worse.",
+        healthy="No significant change, or improvements in the suites' `higher_is_better` direction.",
+        broken="The latest score differs from the reference's by more than 1.96·√(s.e.² + s.e.²_ref): warning when it regressed, info when it improved.",
+        action="Read the suite's responses (`compare --probes` on the checkpoint); keep an earlier checkpoint or raise β if a behaviour you care about got worse.",
+    ),
+}
 Z_95 = 1.96  # two-sided 95% normal quantile: the band and the improvement/regression call
 
 

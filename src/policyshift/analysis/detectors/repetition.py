@@ -6,10 +6,20 @@ from dataclasses import dataclass
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import window_len, start_end, onset_step
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 40
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "repetition_rise": Advice(
+        detects="The policy looping within a response, or giving every prompt the same phrasing.",
+        healthy="Repeated-3-gram rate and distinct-2 flat.",
+        broken="Rep-3-gram rate rose ≥ 0.1 and to ≥ 2× its start, or distinct-2 fell to ≤ 0.6× its start (critical at rep rate ≥ 0.3 or distinct-2 ≤ 0.3×).",
+        action="Raise β, lower the LR, penalise repetition.",
+    ),
+}
 
 
 @dataclass

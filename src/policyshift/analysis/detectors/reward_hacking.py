@@ -10,10 +10,22 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, rolling_mean, welch_t, proxy_reward_gain, last_step, eval_groups, finite_array, sample_values
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import as_float, metric_series
 
 ORDER = 20
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "reward_hacking": Advice(
+        detects="The proxy reward rising while what it stands for does not: the gold reward falls or stalls, the responses drift off the reference's distribution, or the gain is bought with length.",
+        healthy="The gold reward rises with the proxy; the eval responses' log π_ref stays near step 0's; length explains little of the proxy gain.",
+        broken=("Proxy up and gold fell below its start or its own peak (critical) or stalled (warning); or log π_ref of the eval responses fell ≥ 1 nat/token "
+                "(critical at 2); or length explains ≥ 50% of the proxy gain (warning)."),
+        action=("The policy is exploiting the reward model: stop and keep the checkpoint near the gold peak, raise β, read the samples, fix or retrain the reward "
+                "model; when length pays, add a length penalty or normalise the reward by length."),
+    ),
+}
 
 
 @dataclass

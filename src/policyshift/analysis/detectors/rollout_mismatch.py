@@ -9,10 +9,20 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 85
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "rollout_mismatch": Advice(
+        detects="The rollout engine's token probabilities differ from the trainer's on the same tokens (kernels, precision, stale weights), so off-policy samples are trained on as on-policy.",
+        healthy="Per-token k3 KL(π_engine‖π_train) near 1e-3 (bf16 engines).",
+        broken="Median k3 KL ≥ `mismatch_kl_warning` or mean |Δ log π| ≥ 0.1 (critical at 0.05 / 0.3).",
+        action="Check the engine's precision and weight sync; turn on importance-sampling correction (TRL `vllm_importance_sampling_correction`, verl `algorithm.rollout_correction`).",
+    ),
+}
 
 
 @dataclass

@@ -9,10 +9,20 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import start_end
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 35
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "truncation": Advice(
+        detects="Most completions cut at the length limit from the start: the reward is read on unfinished answers.",
+        healthy="Most completions end with EOS before the limit.",
+        broken="The median share cut ≥ `truncation_warning` and that high in the start window too (critical at ≥ 0.8); a mid-run fall of the EOS rate is length_drift's.",
+        action="Raise the length limit, mask or penalise cut completions (TRL `mask_truncated_completions`, overlong filtering).",
+    ),
+}
 
 
 @dataclass

@@ -6,10 +6,20 @@ from dataclasses import dataclass
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import window_len, start_end, onset_step
-from policyshift.analysis.findings import Finding
+from policyshift.analysis.findings import Advice, Finding
 from policyshift.analysis.runlog import metric_series
 
 ORDER = 80
+
+# What each detector here tells its reader (the detectors reference page and the report's findings panel read it).
+ADVICE = {
+    "zero_spread": Advice(
+        detects="Group runs (GRPO, RLOO) in which ever more groups have all-equal rewards: under a group baseline such a group's advantages are 0, so the batch learns from ever fewer prompts.",
+        healthy="A small, steady share of flat groups.",
+        broken="End-window share of flat groups ≥ 0.5 and ≥ 0.2 above its start (critical at ≥ 0.9).",
+        action="Harder (or easier) prompts, more samples per prompt, a higher temperature, or drop flat groups and refill the batch.",
+    ),
+}
 
 
 @dataclass

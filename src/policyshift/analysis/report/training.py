@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from policyshift import keys as K
-from policyshift.analysis.detectors import DetectorThresholds
+from policyshift.analysis.detectors import DetectorThresholds, advice_for
 from policyshift.analysis.findings import Finding
 from policyshift.analysis.gao import MIN_FIT_POINTS, fit_reward_vs_kl, gao_curve
 from policyshift.analysis.ingest import COMPLETION_LOGS
@@ -290,9 +290,12 @@ def panel_findings(findings: list[Finding], run: RunData, thresholds: DetectorTh
     rows = []
     for f in findings:
         evidence = esc(json.dumps(jsonable(f.evidence), indent=1, ensure_ascii=False))
+        advice = advice_for(f.detector)  # the detector's own ADVICE: the text the detectors reference page shows
+        todo = (f"<details class='advice'><summary>what to do</summary><p>{esc(advice.action)}</p>"
+                f"<p><b>What it detects:</b> {esc(advice.detects)} <b>Healthy:</b> {esc(advice.healthy)}</p></details>") if advice else ""
         rows.append(
             f"<tr class='finding sev-row-{esc(f.severity)}'><td class='sev sev-{esc(f.severity)}'>{esc(f.severity)}</td>"
-            f"<td>{esc(f.detector)}</td><td class='num'>{f.step}</td><td>{esc(f.message)}"
+            f"<td>{esc(f.detector)}</td><td class='num'>{f.step}</td><td>{esc(f.message)}{todo}"
             f"<details><summary>evidence</summary><pre class='evidence'>{evidence}</pre></details></td></tr>"
         )
     if not rows:
@@ -302,7 +305,8 @@ def panel_findings(findings: list[Finding], run: RunData, thresholds: DetectorTh
     table = "<table><thead><tr><th>severity</th><th>detector</th><th>step</th><th>finding</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     settings = esc(json.dumps(jsonable(vars(thresholds)), indent=1))
     body = table + f"<details><summary>thresholds used</summary><pre class='evidence'>{settings}</pre></details>"
-    caption = "Recomputed from the logs each time the report is built, worst first. docs/guides/report.md (\"Findings: rules and what to do\") gives each rule and what to do."
+    caption = ("Recomputed from the logs each time the report is built, worst first. \"what to do\" is the detector's own advice; "
+               "docs/reference/detectors.md lists every detector with its thresholds and advice.")
     return panel_html(number("findings"), "Findings", body, caption)
 
 
