@@ -289,3 +289,56 @@ def test_zero_spread_rising_fires_and_a_critic_free_run_is_not_unstable():
     # flat from the start (a task too hard or too easy from step 1) is not a rise; a healthy share is silent
     assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.7), []) == []
     assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.1 * p), []) == []
+
+
+# ---------------------------------------------------------------- the registry (analysis.detectors)
+
+
+def test_registry_composes_each_familys_thresholds_into_one_object():
+    import dataclasses
+
+    from policyshift.analysis.detectors import DETECTORS, FAMILIES, common
+
+    assert list(DETECTORS) == ["kl_negative", "kl_flat", "kl_runaway", "reward_hacking", "length_drift", "repetition_rise",
+                               "entropy_collapse", "mode_collapse", "ppo_instability", "zero_spread", "new_phrase", "probe_change"]
+    names = [f.name for f in dataclasses.fields(DetectorThresholds)]
+    owned = [f.name for m in (common, *FAMILIES) for f in dataclasses.fields(m.Thresholds)]
+    assert names == owned and len(set(names)) == len(names)
+    t = DetectorThresholds()
+    assert (t.min_steps, t.kl_budget, t.new_phrase_min_z, t.probe_directions) == (8, 10.0, 3.0, {})
+    # the config keys users set keep working; overrides win over the config
+    assert DetectorThresholds.from_config({"analysis": {"kl_budget": 4}}).kl_budget == 4.0
+    assert DetectorThresholds.from_config({"analysis": {"kl_budget": 0}}).kl_budget == 10.0
+    assert DetectorThresholds.from_config({"analysis": {"kl_budget": 4}}, kl_budget=2.0, min_steps=4).kl_budget == 2.0
+
+
+def test_one_severity_order():
+    from policyshift.analysis.findings import SEVERITIES, at_least
+
+    assert SEVERITIES == ("critical", "warning", "info")
+    assert at_least("critical", "warning") and at_least("warning", "warning") and not at_least("info", "warning")
+    assert not at_least("warning", "critical")
+    found = sort_findings([Finding("b", "info", 1, "", {}), Finding("a", "warning", 5, "", {}), Finding("c", "critical", 9, "", {})])
+    assert [f.severity for f in found] == ["critical", "warning", "info"]
+
+
+def test_live_reference_row_is_the_offline_step_0():
+    """The trainer's history starts at step 1 and gives the reference's probe scores as `reference`: the same
+    findings as the offline history that holds the step-0 row."""
+    ref = {"step": 0, "probe/ifeval": 0.6, "probe/ifeval_se": 0.02}
+    training = [{"step": s, "reward/score_mean": 0.0} for s in range(1, 11)]
+    training[-1].update({"probe/ifeval": 0.4, "probe/ifeval_se": 0.03})
+    live = run_detectors(training, [], reference=ref)
+    assert [f.detector for f in live] == ["probe_change"]
+    assert live == run_detectors([ref, *training], [])
+    assert run_detectors(training, []) == []  # without the reference there is nothing to compare with
+
+
+def test_new_phrase_thresholds_are_the_familys_own():
+    from policyshift.analysis.detectors.new_phrase import detect_new_phrases
+
+    ref = [{"step": 0, "model": "reference", "prompt_id": i, "response": f"word{i} here"} for i in range(10)]
+    pol = [{"step": 5, "model": "policy", "prompt_id": i, "response": f"word{i} here truly amazing"} for i in range(10)]
+    assert detect_new_phrases([], ref + pol, DetectorThresholds()) == []  # z ≈ 1.7 on 10 responses: below the default 3
+    assert [f.detector for f in detect_new_phrases([], ref + pol, DetectorThresholds(new_phrase_min_z=1.5))] == ["new_phrase"]
+    assert detect_new_phrases([], ref + pol, DetectorThresholds(new_phrase_min_z=1.5, new_phrase_min_responses=11)) == []

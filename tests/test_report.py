@@ -172,3 +172,28 @@ def test_read_jsonl_skips_unparseable_lines(tmp_path, bad_line):
     path.write_text('{"step": 1, "x": NaN}\n' + bad_line)
     rows = read_jsonl(path)
     assert len(rows) == 1 and math.isnan(rows[0]["x"])
+
+
+# ---------------------------------------------------------------- PANELS: numbers, nav, references from one list
+
+
+def test_panel_numbers_nav_and_references_come_from_panels(tmp_path):
+    import re
+
+    from policyshift.analysis.report import render_report
+    from policyshift.analysis.report.panels import PANELS, RENDERERS, number, ref
+    from policyshift.analysis.runlog import RunData
+
+    assert [p.key for p in PANELS] == list(dict.fromkeys(p.key for p in PANELS))  # each key once
+    assert set(RENDERERS) == {p.key for p in PANELS}  # every panel renders, no renderer without a place
+    assert (number("kl"), number("samples"), number("phrases")) == (1, 7, 11) and ref("samples") == "panel 7"
+    # a run whose config says logs were imported but whose import mapped nothing: the imported-logs panel is
+    # empty, so it is neither on the page nor in the nav (no dead link); the completions panel says how to fill it
+    run = RunData(tmp_path, config={"analysis": {"imported": [{"kind": "trl scalars", "mapped": {}, "shown": [], "unknown": []}]}},
+                  history=[{"step": 1, "reward/score_mean": 0.1}])
+    page = render_report(run)
+    sections = re.findall(r'<section class="panel" id="panel-(\d+)"><h2>(\d+)\. ', page)
+    assert all(a == b for a, b in sections)
+    links = re.findall(r'<a href="#panel-(\d+)">', page.split("</nav>")[0])
+    assert links == [a for a, _ in sections]  # the nav lists exactly the panels on the page, in order
+    assert "8" not in links and "9" in links

@@ -241,6 +241,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from policyshift.analysis.ingest import CHECKPOINT_TRAINERS, LOGS_HELP  # the importers' registry names what analyze reads
+
     parser = OneLineParser(prog="policyshift", description="PPO-RLHF with a KL penalty, and an analysis of how the policy shifts.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="PPO against a reward with a KL penalty to the reference",
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--fail-on", choices=["warning", "critical"], help="exit 3 when a finding this severe (or worse) stands")
     report.set_defaults(func=cmd_report)
-    analyze = sub.add_parser("analyze", help="the policy-shift analysis of any trainer's checkpoints (TRL, verl, OpenRLHF, HF directories)",
+    analyze = sub.add_parser("analyze", help=f"the policy-shift analysis of any trainer's checkpoints ({CHECKPOINT_TRAINERS})",
                              description="Sample fixed prompts from the reference and each checkpoint, score them with the reference "
                                          "(per-token KL), the reward and gold; write a run directory with report.html.")
     analyze.add_argument("paths", nargs="+", metavar="PATH", help="run directories (checkpoints found by trainer convention) or model directories")
@@ -268,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     gold = analyze.add_mutually_exclusive_group()
     gold.add_argument("--gold-reward", dest="gold_reward_model", help="gold reward model (measured, for proxy-vs-gold divergence)")
     gold.add_argument("--gold-reward-function", help="gold reward as module:function or file.py:function")
-    analyze.add_argument("--logs", nargs="+", metavar="LOG", help="other trainers' logs to import: trainer_state.json, verl JSONL, "
-                         "TensorBoard event dirs, TRL completions/ parquet, verl rollout dump dirs")
+    analyze.add_argument("--logs", nargs="+", metavar="LOG", help=f"other trainers' logs to import: {LOGS_HELP}")
     analyze.add_argument("--score-completions", action="store_true", help="colour imported completions logged at a checkpoint's step "
                          "by log π_checkpoint/π_ref (one forward pass of each model per completion)")
     analyze.add_argument("--label", action="append", help="one per PATH: each PATH is its own run (OUT/LABEL/), shown side by side in OUT/report.html")

@@ -20,23 +20,13 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-
-class OneLineError(ValueError):
-    """A user error whose message is one line: the CLI prints it as is. Keys, values, file contents
-    and exception texts from user code are echoed back and may hold newlines; they are joined."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).splitlines()))
+from policyshift.errors import ConfigError, OneLineError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters (with "...") for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class ConfigError(OneLineError):
-    """A bad configuration; the message is one line that names the field and the problem."""
 
 
 @dataclass

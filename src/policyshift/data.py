@@ -9,12 +9,7 @@ from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 from policyshift.chat import CHAT_FIELD, check_messages, render_chat
-from policyshift.config import OneLineError
-
-
-class DataError(OneLineError):
-    """A bad prompt source; the message is one line naming the file, line and problem (field names and
-    parser messages come from the user's file and may hold newlines)."""
+from policyshift.errors import DataError  # noqa: F401 (defined in errors.py; old import path)
 
 
 OUR_FORMATS = (".jsonl", ".json", ".txt")  # parsed here, for line-numbered errors

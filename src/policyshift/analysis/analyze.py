@@ -112,27 +112,26 @@ def load_checkpoint_policy(ckpt: Checkpoint, ref_vocab_rows: int):
 def check_same_run(imported, checkpoints: list[Checkpoint], logs: list[str]) -> None:
     """Logs and checkpoints of two different runs given together: one line (DiscoveryError).
 
-    An HF Trainer checkpoint's trainer_state.json holds the log up to its step; an imported log that
+    A checkpoint may carry its trainer's log up to its step (each importer's `checkpoint_log`: an HF Trainer
+    checkpoint's trainer_state.json); an imported log that
     disagrees with it at a shared step (same key, different value) is another run's. Any log whose last
     step comes before every checkpoint cannot describe those checkpoints either."""
-    import json
-
-    from policyshift.analysis.ingest_map import RAW_PREFIXES
+    from policyshift.analysis.ingest import IMPORTERS, RAW_PREFIXES
 
     logged = {step: row for step, row in imported.history.items() if any(k.startswith(RAW_PREFIXES) for k in row)}
     for ckpt in checkpoints:
-        state_file = ckpt.path / "trainer_state.json"
-        try:
-            entries = json.loads(state_file.read_text()).get("log_history") or [] if state_file.is_file() else []
-        except (OSError, ValueError, AttributeError):
-            continue
-        for entry in entries:
-            row = logged.get(entry.get("step")) if isinstance(entry, dict) else None
-            for key, value in (entry.items() if row else ()):
-                mine = row.get(f"trl/{key}")
-                if key != "step" and isinstance(value, (int, float)) and isinstance(mine, (int, float)) and abs(mine - value) > 1e-6 * max(1.0, abs(value)):
-                    raise DiscoveryError(f"--logs {' '.join(logs)} and {ckpt.path} are from different runs: at step {entry['step']} "
-                                         f"{key} is {mine:g} in the logs and {value:g} in {state_file}")
+        for importer in IMPORTERS:
+            found = importer.checkpoint_log(ckpt.path) if importer.checkpoint_log is not None else None
+            if found is None:
+                continue
+            state_file, entries = found
+            for entry in entries:
+                row = logged.get(entry.get("step")) if isinstance(entry, dict) else None
+                for key, value in (entry.items() if row else ()):
+                    mine = row.get(f"{importer.name}/{key}")
+                    if key != "step" and isinstance(value, (int, float)) and isinstance(mine, (int, float)) and abs(mine - value) > 1e-6 * max(1.0, abs(value)):
+                        raise DiscoveryError(f"--logs {' '.join(logs)} and {ckpt.path} are from different runs: at step {entry['step']} "
+                                             f"{key} is {mine:g} in the logs and {value:g} in {state_file}")
     if logged and checkpoints and max(logged) < checkpoints[0].step:
         raise DiscoveryError(f"--logs {' '.join(logs)} end at step {max(logged)}, before the first checkpoint (step {checkpoints[0].step}, "
                              f"{checkpoints[0].path}): logs and checkpoints of different runs?")

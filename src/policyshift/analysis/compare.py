@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from policyshift.analysis.report import _esc, render_sample_columns, standalone_page
+from policyshift.analysis.report.kit import esc, render_sample_columns, standalone_page
 from policyshift.checks import fit_prompt_budget, model_context
 from policyshift.config import RolloutConfig
 from policyshift.data import load_prompt_rows
@@ -122,7 +122,7 @@ def render_compare(result: dict) -> str:
     probes = result.get("probes") or {}
     if probes:
         reward_html += ("<h3>Probe suites</h3><table><tr><th>suite</th><th>A (mean ± s.e.)</th><th>B (mean ± s.e.)</th><th>better</th></tr>"
-                        + "".join(f"<tr><td>{_esc(n)}</td><td>{p['a_mean']:.4f} ± {p['a_se']:.4f}</td><td>{p['b_mean']:.4f} ± {p['b_se']:.4f}</td>"
+                        + "".join(f"<tr><td>{esc(n)}</td><td>{p['a_mean']:.4f} ± {p['a_se']:.4f}</td><td>{p['b_mean']:.4f} ± {p['b_se']:.4f}</td>"
                                   f"<td>{'higher' if p['higher_is_better'] else 'lower'}</td></tr>" for n, p in probes.items()) + "</table>")
     columns = "".join(
         render_sample_columns(s["prompt"], [
@@ -132,8 +132,8 @@ def render_compare(result: dict) -> str:
              "gold_score": None, "seq_kl": s["b"]["seq_log_ratio_b_over_a"], "length": s["b"]["length"]}])
         for s in result["samples"])
     body = (
-        f"<header><h1>policyshift compare</h1><p>A = <code>{_esc(result['a'])}</code>, B = <code>{_esc(result['b'])}</code>, "
-        f"{result['n_prompts']} prompts from <code>{_esc(result['prompts'])}</code>, T = {result['temperature']}</p></header>"
+        f"<header><h1>policyshift compare</h1><p>A = <code>{esc(result['a'])}</code>, B = <code>{esc(result['b'])}</code>, "
+        f"{result['n_prompts']} prompts from <code>{esc(result['prompts'])}</code>, T = {result['temperature']}</p></header>"
         f'<section class="panel" id="compare-kl"><h2>KL between the checkpoints</h2><table><tr><th>estimator</th>'
         f"<th>KL(B‖A) per token</th><th>KL(B‖A) per sequence</th><th>KL(A‖B) per sequence</th></tr>{rows}</table>{reward_html}</section>"
         f'<section class="panel" id="compare-samples"><h2>Samples</h2><p>Tokens coloured by log π_B/π_A: red = B favours the token '

@@ -19,15 +19,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from policyshift.data import DataError
+from policyshift.analysis.ingest import IMPORTERS
+from policyshift.analysis.ingest.hf import ADAPTER_FILE, WEIGHT_FILES, is_adapter_dir, is_model_dir  # noqa: F401 (re-exported)
+from policyshift.errors import DataError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-ADAPTER_FILE = "adapter_config.json"
-# a path component that carries the step: checkpoint-N (HF/TRL), step-N (policyshift), global_step_N (verl),
-# global_stepN[_hf] (OpenRLHF / DeepSpeed), step_N
-STEP_NAME = re.compile(r"^(?:checkpoint|step|global_step|global-step|iter|iteration)[-_]?(\d+)(?:_hf)?$")
-FSDP_SHARD = re.compile(r"^model_world_size_\d+_rank_\d+\.pt$")  # verl's per-rank FSDP state
-DEEPSPEED_SHARD = re.compile(r"^(mp_rank_\d+_model_states|zero_pp_rank_\d+_mp_rank_\d+_(optim|model)_states)\.pt$")  # OpenRLHF --ckpt_path, HF+DeepSpeed
+
+def _step_name() -> re.Pattern:
+    prefixes = list(dict.fromkeys(p for i in IMPORTERS for p in i.step_prefixes))
+    suffixes = list(dict.fromkeys(s for i in IMPORTERS for s in i.step_suffixes))
+    tail = f"(?:{'|'.join(map(re.escape, suffixes))})?" if suffixes else ""
+    return re.compile(rf"^(?:{'|'.join(map(re.escape, prefixes))})[-_]?(\d+){tail}$")
+
+
+# a path component that carries the step, from every importer's step_prefixes: checkpoint-N (HF/TRL), step-N (policyshift),
+# global_step_N (verl), global_stepN[_hf] (OpenRLHF / DeepSpeed), iter-N ...
+STEP_NAME = _step_name()
+LAYOUTS = tuple(layout for i in IMPORTERS for layout in i.checkpoints)
+SHARDS = tuple(shard for i in IMPORTERS for shard in i.shards)
 MAX_DEPTH = 4  # RUN/global_step_N/actor/huggingface is the deepest layout read
 
 
@@ -35,9 +43,13 @@ class DiscoveryError(DataError):
     """A path that holds no checkpoint policyshift can load; one line naming it and what was expected."""
 
 
+def _run_layouts() -> str:
+    phrases = [layout.expected for layout in LAYOUTS if layout.expected]
+    return ", ".join(phrases[:-1]) + " or " + phrases[-1]
+
+
 EXPECTED = ("an HF model directory (config.json + model.safetensors/pytorch_model.bin, or a LoRA adapter_config.json), "
-            "or a run directory with checkpoint-N/ (HF Trainer, TRL), global_step_N/actor/huggingface/ (verl), "
-            "global_stepN_hf/ (OpenRLHF) or checkpoints/step-N/policy/ (policyshift)")
+            f"or a run directory with {_run_layouts()}")
 
 
 @dataclass(frozen=True)
@@ -45,15 +57,6 @@ class Checkpoint:
     path: Path
     step: int | None  # None: no step in its name or trainer state (the caller numbers it)
     layout: str  # which convention found it, shown in the report
-
-
-def is_adapter_dir(path: Path) -> bool:
-    return (path / ADAPTER_FILE).is_file()
-
-
-def is_model_dir(path: Path) -> bool:
-    """A directory from_pretrained loads as a model (weights present) or a LoRA adapter."""
-    return is_adapter_dir(path) or ((path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES))
 
 
 def _is_classifier(path: Path) -> bool:
@@ -65,12 +68,13 @@ def _is_classifier(path: Path) -> bool:
 
 
 def _state_step(path: Path) -> int | None:
-    """global_step of an HF Trainer trainer_state.json in `path`, if any."""
-    try:
-        step = json.loads((path / "trainer_state.json").read_text()).get("global_step")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+    """The step a model directory's own files record (an HF Trainer trainer_state.json's global_step), if any."""
+    for importer in IMPORTERS:
+        if importer.checkpoint_step is not None:
+            step = importer.checkpoint_step(path)
+            if step is not None:
+                return step
+    return None
 
 
 def step_from_path(path: Path, root: Path | None = None) -> int | None:
@@ -90,15 +94,9 @@ def _layout(path: Path) -> str:
 
 
 def _layout_of(path: Path) -> str:
-    parts = path.parts
-    if path.name == "policy" and len(parts) > 2 and parts[-3] == "checkpoints":
-        return "policyshift checkpoint"
-    if path.name == "huggingface":
-        return "verl HF export"
-    if path.name.startswith("checkpoint-"):
-        return "HF Trainer / TRL checkpoint"
-    if path.name.startswith("global_step") and path.name.endswith("_hf"):
-        return "OpenRLHF HF checkpoint"
+    layout = next((layout for layout in LAYOUTS if layout.matches(path)), None)
+    if layout is not None:
+        return layout.label
     return "LoRA adapter" if is_adapter_dir(path) else "HF model directory"
 
 
@@ -125,12 +123,10 @@ def _unmerged_shards(root: Path) -> list[str]:
             names = [f.name for f in directory.iterdir()]
         except OSError:
             continue
-        if any(FSDP_SHARD.match(n) for n in names) and not is_model_dir(directory / "huggingface"):
-            notes.append(f"{directory}: verl FSDP shards, not an HF model; merge them first: "
-                         f"python -m verl.model_merger merge --backend fsdp --local_dir {directory} --target_dir {directory}/huggingface")
-        elif any(DEEPSPEED_SHARD.match(n) for n in names) and not is_model_dir(directory):
-            notes.append(f"{directory}: DeepSpeed shards, not an HF model; save HF weights (OpenRLHF --save_hf_ckpt) "
-                         f"or convert with DeepSpeed's zero_to_fp32.py first")
+        for shard in SHARDS:
+            if any(shard.pattern(n) for n in names) and not shard.merged(directory):
+                notes.append(shard.note(directory))
+                break
     return notes
 
 
@@ -149,8 +145,8 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
     for directory in _walk(root):
         if is_model_dir(directory) and not _is_classifier(directory):
             step = step_from_path(directory, root)
-            if directory.name == "final" and step is None:
-                step = _policyshift_last_step(root)
+            if step is None:
+                step = _unnamed_step(root, directory)
             if step is None:
                 notes.append(f"{directory}: a model with no step in its name or trainer_state.json; skipped (pass it as its own PATH)")
                 continue
@@ -177,11 +173,11 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
     return [by_step[s] for s in sorted(by_step)], notes
 
 
-def _policyshift_last_step(run_dir: Path) -> int | None:
-    """The last step a policyshift run logged (its final/ model's step)."""
-    from policyshift.analysis.runlog import load_run
-
-    if not (run_dir / "config.yaml").is_file():
-        return None
-    run = load_run(run_dir)
-    return run.last_step or None
+def _unnamed_step(root: Path, directory: Path) -> int | None:
+    """The step of a checkpoint whose name carries none, by the importer whose convention it is (policyshift's final/)."""
+    for importer in IMPORTERS:
+        if importer.unnamed_step is not None:
+            step = importer.unnamed_step(root, directory)
+            if step is not None:
+                return step
+    return None

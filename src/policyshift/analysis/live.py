@@ -4,12 +4,10 @@ optional clean stop)."""
 
 from __future__ import annotations
 
-from policyshift.analysis.detectors import DetectorThresholds, run_detectors, sort_findings
-from policyshift.analysis.probe_verdict import detect_probe_change
+from policyshift.analysis.detectors import DetectorThresholds, run_detectors
+from policyshift.analysis.findings import at_least
 from policyshift.analysis.probe import sample_fixed_prompts
 from policyshift.models import PolicyAndCritic
-
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 class LiveAnalysis:
@@ -77,9 +75,9 @@ class LiveAnalysis:
         """Returns a reason to stop (a finding at or above analysis.stop_on), else None."""
         if evaluate:
             self.evaluate(step)
-        findings = run_detectors(self.trainer.history, self.samples, self.thresholds, distributions=self.trainer.distributions)
-        if self.reference_probes:  # run_detectors' history has no step 0: the probe scores against the reference's
-            findings = sort_findings(findings + detect_probe_change([self.reference_probes, *self.trainer.history], [], self.thresholds))
+        # the history has no step 0: the probe_change detector reads the reference's probe scores from `reference`
+        findings = run_detectors(self.trainer.history, self.samples, self.thresholds, distributions=self.trainer.distributions,
+                                 reference=self.reference_probes or None)
         new = [f for f in findings if (f.detector, f.severity) not in self.reported and f.severity != "info"]
         for f in new:
             self.reported.add((f.detector, f.severity))
@@ -89,7 +87,7 @@ class LiveAnalysis:
             self.trainer.sink.log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
         stop_on = self.trainer.cfg.analysis.stop_on
         if stop_on != "none":
-            worst = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[stop_on]]
+            worst = [f for f in findings if at_least(f.severity, stop_on)]
             if worst:
                 return f"{worst[0].detector}: {worst[0].message}"
         return None

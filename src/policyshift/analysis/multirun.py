@@ -14,8 +14,8 @@ from pathlib import Path
 
 from policyshift import keys as K
 from policyshift.analysis.probe import FIXED_PREFIX
-from policyshift.analysis.report import (REPORT_FILE, _axis, _esc, _figure, _line, _panel, _no_data, render_sample_columns, run_findings,
-                                         standalone_page, _column)
+from policyshift.analysis.report.inputs import run_findings
+from policyshift.analysis.report.kit import REPORT_FILE, add_figure, axis, esc, line_trace, no_data, panel_html, render_sample_columns, sample_column, standalone_page
 from policyshift.analysis.runlog import config_get, load_run, metric_series
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
@@ -26,23 +26,23 @@ def _overlay(runs: dict, figures: dict, fig_id: str, key: str, y_title: str) -> 
     for i, (label, run) in enumerate(runs.items()):
         steps, values = metric_series(run.history, FIXED_PREFIX + key)
         if len(values):
-            traces.append(_line(steps, values, label, mode="lines+markers", line={"color": _COLORS[i % len(_COLORS)]}))
+            traces.append(line_trace(steps, values, label, mode="lines+markers", line={"color": _COLORS[i % len(_COLORS)]}))
     if not traces:
-        return _no_data(f"no {FIXED_PREFIX}{key} in any run")
-    return _figure(figures, fig_id, traces, {"xaxis": _axis("step"), "yaxis": _axis(y_title)})
+        return no_data(f"no {FIXED_PREFIX}{key} in any run")
+    return add_figure(figures, fig_id, traces, {"xaxis": axis("step"), "yaxis": axis(y_title)})
 
 
 def render_comparison(out: Path, name: str) -> str:
     labels = config_get(load_run(out).config, "analysis.runs") or []
     runs = {label: load_run(out / label) for label in labels}
     figures: dict[str, dict] = {}
-    links = " · ".join(f'<a href="{_esc(label)}/{REPORT_FILE}">{_esc(label)}</a>' for label in labels)
-    header = (f"<header><h1>policyshift · {_esc(name)}</h1><div class=\"meta\"><span>{len(runs)} runs, one reference "
-              f"<code>{_esc(config_get(load_run(out).config, 'analysis.reference', ''))}</code>, the same fixed prompts and seed</span>"
+    links = " · ".join(f'<a href="{esc(label)}/{REPORT_FILE}">{esc(label)}</a>' for label in labels)
+    header = (f"<header><h1>policyshift · {esc(name)}</h1><div class=\"meta\"><span>{len(runs)} runs, one reference "
+              f"<code>{esc(config_get(load_run(out).config, 'analysis.reference', ''))}</code>, the same fixed prompts and seed</span>"
               f"<span>each run's own report: {links}</span></div></header>")
-    kl = _panel(1, "KL to the reference (fixed prompts)", _overlay(runs, figures, "fig-kl", K.KL_EXACT_SEQ_MEAN, "exact KL (nats / sequence)"),
+    kl = panel_html(1, "KL to the reference (fixed prompts)", _overlay(runs, figures, "fig-kl", K.KL_EXACT_SEQ_MEAN, "exact KL (nats / sequence)"),
                 "Exact full-vocabulary KL(π‖π_ref) summed over each response, mean over the fixed prompts, at each checkpoint.")
-    reward = _panel(2, "Reward (fixed prompts)", _overlay(runs, figures, "fig-reward", K.SCORE_MEAN, "reward (mean)")
+    reward = panel_html(2, "Reward (fixed prompts)", _overlay(runs, figures, "fig-reward", K.SCORE_MEAN, "reward (mean)")
                     + _overlay(runs, figures, "fig-gold", K.GOLD_MEAN, "gold reward (mean)"),
                     "Proxy reward (and gold when given) of the fixed prompts' samples at each checkpoint.")
     traces = []
@@ -53,31 +53,31 @@ def render_comparison(out: Path, name: str) -> str:
             d = [math.sqrt(max(k, 0.0)) for k, _ in pairs]
             traces.append({"type": "scatter", "mode": "lines+markers", "x": d, "y": [r for _, r in pairs], "name": label,
                            "marker": {"color": _COLORS[i % len(_COLORS)]}})
-    gao = _panel(3, "Reward vs √KL", _figure(figures, "fig-gao", traces, {"xaxis": _axis("d = √(sequence KL)"), "yaxis": _axis("reward"),
-                                                                          "hovermode": "closest"}) if traces else _no_data("needs a reward"),
+    gao = panel_html(3, "Reward vs √KL", add_figure(figures, "fig-gao", traces, {"xaxis": axis("d = √(sequence KL)"), "yaxis": axis("reward"),
+                                                                          "hovermode": "closest"}) if traces else no_data("needs a reward"),
                  "Each run's checkpoints in d = √KL: at equal KL, the run higher up bought more reward with its divergence.")
     rows = []
     for label, run in runs.items():
         findings = run_findings(run)[0]
-        rows += [f"<tr class='finding sev-row-{_esc(f.severity)}'><td>{_esc(label)}</td><td class='sev sev-{_esc(f.severity)}'>{_esc(f.severity)}</td>"
-                 f"<td>{_esc(f.detector)}</td><td class='num'>{f.step}</td><td>{_esc(f.message)}</td></tr>" for f in findings]
+        rows += [f"<tr class='finding sev-row-{esc(f.severity)}'><td>{esc(label)}</td><td class='sev sev-{esc(f.severity)}'>{esc(f.severity)}</td>"
+                 f"<td>{esc(f.detector)}</td><td class='num'>{f.step}</td><td>{esc(f.message)}</td></tr>" for f in findings]
         if not findings:
-            rows.append(f"<tr class='no-findings'><td>{_esc(label)}</td><td colspan='4'>no finding</td></tr>")
-    findings = _panel(4, "Findings", "<table><thead><tr><th>run</th><th>severity</th><th>detector</th><th>step</th><th>finding</th></tr></thead>"
+            rows.append(f"<tr class='no-findings'><td>{esc(label)}</td><td colspan='4'>no finding</td></tr>")
+    findings = panel_html(4, "Findings", "<table><thead><tr><th>run</th><th>severity</th><th>detector</th><th>step</th><th>finding</th></tr></thead>"
                       f"<tbody>{''.join(rows)}</tbody></table>")
     blocks = []
     first = next(iter(runs.values()), None)
     reference = [r for r in (first.samples if first else []) if r.get("model") == "reference"]
     for i, ref_row in enumerate(sorted(reference, key=lambda r: r.get("prompt_id", 0))):
-        columns = [_column(ref_row)]
+        columns = [sample_column(ref_row)]
         for label, run in runs.items():
             mine = [r for r in run.samples if r.get("model") != "reference" and r.get("prompt_id") == ref_row.get("prompt_id")]
             if mine:
                 last = max(mine, key=lambda r: r.get("step", 0))
-                columns.append({**_column(last), "label": f"{label} step {last.get('step')}"})
-        blocks.append(f'<details class="prompt-block"{" open" if i < 3 else ""}><summary>prompt {_esc(ref_row.get("prompt_id"))}</summary>'
+                columns.append({**sample_column(last), "label": f"{label} step {last.get('step')}"})
+        blocks.append(f'<details class="prompt-block"{" open" if i < 3 else ""}><summary>prompt {esc(ref_row.get("prompt_id"))}</summary>'
                       + render_sample_columns(str(ref_row.get("prompt", "")), columns) + "</details>")
-    samples = _panel(5, "Samples: the reference and each run's latest checkpoint", "".join(blocks) or _no_data("no samples"),
+    samples = panel_html(5, "Samples: the reference and each run's latest checkpoint", "".join(blocks) or no_data("no samples"),
                      "Tokens coloured by log π/π_ref (red = more likely than under the reference).")
     return standalone_page(f"policyshift · {name}", "\n".join([header, kl, reward, gao, findings, samples]), figures)
 

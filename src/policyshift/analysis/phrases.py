@@ -112,29 +112,3 @@ def learned_phrases(samples: list[dict], step: int | None = None, top: int = 10)
             p.example_prompt_id = rows[p.example_index].get("prompt_id") if p.example_index >= 0 else None
     return {"step": step, "n_policy": len(policy), "n_reference": len(reference), "rose": rose, "fell": fell,
             "tokens": favoured_tokens(policy, top)}
-
-
-# new_phrase detector: a phrase the reference (almost) never said is now in a large share of responses
-NEW_PHRASE_MIN_RESPONSES = 8  # per side at the evaluation: fewer cannot tell a habit from chance
-NEW_PHRASE_MAX_REFERENCE_SHARE = 0.05  # "(almost) never": in at most this share of the reference's responses
-NEW_PHRASE_MIN_POLICY_SHARE = 0.5  # ... and now in at least this share of the policy's
-NEW_PHRASE_MIN_Z = 3.0  # and the log-odds z beyond chance
-
-
-def detect_new_phrases(history, samples, t=None, distributions=()) -> list:
-    """Warning `new_phrase` at the latest evaluation (README "Detectors"); one finding naming the top phrases."""
-    from policyshift.analysis.detectors import Finding
-
-    summary = learned_phrases(list(samples or []), top=50)
-    if summary is None or min(summary["n_policy"], summary["n_reference"]) < NEW_PHRASE_MIN_RESPONSES:
-        return []
-    new = [p for p in summary["rose"] if p.share_reference <= NEW_PHRASE_MAX_REFERENCE_SHARE
-           and p.share_policy >= NEW_PHRASE_MIN_POLICY_SHARE and p.z >= NEW_PHRASE_MIN_Z]
-    if not new:
-        return []
-    shown = ", ".join(f"“{p.text}” ({p.share_reference:.0%} → {p.share_policy:.0%} of responses)" for p in new[:3])
-    message = (f"the policy now says {shown} at step {summary['step']}, which the reference (almost) never did; read the "
-               "learned-phrases panel and the samples: a new habit the reward pays for is often an exploit (filler, flattery, a stock phrase).")
-    evidence = {"phrases": [{"text": p.text, "z": p.z, "share_reference": p.share_reference, "share_policy": p.share_policy,
-                             "count_reference": p.count_reference, "count_policy": p.count_policy} for p in new[:10]]}
-    return [Finding("new_phrase", "warning", summary["step"], message, evidence)]

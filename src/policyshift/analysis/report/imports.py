@@ -1,11 +1,13 @@
-"""Report panels of a run made by `policyshift analyze --logs`: how each imported key was read
-(panel 8) and the trainer's own logged completions (panel 9). Empty for any other run."""
+"""The panels of a run made by `policyshift analyze --logs`: how each imported key was read (the importer's
+key table) and the trainer's own logged completions. Left out of any other run."""
 
 from __future__ import annotations
 
 import math
 
-from policyshift.analysis.report import _axis, _esc, _figure, _fmt, _line, _no_data, _panel, _pick_columns, render_tokens
+from policyshift.analysis.ingest import COMPLETION_LOGS, lookup
+from policyshift.analysis.report.kit import add_figure, axis, esc, fmt, line_trace, no_data, panel_html, pick_columns, render_tokens
+from policyshift.analysis.report.panels import number, renders
 from policyshift.analysis.runlog import RunData, as_float, config_get, metric_series
 
 MAX_IMPORTED_FIGURES = 16  # small multiples of imported keys shown as logged; the rest are listed
@@ -20,10 +22,10 @@ def panel_imported(run: RunData, figures: dict) -> str:
     for source in sources:
         prefix = source.get("kind", "").split(" ")[0]
         for key, target in sorted((source.get("mapped") or {}).items()):
-            rows.append(f"<tr><td>{_esc(prefix)}</td><td><code>{_esc(key)}</code></td><td><code>{_esc(target)}</code> (panels, detectors)</td>"
-                        f"<td>{_esc(_meaning(prefix, key))}</td></tr>")
+            rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td><code>{esc(target)}</code> (panels, detectors)</td>"
+                        f"<td>{esc(_meaning(prefix, key))}</td></tr>")
         for key in source.get("shown") or []:
-            rows.append(f"<tr><td>{_esc(prefix)}</td><td><code>{_esc(key)}</code></td><td>shown as logged</td><td>{_esc(_meaning(prefix, key))}</td></tr>")
+            rows.append(f"<tr><td>{esc(prefix)}</td><td><code>{esc(key)}</code></td><td>shown as logged</td><td>{esc(_meaning(prefix, key))}</td></tr>")
             shown_series.append(f"{prefix}/{key}")
         unknown_all += [f"{prefix}/{key}" for key in source.get("unknown") or []]
     if not rows and not unknown_all:
@@ -32,27 +34,25 @@ def panel_imported(run: RunData, figures: dict) -> str:
     for i, key in enumerate((shown_series + unknown_all)[:MAX_IMPORTED_FIGURES]):
         steps, values = metric_series(run.history, key)
         if len(values):
-            cells.append(f'<div class="cell"><h3>{_esc(key)}</h3>' + _figure(
-                figures, f"fig-imported-{i}", [_line(steps, values, key, mode="lines+markers" if len(values) < 10 else "lines")],
-                {"xaxis": _axis("step"), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}}, height=200) + "</div>")
+            cells.append(f'<div class="cell"><h3>{esc(key)}</h3>' + add_figure(
+                figures, f"fig-imported-{i}", [line_trace(steps, values, key, mode="lines+markers" if len(values) < 10 else "lines")],
+                {"xaxis": axis("step"), "showlegend": False, "margin": {"l": 50, "r": 15, "t": 10, "b": 40}}, height=200) + "</div>")
     rest = (shown_series + unknown_all)[MAX_IMPORTED_FIGURES:]
     table = ("<table><thead><tr><th>source</th><th>key</th><th>read as</th><th>meaning</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
-    unknown = (f"<p>Keys not in the mapping table, kept as logged ({len(unknown_all)}): " + ", ".join(f"<code>{_esc(k)}</code>" for k in unknown_all) + "</p>") if unknown_all else ""
-    more = f"<p>Not drawn (kept in metrics.jsonl): {', '.join(f'<code>{_esc(k)}</code>' for k in rest)}</p>" if rest else ""
+    unknown = (f"<p>Keys not in the mapping table, kept as logged ({len(unknown_all)}): " + ", ".join(f"<code>{esc(k)}</code>" for k in unknown_all) + "</p>") if unknown_all else ""
+    more = f"<p>Not drawn (kept in metrics.jsonl): {', '.join(f'<code>{esc(k)}</code>' for k in rest)}</p>" if rest else ""
     caption = ("A logged key feeds a policyshift panel and detector only when it measures the same quantity (unit, estimator, reward); "
                "the rest is drawn as logged. The README's mapping table gives the source of each meaning.")
-    return _panel(8, "Imported training logs", table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
+    return panel_html(number("imported"), "Imported training logs", table + unknown + f'<div class="multiples">{"".join(cells)}</div>' + more, caption)
 
 
 def _completion_cell(row: dict) -> str:
     if row.get("tokens"):
         return f'<div class="tokens">{render_tokens(row["tokens"], row.get("token_log_ratio"))}</div>'
-    return f"<pre>{_esc(row.get('completion', ''))}</pre>"
+    return f"<pre>{esc(row.get('completion', ''))}</pre>"
 
 
 def _meaning(source: str, key: str) -> str:
-    from policyshift.analysis.ingest_map import lookup
-
     m = lookup(source, key)
     return m.meaning if m else "not in the mapping table"
 
@@ -61,18 +61,17 @@ def panel_completions(run: RunData) -> str:
     if not run.completions:
         if not config_get(run.config, "analysis.imported"):
             return ""
-        return _panel(9, "Training completions", _no_data("no logged completions", "import them with --logs (TRL completions/completions_*.parquet, "
-                                                                                  "verl rollout dumps {step}.jsonl)"))
+        return panel_html(number("completions"), "Training completions", no_data("no logged completions", f"import them with --logs ({COMPLETION_LOGS})"))
     by_step: dict[int, list[dict]] = {}
     for row in run.completions:
         by_step.setdefault(int(as_float(row.get("step"))) if math.isfinite(as_float(row.get("step"))) else -1, []).append(row)
-    steps = _pick_columns(sorted(by_step), MAX_COMPLETION_STEPS)
+    steps = pick_columns(sorted(by_step), MAX_COMPLETION_STEPS)
     blocks = []
     for i, step in enumerate(steps):
         rows = by_step[step]
         shown = rows[:MAX_COMPLETIONS_PER_STEP]
-        body = "".join(f"<tr><td><pre>{_esc(r.get('prompt', ''))}</pre></td><td>{_completion_cell(r)}</td>"
-                       f"<td class='num'>{_fmt(r.get('score'))}</td><td class='num'>{_fmt(r.get('advantage'))}</td></tr>" for r in shown)
+        body = "".join(f"<tr><td><pre>{esc(r.get('prompt', ''))}</pre></td><td>{_completion_cell(r)}</td>"
+                       f"<td class='num'>{fmt(r.get('score'))}</td><td class='num'>{fmt(r.get('advantage'))}</td></tr>" for r in shown)
         blocks.append(f'<details class="prompt-block"{" open" if i == len(steps) - 1 else ""}><summary>step {step}: {len(rows)} completions'
                       f'{f" (first {len(shown)} shown)" if len(rows) > len(shown) else ""}</summary><table><thead><tr><th>prompt</th><th>completion</th>'
                       f"<th>score</th><th>advantage</th></tr></thead><tbody>{body}</tbody></table></details>")
@@ -82,8 +81,8 @@ def panel_completions(run: RunData) -> str:
                    ", except at the steps of a checkpoint (analyze --score-completions): there each token is coloured by "
                    "log π_checkpoint/π_ref, re-tokenized with the reference's tokenizer" if coloured else
                    "; analyze --score-completions colours those logged at a checkpoint's step") + ".")
-    return _panel(9, "Training completions", "".join(blocks), caption)
+    return panel_html(number("completions"), "Training completions", "".join(blocks), caption)
 
 
-def imported_panels(run: RunData, figures: dict) -> list[str]:
-    return [panel_imported(run, figures), panel_completions(run)]
+renders("imported")(lambda page: panel_imported(page.run, page.figures))
+renders("completions")(lambda page: panel_completions(page.run))

@@ -1,0 +1,134 @@
+"""KL to the reference: negative (samples not from the scored policy), flat (not learning), runaway (over budget or
+accelerating while reward stagnates)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from policyshift import keys as K
+from policyshift.analysis.detectors.common import fmt, window_len, start_end, first_series, onset_step, fit_slope, reward_scale, proxy_reward_gain
+from policyshift.analysis.findings import Finding
+from policyshift.analysis.runlog import as_float, metric_series, config_get
+
+ORDER = 10
+
+
+@dataclass
+class Thresholds:
+    # -- kl_negative: mean sampled k1 over the last kl_negative_window steps --
+    kl_negative_window: int = 20
+    kl_negative_min_steps: int = 5
+    kl_negative_tol: float = 0.01  # nats/token below zero before it matters (warning)
+    kl_negative_critical: float = 0.1  # nats/token below zero: the penalty now *rewards* drifting
+
+    # -- kl_flat: KL ~0 and reward flat = not learning --
+    kl_flat_min_steps: int = 20  # early flatness is normal; only judge a run that had time to move
+    kl_flat_max: float = 1e-3  # nats/token
+    reward_flat_effect: float = 0.1  # σ; reward gain below this is "flat"
+
+    # -- kl_runaway --
+    kl_budget: float = 10.0  # sequence KL (nats) the run may spend; config analysis.kl_budget overrides
+    kl_budget_critical_factor: float = 3.0  # end KL above budget × this is critical
+    kl_accel_ratio: float = 3.0  # 2nd-half KL slope / 1st-half slope counting as "accelerating"
+    kl_accel_min_rise_frac: float = 0.25  # ... and the 2nd half must add ≥ this × budget nats
+    reward_stagnant_effect: float = 0.1  # σ gained over the 2nd half below this is "stagnating"
+
+
+def from_config(config: dict) -> dict:
+    """The run's `analysis.kl_budget`, when its config sets one (> 0)."""
+    budget = as_float(config_get(config, "analysis.kl_budget"))
+    return {"kl_budget": budget} if math.isfinite(budget) and budget > 0 else {}
+
+
+def detect_kl_negative(history, samples, t, distributions=(), reference=None) -> list[Finding]:
+    # k1 = log π/π_ref sampled from π is unbiased for a non-negative KL: a significantly negative
+    # mean means the samples did not come from the π whose log-probs were scored.
+    steps, k1, key = first_series(history, [K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN])
+    if len(k1) < t.kl_negative_min_steps:
+        return []
+    recent = k1[-t.kl_negative_window :]
+    mean = float(recent.mean())
+    se = float(recent.std(ddof=1) / math.sqrt(len(recent))) if len(recent) > 1 else math.inf
+    t_stat = mean / se if se > 0 else (-math.inf if mean < 0 else 0.0)
+    if not (mean < -t.kl_negative_tol and t_stat < -t.significance_t):
+        return []
+    severity = "critical" if mean < -t.kl_negative_critical else "warning"
+    message = (
+        f"The sampled KL ({key}) averaged {fmt(mean)} nats/token over the last {len(recent)} steps "
+        f"(t = {fmt(t_stat)}), but a true KL is never negative: responses are probably not sampled "
+        f"from the scored policy (top-k/top-p or temperature ≠ 1 at generation, or misaligned log-probs)."
+    )
+    evidence = {"metric": key, "mean": mean, "t_stat": t_stat, "window": len(recent)}
+    _, exact = metric_series(history, K.KL_EXACT_TOKEN_MEAN)
+    if len(exact):
+        evidence["exact_token_mean"] = float(exact[-t.kl_negative_window :].mean())
+    return [Finding("kl_negative", severity, int(steps[-len(recent)]), message, evidence)]
+
+
+def detect_kl_flat(history, samples, t, distributions=(), reference=None) -> list[Finding]:
+    steps, kl, key = first_series(history, [K.KL_EXACT_TOKEN_MEAN, K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN])
+    gain, start, end = proxy_reward_gain(history, t)
+    if len(kl) < t.kl_flat_min_steps or len(steps) < t.kl_flat_min_steps or not math.isfinite(gain):
+        return []
+    _, kl_end = start_end(kl, t)
+    if not (abs(kl_end) < t.kl_flat_max and gain < t.reward_flat_effect):
+        return []
+    message = (
+        f"After {len(kl)} steps the KL to the reference is still {fmt(kl_end)} nats/token ({key}) and "
+        f"reward moved {gain:+.2f}σ ({fmt(start)} → {fmt(end)}): the policy is not learning "
+        f"(β too high, learning rate too low, or no gradient reaching the policy)."
+    )
+    evidence = {"metric": key, "kl_end": kl_end, "reward_gain_sigma": gain, "reward_start": start, "reward_end": end}
+    return [Finding("kl_flat", "warning", int(steps[-1]), message, evidence)]
+
+
+def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> list[Finding]:
+    steps, kl, key = first_series(history, [K.KL_SEQ_MEAN, K.KL_EXACT_SEQ_MEAN])
+    if len(kl) < t.min_steps:
+        return []
+    w = window_len(len(kl), t)
+    _, kl_end = start_end(kl, t)
+    _, reward = metric_series(history, K.SCORE_MEAN)
+    half = len(kl) // 2
+    scale = reward_scale(history, t)
+    # Reward gained over the second half, from a line fit: robust to one noisy end window.
+    recent_gain = math.nan
+    if len(reward) >= t.min_steps:
+        r_steps = np.arange(len(reward), dtype=float)[len(reward) // 2 :]
+        recent_gain = fit_slope(r_steps, reward[len(reward) // 2 :]) * max(np.ptp(r_steps), 1.0) / scale
+    stagnant = not (recent_gain >= t.reward_stagnant_effect)  # NaN (no reward logged) counts as stagnant
+    reward_note = "reward stagnating" if stagnant else "reward still rising"
+    evidence = {"metric": key, "kl_end": kl_end, "kl_budget": t.kl_budget, "reward_gain_2nd_half_sigma": recent_gain}
+
+    if kl_end > t.kl_budget:
+        if kl_end > t.kl_budget * t.kl_budget_critical_factor:
+            severity = "critical"
+        else:
+            severity = "warning" if stagnant else "info"
+        onset = onset_step(steps, kl, lambda v: v > t.kl_budget, w)
+        message = (
+            f"Sequence KL reached {fmt(kl_end)} nats, {kl_end / t.kl_budget:.1f}× the {fmt(t.kl_budget)}-nat budget "
+            f"({reward_note}, {recent_gain:+.2f}σ over the second half): raise β or lower the learning rate, "
+            f"or stop and keep an earlier checkpoint."
+        )
+        return [Finding("kl_runaway", severity, onset, message, evidence)]
+
+    first_slope = fit_slope(steps[:half], kl[:half])
+    second_slope = fit_slope(steps[half:], kl[half:])
+    second_rise = second_slope * float(np.ptp(steps[half:]))
+    accelerating = second_slope > t.kl_accel_ratio * max(first_slope, 1e-12) and second_rise > t.kl_accel_min_rise_frac * t.kl_budget
+    if not (accelerating and stagnant):
+        return []
+    evidence.update({"slope_first_half": first_slope, "slope_second_half": second_slope, "rise_second_half": second_rise})
+    message = (
+        f"Sequence KL is accelerating (slope {fmt(first_slope)} → {fmt(second_slope)} nats/step, +{fmt(second_rise)} nats "
+        f"in the second half, now {fmt(kl_end)}) while reward stagnates ({recent_gain:+.2f}σ): the policy is drifting "
+        f"without gaining reward; raise β or lower the learning rate."
+    )
+    return [Finding("kl_runaway", "warning", int(steps[half]), message, evidence)]
+
+
+DETECTORS = {"kl_negative": detect_kl_negative, "kl_flat": detect_kl_flat, "kl_runaway": detect_kl_runaway}

@@ -1,0 +1,199 @@
+"""What an importer declares (`Importer`), the key-table entry (`KeyMap`) and what reading fills (`Imported`).
+
+An importer describes one trainer's conventions: the log formats it reads (file names it matches,
+what it finds in a directory, how it reads them), the TensorBoard tags that identify its events,
+its scalar key table (unit, estimator, which reward: whether a key means what the policyshift key
+means), and its checkpoint layouts (directory names that carry the step, how the report labels
+them, per-rank shards that must be merged first). The registry (analysis.ingest) builds every
+list, message and lookup from these declarations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from policyshift.errors import DataError
+
+
+class LogImportError(DataError):
+    """A log that cannot be imported; one line naming the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    key: str  # as the source logs it (TensorBoard's "train/" prefix stripped)
+    target: str | None  # policyshift metrics key the panels/detectors read; None: shown as logged only
+    meaning: str  # unit, estimator, which reward — and why it is or is not fed
+    transform: Callable[[float], float] | None = None
+
+    def value(self, x: float) -> float:
+        return self.transform(x) if self.transform else x
+
+
+def one_minus(x: float) -> float:
+    return 1.0 - x
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    """One kind of log file a trainer writes.
+
+    `matches(name)`: a file given by path is this format. `read(path, imported, context)`: read one
+    file (or, for `reads_directory`, the directory holding it) into `imported`. `find(directory, context)`:
+    the files of this format in a run directory, in reading order (None: never searched for, only
+    read when given). `file_phrase`/`dir_phrase`/`help`: how error messages and the CLI help name it.
+    `context` is a dict shared by the formats read from one directory (which importers were read)."""
+
+    matches: Callable[[str], bool]
+    read: Callable[..., None]
+    file_phrase: str | None = None  # in "unknown log file (expected ...)"; None: named by another format's phrase
+    find: Callable[[Path, dict], list[Path]] | None = None
+    read_found: Callable[..., None] | None = None  # reads what `find` returned, when that is not a file `read` takes
+    dir_phrase: str | None = None  # in "no log found (expected ...)"
+    help: str | None = None  # in `analyze --logs` help
+    completions: str | None = None  # logged completions: how the report's hint names them
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Per-rank training shards that are not an HF model: `pattern` matches a file name; `merged(directory)`
+    says whether HF weights exist already; `note(directory)` says how to merge them."""
+
+    pattern: Callable[[str], bool]
+    merged: Callable[[Path], bool]
+    note: Callable[[Path], str]
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """A checkpoint directory convention: `label` names it in the report when `matches(path)`;
+    `expected` is its phrase in discovery's "expected ..." list."""
+
+    label: str
+    matches: Callable[[Path], bool]
+    expected: str | None = None
+
+
+@dataclass(frozen=True)
+class Importer:
+    name: str  # metrics.jsonl prefix of its raw keys (`<name>/<key>`) and imported.sources kind
+    title: str  # how people name the trainer
+    order: int  # registry position: reading order within a directory, TensorBoard recognition, lists
+    formats: tuple[LogFormat, ...] = ()
+    keys: tuple[KeyMap, ...] = ()  # the key table: what each logged key means and which policyshift key it feeds
+    key_pattern: Callable[[str], KeyMap | None] | None = None  # keys known by pattern (e.g. one per reward function)
+    tensorboard_tags: Callable[[set[str]], bool] | None = None  # these TensorBoard scalar keys are this trainer's
+    tensorboard_strip: str | None = None  # tag prefix its TensorBoard writer adds (HF Trainer: "train/")
+    tensorboard_repeats_log: bool = False  # its events repeat a scalar log read from the same directory: skip them
+    checkpoints: tuple[CheckpointLayout, ...] = ()
+    step_prefixes: tuple[str, ...] = ()  # directory names that carry the step: PREFIX[-_]N (checkpoint-N, global_step_N, ...)
+    step_suffixes: tuple[str, ...] = ()  # ... optionally followed by one of these (OpenRLHF's global_stepN_hf)
+    shards: tuple[ShardLayout, ...] = ()
+    checkpoint_log: Callable[[Path], tuple[Path, list] | None] | None = None  # the scalar log a checkpoint carries (same-run check)
+    checkpoint_step: Callable[[Path], int | None] | None = None  # the step a model directory's own files record
+    unnamed_step: Callable[[Path, Path], int | None] | None = None  # (root, directory): step of a checkpoint whose name has none
+    other_trainer: bool = True  # listed among "any trainer's checkpoints" (policyshift's own runs are not)
+    scalars: bool = True  # writes `<name>/<key>` rows into metrics.jsonl
+    by_key: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.by_key.update({m.key: m for m in self.keys})
+
+    def lookup(self, key: str) -> KeyMap | None:
+        found = self.by_key.get(key)
+        if found is None and self.key_pattern is not None:
+            return self.key_pattern(key)
+        return found
+
+
+@dataclass
+class Imported:
+    history: dict[int, dict] = field(default_factory=dict)  # step → metrics.jsonl keys
+    completions: list[dict] = field(default_factory=list)  # completions.jsonl rows
+    sources: list[dict] = field(default_factory=list)  # per file read: kind, path, mapped/shown/unknown keys
+    notes: list[str] = field(default_factory=list)  # lines skipped etc., one line each
+    importers: dict = field(default_factory=dict, repr=False)  # the registry (name → Importer): key tables, TensorBoard tags
+
+    def lookup(self, source: str, key: str) -> KeyMap | None:
+        importer = self.importers.get(source)
+        return importer.lookup(key) if importer is not None else None
+
+    @property
+    def distributions(self) -> list[dict]:
+        """Per-step score lists of the logged completions (what the distribution panel reads)."""
+        by_step: dict[int, dict] = {}
+        for row in self.completions:
+            if isinstance(row.get("score"), (int, float)) and math.isfinite(row["score"]):
+                entry = by_step.setdefault(row["step"], {"step": row["step"], "scores": [], "lengths": []})
+                entry["scores"].append(row["score"])
+                entry["lengths"].append(row.get("length"))
+        for entry in by_step.values():
+            if any(n is None for n in entry["lengths"]):
+                del entry["lengths"]
+        return [by_step[s] for s in sorted(by_step)]
+
+    def describe(self) -> dict:
+        return {"sources": self.sources, "notes": self.notes}
+
+    def add_scalars(self, source: str, path: Path, rows: list[tuple[int, dict]]) -> None:
+        mapped, shown, unknown = {}, set(), set()
+        for step, values in rows:
+            out = self.history.setdefault(step, {})
+            for key, value in values.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                out[f"{source}/{key}"] = value  # every key, as logged
+                m = self.lookup(source, key)
+                if m is None:
+                    unknown.add(key)
+                elif m.target is None:
+                    shown.add(key)
+                else:
+                    out[m.target] = m.value(float(value))
+                    mapped[key] = m.target
+        self.sources.append({"kind": f"{source} scalars", "path": str(path), "steps": len(rows),
+                             "mapped": mapped, "shown": sorted(shown), "unknown": sorted(unknown)})
+
+
+def number_rows(entries) -> list[tuple[int, dict]]:
+    """(step, values) of the entries that carry an integer step."""
+    rows = []
+    for entry in entries:
+        step = entry.get("step") if isinstance(entry, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            rows.append((step, {k: v for k, v in entry.items() if k != "step"}))
+    return rows
+
+
+def jsonl_objects(path: Path, imported: Imported) -> list[dict]:
+    """Objects of a JSONL file; a torn or invalid line is skipped with one note (a log still being written)."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogImportError(f"{path}: cannot read ({exc})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            imported.notes.append(f"{path}:{number}: half-written or invalid JSON line skipped")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def as_text(value) -> str:
+    """A prompt as text: TRL's conversational prompts are lists of {"role", "content"} messages."""
+    if isinstance(value, str):
+        return value
+    try:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in value)
+    except (TypeError, KeyError):
+        return str(value)
