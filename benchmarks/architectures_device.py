@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_archs import ARCHITECTURES, make_arch_model, make_bpe_tokenizer  # noqa: E402
 
 from policyshift.config import RolloutConfig  # noqa: E402
-from policyshift.kl import logprobs_from_logits  # noqa: E402
+from policyshift.kl import gather_tokens, log_softmax_t  # noqa: E402
 from policyshift.models import DTYPES, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer  # noqa: E402
 from policyshift.rewards import ModelReward, score_rollout  # noqa: E402
 from policyshift.rollout import generate_rollout, sample, truncate_after_eos  # noqa: E402
@@ -47,7 +47,7 @@ def check(root: Path, arch: str, dtype: str, device: str) -> dict:
         ids = torch.cat([ro.query_ids[i][ro.query_mask[i].bool()], ro.response_ids[i, :n]])[None]
         with torch.no_grad():
             logits = policy(input_ids=ids).logits[:, -(n + 1) : -1].float()
-        fresh = logprobs_from_logits(logits, ro.response_ids[i : i + 1, :n], 1.0)[0]
+        fresh = gather_tokens(log_softmax_t(logits, 1.0), ro.response_ids[i : i + 1, :n])[0]
         gap = max(gap, (ro.logprobs[i, :n] - fresh).abs().max().item())
     enc = tok(PROMPTS, return_tensors="pt", padding=True).to(device)
     ours, _ = sample(policy, enc["input_ids"], enc["attention_mask"], 12, 1e-7, tok.eos_token_id, stop_at_eos=False,

@@ -11,7 +11,7 @@ import torch
 from tiny_archs import ARCHITECTURES, make_arch_model, make_bpe_tokenizer
 
 from policyshift.config import LoRAConfig, RolloutConfig
-from policyshift.kl import logprobs_from_logits
+from kl_reference import logprobs_from_logits
 from policyshift.models import PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, position_ids_from_mask, response_logits
 from policyshift.rollout import generate_rollout, sample, truncate_after_eos
 

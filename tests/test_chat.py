@@ -11,7 +11,7 @@ from tiny import make_tokenizer
 from policyshift.chat import end_of_turn_ids, render_chat
 from policyshift.config import PPOConfig, RolloutConfig
 from policyshift.data import DataError, load_prompt_rows
-from policyshift.kl import logprobs_from_logits
+from kl_reference import logprobs_from_logits
 from policyshift.models import ModelError, PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, response_logits
 from policyshift.rollout import generate_rollout, truncate_after_eos
 

@@ -302,3 +302,28 @@ def test_arbitrary_yaml_text_gives_a_config_or_a_config_error(tmp_path_factory, 
 def test_yaml_dump_is_plain_and_reloadable(tmp_path):
     PPOConfig().save_yaml(tmp_path / "c.yaml")
     assert set(yaml.safe_load((tmp_path / "c.yaml").read_text())) == set(SECTIONS)
+
+
+# ---- stage commands: overrides typed by the stage's config, not PPOConfig -------------------------
+def test_stage_overrides_keep_string_fields_as_typed():
+    from policyshift.stages.reward_model import RewardModelConfig
+    from policyshift.stages.sft import SFTConfig
+
+    sft = parse_overrides(["--output_dir", "0100", "--model", "yes", "--data=0x10", "--steps", "5", "--device", "null"],
+                          SFTConfig)
+    assert sft == {"output_dir": "0100", "model": "yes", "data": "0x10", "steps": 5, "device": "null"}
+    rm = parse_overrides(["--output_dir", "0100", "--base_model", "on", "--pairs", "007", "--steps", "3"], RewardModelConfig)
+    assert rm == {"output_dir": "0100", "base_model": "on", "pairs": "007", "steps": 3}
+    # the PPO parse is unchanged: its own string fields keep their text, the rest is YAML
+    assert parse_overrides(["--train.output_dir", "0100", "--train.steps", "0100"]) == {"train.output_dir": "0100", "train.steps": 64}
+
+
+def test_sft_command_config_writes_to_the_directory_as_typed():
+    import argparse
+
+    from policyshift.cli import _stage_config
+    from policyshift.stages.sft import SFTConfig
+
+    cfg = _stage_config(SFTConfig, argparse.Namespace(config=None), ["--data", "t.jsonl", "--output_dir", "0100", "--model", "null",
+                                                                      "--steps", "7"])
+    assert (cfg.output_dir, cfg.model, cfg.steps, cfg.data) == ("0100", None, 7, "t.jsonl")

@@ -15,7 +15,7 @@ import torch
 
 from policyshift.config import ConfigError, RolloutConfig
 from policyshift.engines import VLLM_MISSING, HFEngine, VLLMEngine, make_engine
-from policyshift.kl import logprobs_from_logits
+from kl_reference import logprobs_from_logits
 from policyshift.metrics import engine_mismatch_metrics, rollout_metrics
 from policyshift.models import PolicyAndCritic, freeze, load_causal_lm, load_tokenizer, response_logits
 from policyshift.rollout import generate_rollout, sample

@@ -4,20 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from policyshift.kl import (
-    KL_ESTIMATORS,
-    AdaptiveKLController,
-    FixedKLController,
-    adaptive_beta,
-    entropy_from_logits,
-    exact_kl_from_logits,
-    kl_estimate,
-    kl_k1,
-    kl_k2,
-    kl_k3,
-    logprobs_from_logits,
-    make_kl_controller,
-)
+from policyshift.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, adaptive_beta, kl_estimate, kl_k1, kl_k2, kl_k3, make_kl_controller
+from kl_reference import entropy_from_logits, exact_kl_from_logits, logprobs_from_logits
 
 # Two categorical distributions over 5 outcomes, far apart: p is the policy, q the reference.
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
@@ -226,3 +214,37 @@ def test_make_kl_controller():
     assert isinstance(c, AdaptiveKLController) and (c.beta, c.target, c.horizon) == (0.1, TARGET, HORIZON)
     with pytest.raises(ValueError, match="adaptive"):
         make_kl_controller("pid", 0.1, TARGET, HORIZON)
+
+
+# ---- entropy: same values and gradients as p·(log p − 0) with 0·(−inf) = 0 -------------------------
+def _entropy_reference(logp):
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp - torch.zeros_like(logp), torch.zeros_like(logp))).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_entropy_matches_reference_bitwise_with_masked_logits(dtype):
+    from policyshift.kl import entropy_from_logprobs
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 3, 17) * 4).to(dtype)
+    logits[0, 0, 2] = float("-inf")
+    logits[1, 2, :5] = float("-inf")
+    w = torch.randn(2, 3).to(dtype)
+    out = []
+    for fn in (entropy_from_logprobs, _entropy_reference):
+        x = logits.clone().requires_grad_(True)
+        h = fn(torch.log_softmax(x, -1))
+        (h * w).sum().backward()
+        out.append((h.detach(), x.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert torch.isfinite(out[0][0]).all() and torch.isfinite(out[0][1]).all()
+
+
+def test_entropy_and_kl_of_a_one_hot_distribution_are_zero():
+    from policyshift.kl import exact_kl_from_logprobs
+
+    logits = torch.tensor([[0.0, float("-inf"), float("-inf")]])
+    assert entropy_from_logits(logits).item() == 0.0
+    logp = torch.log_softmax(logits, -1)
+    assert exact_kl_from_logprobs(logp, logp).item() == 0.0

@@ -5,7 +5,7 @@ forward and in the backward; the head reproduces the model's own logits (softcap
 import pytest
 import torch
 
-from policyshift.kl import entropy_from_logits, exact_kl_from_logits, logprobs_from_logits
+from kl_reference import entropy_from_logits, exact_kl_from_logits, logprobs_from_logits
 from policyshift.logprobs import (LOGITS_PER_CHUNK, chunk_tokens, output_head, reference_logprobs, response_hidden, scatter_rows,
                                   token_logprobs)
 from policyshift.models import ModelError

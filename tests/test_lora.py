@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from policyshift import PPOConfig, PPOTrainer
 from policyshift.config import ConfigError, LoRAConfig, ModelConfig
-from policyshift.kl import kl_estimate, logprobs_from_logits
+from policyshift.kl import kl_estimate
+from kl_reference import logprobs_from_logits
 from policyshift.lora import AdapterOffReference, apply_lora, load_merged_adapter, merged_state_dict
 from policyshift.models import build_training_models, critic_values, load_causal_lm, load_sequence_classifier, response_logits
 from tiny import assert_same_metrics, rows

@@ -46,3 +46,22 @@ def test_masked_whiten_padding_contents_do_not_matter():
     x = X.clone()
     x[1, 1:] = torch.tensor([NAN, -INF])
     torch.testing.assert_close(masked_whiten(x, MASK), masked_whiten(X, MASK))
+
+
+# ---- masked moments --------------------------------------------------------------------------------
+def test_masked_var_and_whiten_use_the_same_moments():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).float()
+    x_pad = torch.where(mask.bool(), x, torch.full_like(x, float("nan")))  # padding may hold nan
+    real = x[mask.bool()]
+    assert torch.allclose(masked_var(x_pad, mask), real.var(unbiased=True))
+    assert torch.allclose(masked_var(x_pad, mask, unbiased=False), real.var(unbiased=False))
+    w = masked_whiten(x_pad, mask)
+    expected = (real - real.mean()) * torch.rsqrt(real.var(unbiased=True) + 1e-8)
+    assert torch.allclose(w[mask.bool()], expected, atol=1e-6) and (w[~mask.bool()] == 0).all()
+    assert torch.equal(masked_whiten(x_pad, mask, all_sum=lambda t: t), w)
+    assert torch.equal(masked_whiten(x_pad, mask, shift_mean=False),
+                       torch.where(mask.bool(), w + real.mean(), torch.zeros_like(w)))
+    one = torch.tensor([[1.0, 0.0]])
+    assert masked_var(torch.tensor([[3.0, 5.0]]), one).item() == 0.0  # one real token: no Bessel division by 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from policyshift.config import RolloutConfig
-from policyshift.kl import logprobs_from_logits
+from kl_reference import logprobs_from_logits
 from policyshift.models import PolicyAndCritic, freeze, load_causal_lm, load_sequence_classifier, load_tokenizer, response_logits
 from policyshift.rollout import generate_rollout, truncate_after_eos
 
@@ -86,7 +86,7 @@ def test_kv_cache_sampler_equals_naive_full_recompute(world):
     """The optimized sampler (KV cache, LM head on the last position only, one preallocated mask, no
     pass after the last token, per-step statistics instead of stacked logits) draws the same tokens with
     the same logprobs, entropies and hidden states as recomputing the whole sequence at every step."""
-    from policyshift.kl import entropy_from_logits
+    from kl_reference import entropy_from_logits
     from policyshift.rollout import draw, sample
 
     tok, models, _ = world
@@ -114,7 +114,7 @@ def test_kv_cache_sampler_equals_naive_full_recompute(world):
 
 
 def test_shared_log_softmax_paths_equal_the_logits_functions(world):
-    from policyshift.kl import entropy_from_logits, exact_kl_from_logits
+    from kl_reference import entropy_from_logits, exact_kl_from_logits
 
     tok, models, ref = world
     cfg = RolloutConfig(batch_size=4, max_new_tokens=6, temperature=0.8)

@@ -1,6 +1,6 @@
 import pytest
 
-from policyshift.analysis.textstats import distinct_n, mode_collapse_score, ngrams, repeated_ngram_rate, word_tokens
+from policyshift.textstats import distinct_n, mode_collapse_score, ngrams, repeated_ngram_rate, word_tokens
 
 
 def test_ngrams_in_order_and_empty_when_short():

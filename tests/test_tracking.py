@@ -348,3 +348,48 @@ def test_trainer_writes_tensorboard_events(tiny_world, tmp_path):
     assert [e.step for e in ea.Histograms("dist/scores")] == [1, 2, 3]
     assert sorted(text_events(ea, "samples")) == [0, 3]
     assert (out / "metrics.jsonl").is_file()  # JSONL still written alongside
+
+
+# ---- tracking helpers -----------------------------------------------------------------------------
+def test_null_sink_is_an_empty_multisink(tmp_path):
+    from policyshift.tracking import MultiSink, NullSink
+
+    sink = NullSink()
+    assert isinstance(sink, MultiSink) and sink.sinks == [] and sink.name == "null" and NullSink().sinks is not sink.sinks
+    sink.log_config({"a": 1})
+    sink.log_scalars({"a": 1.0}, 1)
+    sink.log_histograms({"a": [1.0]}, 1)
+    sink.log_samples([{"prompt": "p"}], 1)
+    sink.log_findings([{"detector": "d"}], 1)
+    sink.log_artifact(tmp_path / "report.html")
+    sink.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jsonl_sink_is_named_by_its_class(tmp_path):
+    from policyshift.config import PPOConfig
+    from policyshift.tracking import make_sinks
+
+    config = PPOConfig.from_dict({"tracking": {"tensorboard": False}})
+    sink = make_sinks(tmp_path, config)
+    assert sink.names == ["jsonl"]
+    sink.close()
+
+
+def test_clean_json_nulls_non_finite_floats_at_any_depth():
+    import math
+
+    from policyshift.runfiles import clean_json
+
+    nan, inf = float("nan"), float("inf")
+    assert clean_json({"a": nan, "b": [1.0, -inf, (2, inf)], "c": {"d": inf, "e": "x"}, "f": None}) == \
+        {"a": None, "b": [1.0, None, [2, None]], "c": {"d": None, "e": "x"}, "f": None}
+    assert clean_json(nan) is None and clean_json(1.5) == 1.5 and clean_json("nan") == "nan" and clean_json(3) == 3
+    assert math.isfinite(clean_json(1e308))
+
+
+def test_one_line_names_the_type_and_the_first_line():
+    from policyshift.tracking.base import one_line
+
+    assert one_line(RuntimeError("down\nmore")) == "RuntimeError: down"
+    assert one_line(RuntimeError()) == "RuntimeError"

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from policyshift.faults import fault_point
 from policyshift.manifest import IntegrityError, check_dir, write_manifest
+from policyshift.errors import CheckpointError  # noqa: F401 (defined in errors.py; old import path)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -77,10 +78,6 @@ def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", sta
         (out / "critic").mkdir(parents=True, exist_ok=True)
         head = weights("value_head.") or models.value_head.state_dict()
         save_file({k: v.contiguous() for k, v in head.items()}, str(out / "critic" / "value_head.safetensors"))
-
-
-class CheckpointError(OSError):
-    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
 
 def save_checkpoint(run_dir: Path, step: int, models, tokenizer, optimizer, scheduler, trainer_state: dict,

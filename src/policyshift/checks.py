@@ -155,3 +155,9 @@ def fit_stage_length(cfg, field: str, model_path: str) -> None:
     if context is not None and value > context:
         warnings.warn(f"{field} {value} is longer than {model_path}'s {context}-token context; using {context}", stacklevel=2)
         setattr(cfg, field, context)
+
+
+def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
+    """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
+    Longer prompts are cut from the left; say how many, once."""
+    return fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(policy.config), "rollout.max_new_tokens")

@@ -9,18 +9,8 @@ import signal
 import sys
 import warnings
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from policyshift.config import ConfigError
-    from policyshift.data import DataError
-    from policyshift.checkpoint import CheckpointError
-    from policyshift.models import ModelError
-    from policyshift.rewards import RewardError
-    from policyshift.tracking import TrackingError
-    from policyshift.rundir import RunDirError
-    from policyshift.trainer import TrainingError
-
-    return ConfigError, DataError, ModelError, RewardError, RunDirError, TrainingError, CheckpointError, TrackingError
+from policyshift.errors import UserError  # every user error: one line, exit 2
+from policyshift.runfiles import CONFIG_FILE, METRICS_FILE
 
 
 def cmd_train(args, extra: list[str]) -> int:
@@ -38,9 +28,9 @@ def cmd_train(args, extra: list[str]) -> int:
         raise ConfigError("--resume needs a run directory or 'auto'")
     if args.resume and args.resume != "auto":  # the run's own resolved config, then any overrides
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
+        if not (run_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        config = PPOConfig.from_dict(load_yaml(args.config or run_dir / "config.yaml"), {**overrides, "train.output_dir": str(run_dir)})
+        config = PPOConfig.from_dict(load_yaml(args.config or run_dir / CONFIG_FILE), {**overrides, "train.output_dir": str(run_dir)})
     else:
         config = PPOConfig.from_dict(load_yaml(args.config) if args.config else {}, overrides)
     # --resume RUN_DIR / auto continue a run that has a checkpoint; one that died before its first
@@ -79,7 +69,7 @@ def cmd_report(args, extra: list[str]) -> int:
     from policyshift.analysis.report import build_report
     from policyshift.data import DataError
 
-    if not (Path(args.run_dir) / "metrics.jsonl").is_file() and not (Path(args.run_dir) / "config.yaml").is_file():
+    if not (Path(args.run_dir) / METRICS_FILE).is_file() and not (Path(args.run_dir) / CONFIG_FILE).is_file():
         raise DataError(f"{args.run_dir} is not a policyshift run directory (no metrics.jsonl or config.yaml)")
     path = build_report(args.run_dir)
     print(path)
@@ -386,7 +376,7 @@ def _run(args, extra: list[str]) -> int:
 
             raise ConfigError(f"only `train` runs under accelerate launch ({processes} processes); run `policyshift {args.command}` as one process")
         return args.func(args, extra)
-    except _user_errors() as exc:
+    except UserError as exc:
         if os.environ.get("POLICYSHIFT_DEBUG"):
             raise
         print(f"policyshift {args.command}: error: {exc}", file=sys.stderr)

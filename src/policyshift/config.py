@@ -128,7 +128,7 @@ class AlgorithmConfig:
     std_eps: float = 1e-4  # grpo: A = (r − mean)/(std + eps) (TRL 1e-4)
     # how per-token losses become the minibatch loss (README "Loss shapes"): token_mean (DAPO; TRL's default "dapo"),
     # seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm (Dr. GRPO: / (N · max_new_tokens)),
-    # micro_batch_token_mean (before 0.2: the mean of each micro-batch's token mean; = token_mean with one micro-batch)
+    # micro_batch_token_mean (the mean of each micro-batch's token mean, what earlier builds did; = token_mean with one micro-batch)
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_batch_token_mean"] = "token_mean"
     # token: PPO's per-token ratio; sequence: GSPO (Zheng et al. 2025), one length-normalized ratio per response,
     # clipped with sequence_clip_range(_high) instead of ppo.clip_range

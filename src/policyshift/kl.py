@@ -54,31 +54,9 @@ def _plogp_minus(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return p * torch.where(p > 0, a - b, 0.0)
 
 
-def exact_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p‖q) = Σ_v p_v (log p_v − log q_v), p = softmax(logits/T), q = softmax(ref_logits/T).
-
-    (..., V), (..., V) → (...). Uses log_softmax: log(softmax(·)) underflows to −inf for
-    unlikely tokens and turns the sum into nan.
-    """
-    return exact_kl_from_logprobs(log_softmax_t(logits, temperature), log_softmax_t(ref_logits, temperature))
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """H(p) = −Σ_v p_v log p_v, p = softmax(logits/T). (..., V) → (...)."""
-    return entropy_from_logprobs(log_softmax_t(logits, temperature))
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits/T)[tokens]. (B, T, V), (B, T) → (B, T).
-
-    The temperature must be the one used for sampling: the logprobs are those of the
-    distribution the tokens were actually drawn from (PPO's ratio is wrong otherwise).
-    """
-    return gather_tokens(log_softmax_t(logits, temperature), tokens)
-
-
-# The same three quantities from log-probabilities already normalized, so one log_softmax over
-# the vocabulary serves them all (the rollout and the update are full-vocabulary-bound on small models).
+# Token log-probabilities, exact KL and entropy from log-probabilities already normalized, so one log_softmax over
+# the vocabulary serves them all (the rollout and the update are full-vocabulary-bound on small models). The
+# from-logits compositions the tests compare against live in tests/kl_reference.py.
 def log_softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
 

@@ -38,7 +38,7 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm:
     token_mean               Σ_{i,t} l / Σ_i |y_i|            every token counts the same (DAPO; TRL "dapo", verl "token-mean")
     seq_mean_token_mean      (1/N) Σ_i (1/|y_i|) Σ_t l         every sequence counts the same (original GRPO; TRL "grpo")
     seq_mean_token_sum_norm  Σ_{i,t} l / (N · max_new_tokens)  a constant divisor, no length bias (Dr. GRPO; TRL "dr_grpo")
-    micro_batch_token_mean   each micro-batch's token mean, averaged over micro-batches (policyshift before 0.2: short
+    micro_batch_token_mean   each micro-batch's token mean, averaged over micro-batches (earlier builds' aggregation: short
                              micro-batches weigh more; equals token_mean with one micro-batch)."""
     x = _zero_pad(per_token, mask)
     if mode in ("token_mean", "micro_batch_token_mean"):

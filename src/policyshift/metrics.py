@@ -10,7 +10,7 @@ import torch
 
 from policyshift import keys as K
 from policyshift.advantages import group_mean_std, shape_rewards, zero_spread
-from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
+from policyshift.textstats import distinct_n, repeated_ngram_rate
 from policyshift.kl import kl_k1, kl_k3
 from policyshift.masked import masked_mean, masked_sum
 

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-
-class ModelError(ValueError):
-    """A model or tokenizer that cannot be used; one line naming the path and the problem."""
+from policyshift.errors import ModelError  # noqa: F401 (defined in errors.py; old import path)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -14,12 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from policyshift.config import OneLineError, short_repr
-
-
-class RewardError(OneLineError):
-    """A reward that cannot be loaded or returned something unusable; one line (exception texts from
-    user code, tracebacks of import errors and multi-line messages included)."""
+from policyshift.config import short_repr
+from policyshift.errors import RewardError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def load_reward_function(spec: str) -> Callable:

@@ -26,16 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policyshift.manifest import MANIFEST
+from policyshift.errors import RunDirError  # noqa: F401 (defined in errors.py; old import path)
+from policyshift.runfiles import CONFIG_FILE, RUN_FILES  # noqa: F401 (RUN_FILES: the run's files, named once in runfiles.py)
 
-# everything `policyshift train` writes into its output directory (the MLflow store, mlflow.db and
+# everything `policyshift train` writes into its output directory besides RUN_FILES (the MLflow store, mlflow.db and
 # mlartifacts/, and wandb/ hold several runs each and are not one run's files)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "distributions.jsonl", "samples.jsonl", "findings.jsonl", "report.html", "tracking.json")
 RUN_DIRS = ("checkpoints", "final", "rollouts", "tb")
 LOCK = ".policyshift.lock"
-
-
-class RunDirError(ValueError):
-    """The output directory cannot hold this run."""
 
 
 @dataclass
@@ -73,7 +70,7 @@ def run_state(path: str | Path) -> RunState:
     if has_checkpoint:
         return RunState("finished" if _final_complete(path) else "resumable", step)
     # config.yaml alone does not make a run (it may be the user's own config kept there)
-    written = [n for n in RUN_FILES if n != "config.yaml" and (path / n).exists()] + [n for n in RUN_DIRS if (path / n).exists()]
+    written = [n for n in RUN_FILES if n != CONFIG_FILE and (path / n).exists()] + [n for n in RUN_DIRS if (path / n).exists()]
     return RunState("started" if written else "fresh")
 
 

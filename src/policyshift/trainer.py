@@ -31,7 +31,7 @@ import torch
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
-from policyshift.checks import check_vocabularies
+from policyshift.checks import check_vocabularies, fit_prompt_length  # noqa: F401 (fit_prompt_length: old import path)
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
@@ -52,22 +52,20 @@ from policyshift.rollout import Rollout, generate_rollout
 from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
+from policyshift.analysis.runlog import resumed_history
 
 
 # the policy losses' stats → their metric keys
 POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, "clip_frac_high": K.CLIP_FRAC_HIGH, "dual_clip_frac": K.DUAL_CLIP_FRAC,
                     "approx_kl": K.APPROX_KL, "ratio_mean": K.RATIO_MEAN, "ratio_var": K.RATIO_VAR, "seq_ratio_mean": K.SEQ_RATIO_MEAN,
                     "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
+from policyshift.errors import TrainingError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. every update is non-finite); one line saying why and what to try."""
 
 
 @contextlib.contextmanager
@@ -113,14 +111,6 @@ def check_world_size(cfg: PPOConfig, world_size: int) -> None:
         raise ConfigError("rollout.engine=vllm runs inside a single training process; use rollout.engine=hf under accelerate launch")
     if cfg.reward.on_nonfinite == "skip":
         raise ConfigError("reward.on_nonfinite=skip needs a single process (dropped episodes would unbalance the processes); use error")
-
-
-def fit_prompt_length(policy, tokenizer, prompts: list[str], max_prompt_length: int, max_new_tokens: int) -> int:
-    """The prompt budget: data.max_prompt_length, shrunk so prompt + response fits the model's context.
-    Longer prompts are cut from the left; say how many, once."""
-    from policyshift.checks import fit_prompt_budget, model_context
-
-    return fit_prompt_budget(tokenizer, prompts, max_prompt_length, max_new_tokens, model_context(policy.config), "rollout.max_new_tokens")
 
 
 class PPOTrainer:
@@ -212,6 +202,7 @@ class PPOTrainer:
         self.history: list[dict] = []
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
         self.logged_samples, self.logged_findings = [], []  # a resumed run's, up to its checkpoint (for LiveAnalysis)
+        self.reference_probes: dict = {}  # a resumed run's step-0 probe scores
         self.resumed_from: Path | None = self._resume() if resume else None
         # The sampler: the training policy itself (hf), or vLLM synced after every update; built after a
         # resume so it starts from the restored weights.
@@ -235,7 +226,8 @@ class PPOTrainer:
             self.moments.load_state_dict(state["reward_moments"])
         logs = truncate_run_logs(self.run_dir, self.step, write=self.group.is_main)
         self.group.barrier()  # every process reads the logs the main one has cut back
-        self.history, self.distributions = logs["metrics"], logs["distributions"]
+        self.history, self.reference_probes = resumed_history(logs["metrics"])
+        self.distributions = logs["distributions"]
         self.logged_samples, self.logged_findings = logs["samples"], logs["findings"]
         return ckpt
 
@@ -510,6 +502,33 @@ class PPOTrainer:
             torch.save(every, out / f"step-{self.step + 1}.pt")
 
     # ---- the loop ---------------------------------------------------------------------------------
+    def training_view(self):
+        """What the live analysis reads of this run (analysis.live.TrainingView): never the trainer itself."""
+        from contextlib import contextmanager
+
+        from policyshift.analysis.live import TrainingView
+        from policyshift.analysis.probe import fixed_prompt_seed
+
+        @contextmanager
+        def precision():  # the update's precision (so ratios start at 1) over the whole weights
+            with self.accelerator.autocast(), self.whole_weights():
+                yield
+
+        cfg = self.cfg
+        return TrainingView(
+            config=cfg.to_dict(), models=self.models, reference=self.ref_policy, tokenizer=self.tokenizer, prompts=list(self.fixed_prompts),
+            fields={k: [row.fields.get(k) for row in self.fixed_rows] for k in self.field_names},
+            rollout=lambda: self.rollout_config, max_prompt_length=self.max_prompt_length, suite_prompt_length=cfg.data.max_prompt_length,
+            max_new_tokens=cfg.rollout.max_new_tokens, seed=fixed_prompt_seed(cfg.train.seed), reward=self.reward, gold_reward=self.gold_reward,
+            precision=precision, history=lambda: self.history, distributions=lambda: self.distributions, sink=self.sink,
+            probes=tuple(cfg.analysis.probes or ()), stop_on=cfg.analysis.stop_on, logged_samples=tuple(self.logged_samples),
+            logged_findings=tuple(self.logged_findings), reference_probes=dict(self.reference_probes))
+
+    def _add_to_row(self, step: int, metrics: dict) -> None:
+        """A step's probe scores join that step's row of the history (logged to the sinks by the analysis)."""
+        if metrics and self.history and self.history[-1].get("step") == step:
+            self.history[-1].update(metrics)
+
     def train(self) -> list[dict]:
         from policyshift.analysis.live import LiveAnalysis
         from policyshift.progress import StepProgress
@@ -519,7 +538,7 @@ class PPOTrainer:
         from rich.console import Console
 
         console = Console(stderr=True, quiet=not self.group.is_main)  # every process runs the loop; one speaks
-        self.analysis = LiveAnalysis(self, console)
+        self.analysis = LiveAnalysis(self.training_view(), console)
         if self.resumed_from is None:
             self.analysis.evaluate(step=0, reference=True)
         stop_reason = None
@@ -529,14 +548,16 @@ class PPOTrainer:
                 fault_point("kill_after_step", self.step)
                 progress.update(self.step, metrics)
                 evaluate_now = bool(cfg.analysis.every) and self.step % cfg.analysis.every == 0
-                stop_reason = self.analysis.after_step(self.step, evaluate=evaluate_now or self.step == cfg.train.steps)
+                if evaluate_now or self.step == cfg.train.steps:
+                    self._add_to_row(self.step, self.analysis.evaluate(self.step))
+                stop_reason = self.analysis.check(self.step)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                     self.save_checkpoint()  # after the analysis: a checkpoint holds everything of its step
         if stop_reason or self.stop_signal:
             why = stop_reason or f"signal {signal.Signals(self.stop_signal).name}"
             progress.console.print(f"[bold red]stopping at step {self.step}: {why}[/]")
             if stop_reason and not self.analysis.evaluated(self.step):
-                self.analysis.evaluate(self.step)
+                self._add_to_row(self.step, self.analysis.evaluate(self.step))
         state = self.save_checkpoint()
         if not self.stop_signal:
             self.save_final(state)

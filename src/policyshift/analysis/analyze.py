@@ -26,7 +26,8 @@ import yaml
 
 from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_checkpoints, is_adapter_dir
 from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
-from policyshift.analysis.runlog import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, SAMPLES_FILE
+from policyshift.runfiles import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, write_jsonl
+from policyshift.checks import fit_prompt_length
 from policyshift.config import RolloutConfig
 from policyshift.models import ModelError, PolicyAndCritic, local_path_or_hub_id, freeze, load_causal_lm, load_tokenizer, same_vocabulary
 
@@ -148,16 +149,6 @@ def _output_dir_ok(out: Path) -> None:
         raise DiscoveryError(f"--out {out}: exists and is not the output of an earlier `policyshift analyze`; choose an empty or new directory")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
-    from policyshift.tracking.base import clean_json
-
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(clean_json(row)) + "\n")
-
-
 @dataclass
 class Reference:
     """What every run of one call shares: the reference (loaded once, kept loaded), its tokenizer, the
@@ -197,7 +188,6 @@ class Reference:
 def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
     from policyshift.data import load_prompt_rows
     from policyshift.rewards import make_reward
-    from policyshift.trainer import fit_prompt_length
 
     try:
         tokenizer = load_tokenizer(reference)
@@ -363,15 +353,15 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
 
     target.mkdir(parents=True, exist_ok=True)
     (target / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    _write_jsonl(target / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
-    _write_jsonl(target / SAMPLES_FILE, samples)
+    write_jsonl(target / METRICS_FILE, [{"step": s, **{k: v for k, v in history[s].items() if k != "step"}} for s in sorted(history)])
+    write_jsonl(target / SAMPLES_FILE, samples)
     if distributions:
-        _write_jsonl(target / DISTRIBUTIONS_FILE, distributions)
+        write_jsonl(target / DISTRIBUTIONS_FILE, distributions)
     if completions:
-        _write_jsonl(target / COMPLETIONS_FILE, completions)
+        write_jsonl(target / COMPLETIONS_FILE, completions)
     from dataclasses import replace
 
-    from policyshift.analysis.report import REPORT_FILE, render_report
+    from policyshift.analysis.report import render_report
     from policyshift.analysis.runlog import load_run
 
     # rendered under the output's own name (the page title), then moved in with the rest

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from policyshift.analysis.ingest import IMPORTERS
 from policyshift.analysis.ingest.hf import ADAPTER_FILE, WEIGHT_FILES, is_adapter_dir, is_model_dir  # noqa: F401 (re-exported)
-from policyshift.errors import DataError
+from policyshift.errors import DiscoveryError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def _step_name() -> re.Pattern:
@@ -37,10 +37,6 @@ STEP_NAME = _step_name()
 LAYOUTS = tuple(layout for i in IMPORTERS for layout in i.checkpoints)
 SHARDS = tuple(shard for i in IMPORTERS for shard in i.shards)
 MAX_DEPTH = 4  # RUN/global_step_N/actor/huggingface is the deepest layout read
-
-
-class DiscoveryError(DataError):
-    """A path that holds no checkpoint policyshift can load; one line naming it and what was expected."""
 
 
 def _run_layouts() -> str:

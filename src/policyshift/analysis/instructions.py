@@ -14,15 +14,11 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from policyshift.config import OneLineError
+from policyshift.errors import ConstraintError  # noqa: F401 (defined in errors.py; old import path)
 
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
-
-
-class ConstraintError(OneLineError):
-    """A constraint the checker cannot read (unknown type, missing or wrong argument)."""
 
 
 def count_words(text: str) -> int:

@@ -7,16 +7,15 @@ only by the policies."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 
 from policyshift import keys as K
 from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.report.inputs import run_findings
-from policyshift.analysis.report.kit import REPORT_FILE, add_figure, axis, esc, line_trace, no_data, panel_html, render_sample_columns, sample_column, standalone_page
+from policyshift.analysis.report.kit import add_figure, axis, esc, line_trace, no_data, panel_html, render_sample_columns, sample_column, standalone_page
 from policyshift.analysis.runlog import config_get, load_run, metric_series
+from policyshift.runfiles import REPORT_FILE, write_atomic
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 
@@ -86,9 +85,4 @@ def write_comparison(out: Path, name: str | None = None) -> Path:
     """OUT/report.html for the labelled runs in OUT (written to a temporary file, then renamed)."""
     out = Path(out)
     page = render_comparison(out, name or out.name)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / REPORT_FILE)
-    return out / REPORT_FILE
+    return write_atomic(out / REPORT_FILE, page)

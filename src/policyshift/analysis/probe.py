@@ -13,11 +13,18 @@ from dataclasses import replace
 import torch
 
 from policyshift import keys
-from policyshift.analysis.textstats import distinct_n, repeated_ngram_rate
+from policyshift.textstats import distinct_n, repeated_ngram_rate
 from policyshift.kl import kl_k3
 from policyshift.masked import masked_mean
 from policyshift.rewards import score_rollout
 from policyshift.rollout import generate_rollout
+
+FIXED_SEED_OFFSET = 7  # a training run samples its fixed prompts with train.seed + 7 (`analyze --seed` reproduces them)
+
+
+def fixed_prompt_seed(train_seed: int) -> int:
+    return train_seed + FIXED_SEED_OFFSET
+
 
 FIXED_PREFIX = "fixed/"  # metrics.jsonl keys computed on the fixed prompts at a checkpoint, not on a training batch
 _KL_KEYS = {"k1": (keys.KL_K1_TOKEN_MEAN, keys.KL_K1_SEQ_MEAN), "k3": (keys.KL_K3_TOKEN_MEAN, keys.KL_K3_SEQ_MEAN),

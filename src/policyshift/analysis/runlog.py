@@ -7,7 +7,6 @@ half-written line; rows may lack keys; NaN may have been written as null.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-DISTRIBUTIONS_FILE = "distributions.jsonl"
-FINDINGS_FILE = "findings.jsonl"
-CONFIG_FILE = "config.yaml"
-COMPLETIONS_FILE = "completions.jsonl"  # training completions imported from another trainer's logs (policyshift analyze --logs)
+from policyshift.runfiles import (COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE,  # noqa: F401 (old import path)
+                                  SAMPLES_FILE, read_jsonl)
 
 
 @dataclass
@@ -47,31 +42,6 @@ class RunData:
         return int(max(steps)) if steps else 0
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSON-lines file; a missing file reads as no rows.
-
-    Unparseable lines are skipped rather than raised: the trainer may be in the middle of appending
-    the last line when the report reads the file, and one torn line must not hide the rest of a run.
-    Non-object lines are skipped too (every row in policyshift's logs is an object).
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)  # accepts NaN/Infinity literals as written by json.dumps
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
 def read_config(path: str | Path) -> dict:
     """The resolved config as a dict; {} when missing or unreadable (the report must still render)."""
     path = Path(path)
@@ -86,6 +56,14 @@ def read_config(path: str | Path) -> dict:
 
 def merge_steps(rows: list[dict]) -> list[dict]:
     return _by_step(rows)
+
+
+def resumed_history(rows: list[dict]) -> tuple[list[dict], dict]:
+    """A resumed run's metrics.jsonl rows as its trainer continues them: (one row per training step, as in the
+    history of a run that was never interrupted, and the reference's step-0 probe row, {} when none).
+    Probe scores were logged as a second row of their step; step 0 holds only the reference's."""
+    merged = merge_steps(rows)
+    return [row for row in merged if row["step"] >= 1], next((row for row in merged if row["step"] == 0), {})
 
 
 def _by_step(rows: list[dict]) -> list[dict]:

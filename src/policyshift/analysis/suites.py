@@ -18,10 +18,7 @@ from typing import Callable
 from policyshift import keys
 from policyshift.config import ConfigError, OneLineError
 from policyshift.models import ModelError
-
-
-class SuiteError(ConfigError):
-    """A probe suite that cannot be loaded: names the suite and the problem (a user error: the CLI exits 2)."""
+from policyshift.errors import SuiteError  # noqa: F401 (defined in errors.py; old import path)
 
 
 @dataclass
@@ -126,7 +123,7 @@ def evaluate_suites(suites: list[Suite], models, ref_policy, tokenizer, rollout_
 def read_probe_suites(path: str, flag: str = "--probes") -> list:
     """The suites of a YAML file (`analyze`/`compare` --probes): `probes: [...]`, or a training config's
     `analysis.probes` (the run's config can be given as is). ConfigError (one line) otherwise."""
-    from policyshift.config import ConfigError, ProbeSuiteConfig, build_dataclass, load_yaml, short_repr, validate_probe_suites
+    from policyshift.config import ProbeSuiteConfig, build_dataclass, load_yaml, short_repr, validate_probe_suites
 
     try:
         data = load_yaml(path)

@@ -18,11 +18,7 @@ moved away. The suite's score is the mean shift over the opinion rows (lower is 
 
 from __future__ import annotations
 
-from policyshift.config import OneLineError
-
-
-class SycophancyFileError(OneLineError):
-    """A sycophancy prompt file whose pairs cannot be read."""
+from policyshift.errors import SycophancyFileError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def check_pairs(pairs: list | None, opinions: list | None, source: str) -> None:

@@ -11,10 +11,7 @@ from pathlib import Path
 
 from policyshift.tracking.base import MultiSink, NullSink, Sink, one_line
 from policyshift.tracking.jsonl import JsonlSink
-
-
-class TrackingError(ValueError):
-    """A tracking backend that was asked for cannot start (not installed, or its init failed)."""
+from policyshift.errors import TrackingError  # noqa: F401 (defined in errors.py; old import path)
 
 
 _EXTRAS = {"wandb": ("wandb", "policyshift[wandb]"), "mlflow": ("mlflow", "policyshift[mlflow]")}

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from policyshift.runfiles import IDS_FILE, clean_json  # noqa: F401 (defined in runfiles.py; old import path)
+
 
 @runtime_checkable
 class Sink(Protocol):
@@ -138,18 +140,6 @@ def as_number(value: Any) -> float | None:
     return None
 
 
-def clean_json(value: Any) -> Any:
-    """`value` with every non-finite float (at any depth of dicts, lists and tuples) as None: JSON has no
-    NaN/inf, and null is what every reader (browsers included) can parse."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    return value
-
-
 def finite_values(values: Any) -> list[float]:
     if values is None:
         return []
@@ -180,10 +170,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-# The ids of the backend runs of RUN_DIR (W&B run id, MLflow run id), so a resumed run continues them.
-IDS_FILE = "tracking.json"
 
 
 def read_ids(run_dir: Path) -> dict:

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from policyshift.analysis.runlog import CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, SAMPLES_FILE, read_jsonl
-from policyshift.tracking.base import clean_json
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean_json(row)) + "\n")
-        f.flush()
+from policyshift.runfiles import CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, SAMPLES_FILE, append_jsonl, read_jsonl, write_atomic
 
 
 class JsonlSink:
@@ -58,7 +51,5 @@ def truncate_run_logs(run_dir: str | Path, step: int, write: bool = True) -> dic
         kept[name] = rows
         if not write:
             continue
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # as read: NaN literals stay NaN
     return kept

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from policyshift.tracking.base import as_number, clean_json, flatten, read_ids, write_id
+from policyshift.runfiles import REPORT_FILE
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -109,7 +110,7 @@ class MlflowSink:
         self._closed = True
         atexit.unregister(self._at_exit)
         try:
-            report = self.run_dir / "report.html"
+            report = self.run_dir / REPORT_FILE
             if report.is_file():
                 self.log_artifact(report)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policyshift.tracking.base import as_number, clean_json, finite_values, read_ids, sample_columns, write_id
+from policyshift.runfiles import REPORT_FILE
 
 
 def table_key(prefix: str, step: int) -> str:
@@ -78,7 +79,7 @@ class WandbSink:
 
     def close(self) -> None:
         try:
-            report = self.run_dir / "report.html"
+            report = self.run_dir / REPORT_FILE
             if report.is_file():
                 self.log_artifact(report)
         finally:

@@ -11,7 +11,8 @@ import numpy as np
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, first_series, onset_step, fit_slope, reward_scale, proxy_reward_gain
 from policyshift.analysis.findings import Finding
-from policyshift.analysis.runlog import as_float, metric_series, config_get
+from policyshift.analysis.runlog import as_float, config_get, metric_series
+from policyshift.config import AnalysisConfig
 
 ORDER = 10
 
@@ -30,7 +31,7 @@ class Thresholds:
     reward_flat_effect: float = 0.1  # σ; reward gain below this is "flat"
 
     # -- kl_runaway --
-    kl_budget: float = 10.0  # sequence KL (nats) the run may spend; config analysis.kl_budget overrides
+    kl_budget: float = AnalysisConfig.kl_budget  # sequence KL (nats) the run may spend (10); config analysis.kl_budget overrides
     kl_budget_critical_factor: float = 3.0  # end KL above budget × this is critical
     kl_accel_ratio: float = 3.0  # 2nd-half KL slope / 1st-half slope counting as "accelerating"
     kl_accel_min_rise_frac: float = 0.25  # ... and the 2nd half must add ≥ this × budget nats

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from policyshift.analysis.detectors.common import eval_groups
 from policyshift.analysis.findings import Finding
-from policyshift.analysis.textstats import mode_collapse_score
+from policyshift.textstats import mode_collapse_score
 
 ORDER = 60
 

@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from policyshift.errors import DataError
-
-
-class LogImportError(DataError):
-    """A log that cannot be imported; one line naming the file and what was expected."""
+from policyshift.errors import LogImportError  # noqa: F401 (defined in errors.py; old import path)
 
 
 @dataclass(frozen=True)

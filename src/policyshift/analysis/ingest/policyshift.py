@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policyshift.analysis.ingest.base import CheckpointLayout, Importer
+from policyshift.runfiles import CONFIG_FILE
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -16,7 +17,7 @@ def final_step(root: Path, directory: Path) -> int | None:
     """RUN_DIR/final/: the last step the run logged."""
     from policyshift.analysis.runlog import load_run  # numpy/yaml: kept off the CLI's start (build_parser reads this registry)
 
-    if directory.name != "final" or not (root / "config.yaml").is_file():
+    if directory.name != "final" or not (root / CONFIG_FILE).is_file():
         return None
     run = load_run(root)
     return run.last_step or None

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import os
 import pkgutil
-import tempfile
 from pathlib import Path
 
 from policyshift.analysis.detectors import DetectorThresholds
@@ -27,10 +25,10 @@ from policyshift.analysis.report.kit import (MAX_SAMPLE_COLUMNS, TOKEN_SCALE, es
                                              standalone_page, token_color)
 from policyshift.analysis.report.inputs import FIXED_ONLY_THRESHOLDS, detector_inputs, run_findings  # noqa: F401
 from policyshift.analysis.report.panels import PANELS, RENDERERS, Page
-from policyshift.analysis.report.kit import REPORT_FILE  # noqa: F401
 from policyshift.analysis.report.training import (FILL_DIST, FILL_KL, FILL_REWARD, estimator_name, panel_distributions, panel_findings,  # noqa: F401
                                                   panel_gao, panel_kl, panel_reward, panel_samples, panel_shape)
 from policyshift.analysis.runlog import RunData, config_get, load_run
+from policyshift.runfiles import REPORT_FILE, write_atomic
 
 # every panel module of this package registers its renderers on import (panels.RENDERERS)
 _PANEL_MODULES = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__) if m.name not in ("kit", "panels", "inputs")]
@@ -82,14 +80,5 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
         return write_comparison(run.run_dir)
     out = Path(out_path) if out_path is not None else run.run_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report(run)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared/served
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out, render_report(run))
     return out

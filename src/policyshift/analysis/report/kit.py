@@ -14,7 +14,6 @@ import numpy as np
 
 from policyshift.analysis.runlog import as_float
 
-REPORT_FILE = "report.html"
 TOKEN_SCALE = 2.0  # |log π/π_ref| (nats) at which a token's colour saturates (a 7.4× probability ratio)
 MAX_SAMPLE_COLUMNS = 12  # reference + this many − 1 eval steps per prompt; more would be unreadable
 
