@@ -41,6 +41,7 @@ class Thresholds:
     # 0 up to rounding; more means the two log-probs were computed differently (dropout left on in the policy's
     # forward — TRL's default — or another precision/engine) and every logged KL and importance ratio carries that noise --
     kl_at_start_max: float = 0.01  # nats/token at the first logged step (≤ 1) above which the log-probs disagree
+    kl_at_start_min_steps: int = 5  # judged once the run has this many KL points (the median over them is evidence too)
     noisy_clip_share: float = 0.2  # median share clipped per step at or above which the ratios are noise (→ warning)
 
 
@@ -146,7 +147,7 @@ CLIP_SHARE_KEYS = (K.CLIP_FRAC, K.SEQ_CLIP_FRAC, "trl/clip_ratio/region_mean")
 
 def detect_kl_at_start(history, samples, t, distributions=(), reference=None) -> list[Finding]:
     steps, kl, key = first_series(history, [K.KL_K1_TOKEN_MEAN, K.KL_K3_TOKEN_MEAN, K.KL_TOKEN_MEAN, K.KL_EXACT_TOKEN_MEAN])
-    if not len(kl) or steps[0] > 1 or steps[0] < 1:  # step 0 is the reference itself (analyze); after step 1 the policy moved
+    if len(kl) < t.kl_at_start_min_steps or steps[0] > 1 or steps[0] < 1:  # step 0 is the reference itself (analyze); after step 1 the policy moved
         return []
     first = float(kl[0])
     if not first > t.kl_at_start_max:
