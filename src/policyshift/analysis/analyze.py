@@ -371,6 +371,7 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
     from policyshift.analysis.report import run_findings
     from policyshift.tracking.jsonl import JsonlSink
 
+    (target / FINDINGS_FILE).touch()  # present and empty: analyzed, nothing found (a missing file would read as "not analyzed")
     JsonlSink(target).log_findings([f.log_row() for f in run_findings(loaded)[0]], loaded.last_step)
     return {"checkpoints": analyzed, "notes": notes, "seconds": seconds}
 
