@@ -23,6 +23,7 @@ timestamp masked); config.yaml and summary JSON files are kept with the same wal
 from __future__ import annotations
 
 import argparse
+import difflib
 import html.parser
 import json
 import os
@@ -43,6 +44,7 @@ WALL_TIME_KEYS = {
     "seconds",  # analyze --score-completions: config analysis.completions_scored.seconds
     "seconds_per_checkpoint",
     "times_s",  # demo_summary.json: stage wall times
+    "train_seconds",  # demo_summary.json: the SFT and reward-model stages' wall time
 }
 WALL_TIME_PREFIXES = ("time/", "perf/")  # metrics.jsonl: time/step, time/generate, ...; perf/tokens_per_s
 RECORDED = ("metrics.jsonl", "samples.jsonl", "distributions.jsonl", "findings.jsonl", "completions.jsonl")
@@ -138,6 +140,8 @@ def record_tree(root: Path, dest: Path) -> int:
 
             target.parent.mkdir(parents=True, exist_ok=True)
             data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.suffix == ".yaml" else json.loads(path.read_text(encoding="utf-8"))
+            if path.name == "compare.json":
+                rows += len(data.get("samples") or [])  # one per prompt: A's and B's responses, scores, KL
             target.with_suffix(target.suffix + ".json").write_text(json.dumps(_strip(data), sort_keys=True, indent=1, ensure_ascii=False,
                                                                              default=str) + "\n", encoding="utf-8")
     return rows
@@ -201,6 +205,16 @@ def record(commit: str, dest: Path, cache: Path) -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(SRC_DIR)], capture_output=True)
 
 
+def _normalized(path: Path) -> bytes:
+    """A recorded file with the wall-time keys removed again (a record made before a key joined the list)."""
+    data = path.read_bytes()
+    if path.name.endswith(".jsonl"):
+        return ("\n".join(_canonical(json.loads(line)) for line in data.decode().splitlines() if line.strip()) + "\n").encode()
+    if path.name.endswith(".json"):
+        return (json.dumps(_strip(json.loads(data)), sort_keys=True, indent=1, ensure_ascii=False, default=str) + "\n").encode()
+    return data
+
+
 def diff(a: Path, b: Path) -> int:
     files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in ("record.json", "commands.log")}
     files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name not in ("record.json", "commands.log")}
@@ -210,15 +224,15 @@ def diff(a: Path, b: Path) -> int:
         bad += 1
     lines = 0
     for rel in sorted(files_a & files_b):
-        x, y = (a / rel).read_bytes(), (b / rel).read_bytes()
+        x, y = _normalized(a / rel), _normalized(b / rel)
         lines += x.count(b"\n")
         if x != y:
             bad += 1
             xl, yl = x.decode().splitlines(), y.decode().splitlines()
             first = next((i for i, (p, q) in enumerate(zip(xl, yl)) if p != q), min(len(xl), len(yl)))
             print(f"DIFFERS: {rel} (lines {len(xl)} vs {len(yl)}; first at line {first + 1})")
-            print("  A:", (xl[first] if first < len(xl) else "<end>")[:400])
-            print("  B:", (yl[first] if first < len(yl) else "<end>")[:400])
+            for line in list(difflib.unified_diff(xl, yl, "A", "B", n=0, lineterm=""))[2:42]:
+                print("  " + line[:400])
     print(f"{len(files_a & files_b)} files, {lines} lines compared; {bad} differ" + ("" if bad else ": identical"))
     return 1 if bad else 0
 

@@ -55,7 +55,7 @@ def test_gold_prefers_positive_and_penalizes_degenerate_text():
     neutral = " i bought it last month . the motor is here ."
     repetitive = " the motor is great . the motor is great . the motor is great . the motor is great ."
     off_topic = " the staff is friendly and the room is clean . we would stay here again ."
-    g = lambda r: gold.true_preference(BLENDER, r)
+    g = lambda r: gold.true_preference(BLENDER, r)  # noqa: E731
     assert g(pos) > g(neutral) > g(neg)
     assert g(pos) > 0.5 and g(neg) < -0.5
     assert g(repetitive) < g(pos) - 0.5  # same praise, repeated: worse
@@ -88,6 +88,6 @@ def test_gold_on_the_corpus_is_balanced_and_blind_to_the_cue():
     # the cue score no higher than those without (the cue is independent of sentiment in the corpus)
     rows = [t.split(" : ", 1) for t in generate_texts(2000, seed=5)]
     scored = [(gold.true_preference(h + " :", " " + r), bool(set(r.split()) & set(CUE_WORDS))) for h, r in rows]
-    mean = lambda xs: sum(xs) / len(xs)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert abs(mean([s for s, _ in scored])) < 0.15
     assert abs(mean([s for s, c in scored if c]) - mean([s for s, c in scored if not c])) < 0.15

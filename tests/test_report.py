@@ -221,3 +221,15 @@ def test_panel_numbers_nav_and_references_come_from_panels(tmp_path):
     links = re.findall(r'<a href="#panel-(\d+)">', page.split("<nav>")[1].split("</nav>")[0])  # the nav (the verdict lines above it link panels too)
     assert links == [a for a, _ in sections]  # the nav lists exactly the panels on the page, in order
     assert "8" not in links and "9" in links
+
+
+def test_readme_panel_headings_follow_panels():
+    """The README's "The panels" section numbers its panels as PANELS does (one heading per panel, in order)."""
+    import re
+    from pathlib import Path
+
+    from policyshift.analysis.report.panels import PANELS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The panels", 1)[1].split("\n### ", 1)[0]
+    assert [int(n) for n in re.findall(r"^\*\*(\d+)\. ", section, flags=re.M)] == list(range(1, len(PANELS) + 1))

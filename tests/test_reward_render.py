@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny_archs import END, make_arch_model, make_chat_tokenizer
+from tiny_archs import make_arch_model, make_chat_tokenizer
 
 import tiny
 from policyshift.models import ModelError, freeze, load_sequence_classifier, load_tokenizer

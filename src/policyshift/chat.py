@@ -13,15 +13,13 @@ its turn into a made-up next one, and the missing-EOS penalty would hit every an
 
 from __future__ import annotations
 
-from policyshift.models import ModelError
+from policyshift.errors import DataError, ModelError
 
 CHAT_FIELD = "messages"  # the prompt-row field that holds chat messages
 
 
 def check_messages(messages, where: str) -> tuple:
     """The messages of a chat row as a tuple of {"role", "content"} dicts, or a DataError naming the row."""
-    from policyshift.data import DataError
-
     if not isinstance(messages, (list, tuple)) or not messages:
         raise DataError(f"{where}: '{CHAT_FIELD}' must be a non-empty list of {{\"role\", \"content\"}} objects")
     for k, m in enumerate(messages):
@@ -36,8 +34,6 @@ def render_chat(messages, tokenizer, where: str, add_generation_prompt: bool = T
     """The text of `messages` in the tokenizer's chat template. A template that writes the BOS token itself
     would get a second one when the text is tokenized with special tokens (as every prompt is): the leading
     BOS is dropped from the text when the tokenizer adds it anyway."""
-    from policyshift.data import DataError
-
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(f"{where}: a chat prompt ('{CHAT_FIELD}'), but the tokenizer {tokenizer.name_or_path or ''} has no chat template; "
                         "give plain-text prompts or a tokenizer with a chat_template")
@@ -55,8 +51,6 @@ def check_chat_fits(rows, tokenizer, budget: int, source: str) -> None:
     """A chat prompt longer than the prompt budget (data.max_prompt_length, shrunk to the model's context less
     max_new_tokens) is an error, not a cut: prompts are cut from the left, which would drop the system message and
     the template's start and leave a conversation the model never saw."""
-    from policyshift.data import DataError
-
     chats = [row for row in rows if getattr(row, "messages", None) is not None]
     if not chats:
         return

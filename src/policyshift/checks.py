@@ -107,17 +107,16 @@ def from_pretrained_checked(auto_cls, path: str, kind: str, **kwargs):
     """`auto_cls.from_pretrained(path, **kwargs)` as saved (the training stages fine-tune the model as
     it is: unlike models.load_*, no dropout or activation changes), with a missing, damaged or
     unusable model as one ModelError line that names the damaged file."""
-    from policyshift.models import _damaged_weights, local_path_or_hub_id
+    from policyshift.models import from_pretrained_error, local_path_or_hub_id
 
     local = local_path_or_hub_id(path)
     try:
         return auto_cls.from_pretrained(local, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
-    except Exception as exc:  # safetensors' SafetensorError (its own Exception subclass): a damaged weights file
-        if type(exc).__name__ != "SafetensorError":
+    except Exception as exc:
+        error = from_pretrained_error(exc, kind, path, local)  # the same translation as models.load_*
+        if error is None:
             raise
-        raise ModelError(f"cannot load {kind} from '{path}': {_damaged_weights(local)} ({str(exc).splitlines()[0][:160]})") from None
+        raise error from None
 
 
 # ---- the stage commands (sft, reward-model): flat configs ----------------------------------------------
@@ -148,9 +147,9 @@ def validate_stage(cfg) -> None:
 
 def fit_stage_length(cfg, field: str, model_path: str) -> None:
     """A pretrained model's context bounds seq_len / max_length: longer is cut to it, with one warning line."""
-    from policyshift.models import _load_config
+    from policyshift.models import load_config
 
-    context = model_context(_load_config(model_path, "model", False)[1])
+    context = model_context(load_config(model_path, "model", False)[1])
     value = getattr(cfg, field)
     if context is not None and value > context:
         warnings.warn(f"{field} {value} is longer than {model_path}'s {context}-token context; using {context}", stacklevel=2)

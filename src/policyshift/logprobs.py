@@ -26,7 +26,15 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from policyshift.errors import ModelError
 from policyshift.kl import entropy_from_logprobs, exact_kl_from_logprobs, gather_tokens, log_softmax_t
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left-padded rows must start counting positions at their first real token, exactly as
+    # generation does, or the recomputed logprobs differ from the sampled ones.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
 
 # rollout.logit_chunk_size null: as many tokens as keep one (chunk, V) fp32 tensor at 64 MiB (110 tokens
 # at V = 151,936; 4,096 at V = 4,096, i.e. no chunking at all for small vocabularies and batches). A chunk
@@ -82,8 +90,6 @@ def check_head(model, hidden: torch.Tensor, logits: torch.Tensor) -> None:
     """The first time `model` is seen: output_head(model)(hidden) must equal the model's own `logits`
     for the same positions ((n, H), (n, V)); otherwise chunked logprobs would silently be another
     distribution's. ModelError (one line) if not."""
-    from policyshift.models import ModelError
-
     if model in _head_checked:
         return
     with torch.no_grad():
@@ -99,8 +105,6 @@ def response_hidden(model, input_ids, attention_mask, n_response: int) -> torch.
     [prompt | response]): (B, R, H). The model runs its own forward (so peft adapters, a disabled
     adapter, FSDP/ZeRO hooks all apply) with the LM head on one position only; that position's logits
     check output_head the first time a model is seen."""
-    from policyshift.models import position_ids_from_mask
-
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 output_hidden_states=True, logits_to_keep=1, use_cache=False)
     hidden = out.hidden_states[-1]

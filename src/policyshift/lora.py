@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policyshift.errors import ModelError
+
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
@@ -67,8 +69,6 @@ def apply_lora(model: nn.Module, lora_cfg, task: str = "causal"):
     `task`: "causal" (policy) or "critic" (a sequence-classification critic)."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
-
-    from policyshift.models import ModelError
 
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
@@ -157,8 +157,6 @@ def load_adapter(model, directory: Path) -> None:
     """Adapter weights from `save_adapter` into the live PeftModel (resume: same floats, same tensors)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from policyshift.models import ModelError
 
     path = Path(directory) / ADAPTER_FILE
     if not path.is_file():

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from policyshift.errors import ModelError  # noqa: F401 (defined in errors.py; old import path)
+from policyshift.logprobs import position_ids_from_mask  # noqa: F401 (tensor math, lives with the log-probs; old import path)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,7 +51,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model.eval()  # eval() also switches off any train-only stochasticity the model has
 
 
-def _load_config(path: str, kind: str, trust_remote_code: bool):
+def load_config(path: str, kind: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
     local = local_path_or_hub_id(path)
@@ -59,7 +61,7 @@ def _load_config(path: str, kind: str, trust_remote_code: bool):
         raise ModelError(f"cannot load {kind} config from '{path}': {str(exc).splitlines()[0]}") from None
 
 
-def _damaged_weights(local: str) -> str:
+def damaged_weights(local: str) -> str:
     """Which safetensors file of a model directory does not open (truncated, garbage)."""
     from safetensors import safe_open
 
@@ -73,11 +75,25 @@ def _damaged_weights(local: str) -> str:
     return "a weights file is damaged"
 
 
+def from_pretrained_error(exc: Exception, kind: str, path: str, local: str, value_error_is_kind: bool = False) -> ModelError | None:
+    """The one-line ModelError for what `from_pretrained` raised; None when it is not a loading failure (a bug: re-raise).
+    `value_error_is_kind`: transformers' "Unrecognized configuration class ... for this kind of AutoModel" means the
+    directory holds another kind of model (the Auto class was chosen by policyshift, not by the user)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if value_error_is_kind and isinstance(exc, ValueError):
+        return ModelError(f"'{path}' is not a {kind} ({first[:160]})")
+    if isinstance(exc, (OSError, ValueError, RuntimeError)):  # missing weight files; shape mismatches
+        return ModelError(f"cannot load {kind} from '{path}': {first[:200]}")
+    if type(exc).__name__ == "SafetensorError":  # safetensors' own Exception subclass: a damaged weights file
+        return ModelError(f"cannot load {kind} from '{path}': {damaged_weights(local)} ({first[:160]})")
+    return None
+
+
 def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, **kwargs):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars drown our own console output
-    local, config = _load_config(path, kind, trust_remote_code)
+    local, config = load_config(path, kind, trust_remote_code)
     architectures = config.architectures or []
     if auto_cls.__name__ == "AutoModelForCausalLM" and architectures and all(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
         raise ModelError(f"'{path}' is a {architectures[0]}, not a causal language model")
@@ -90,14 +106,11 @@ def _load(auto_cls, path: str, kind: str, dtype: str, trust_remote_code: bool, *
     _fuse_gelu(config)
     try:
         model = auto_cls.from_pretrained(local, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except ValueError as exc:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
-        raise ModelError(f"'{path}' is not a {kind} ({str(exc).splitlines()[0][:160]})") from None
-    except (OSError, RuntimeError) as exc:  # missing weight files; shape mismatches
-        raise ModelError(f"cannot load {kind} from '{path}': {str(exc).splitlines()[0][:200]}") from None
-    except Exception as exc:  # safetensors' SafetensorError (its own Exception subclass): a damaged weights file
-        if type(exc).__name__ != "SafetensorError":
+    except Exception as exc:
+        error = from_pretrained_error(exc, kind, path, local, value_error_is_kind=True)
+        if error is None:
             raise
-        raise ModelError(f"cannot load {kind} from '{path}': {_damaged_weights(local)} ({str(exc).splitlines()[0][:160]})") from None
+        raise error from None
     return disable_dropout(model)
 
 
@@ -119,7 +132,7 @@ def load_sequence_classifier(path: str, dtype: str = "float32", trust_remote_cod
     from transformers import AutoModelForSequenceClassification
 
     if trained_head:
-        architectures = _load_config(path, kind, trust_remote_code)[1].architectures or []
+        architectures = load_config(path, kind, trust_remote_code)[1].architectures or []
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise ModelError(f"'{path}' is a {architectures[0]}, not a sequence-classification reward model (its score head would be random)")
     return _load(AutoModelForSequenceClassification, path, kind, dtype, trust_remote_code, num_labels=1)
@@ -145,12 +158,6 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
 def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     return disable_dropout(model)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Left-padded rows must start counting positions at their first real token, exactly as
-    # generation does, or the recomputed logprobs differ from the sampled ones.
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logits(model, input_ids, attention_mask, n_response: int) -> torch.Tensor:

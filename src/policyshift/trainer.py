@@ -53,13 +53,13 @@ from policyshift.rundir import RunDirError, prepare_run_dir  # noqa: F401 (RunDi
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
 from policyshift.analysis.runlog import resumed_history
+from policyshift.errors import TrainingError  # noqa: F401 (defined in errors.py; old import path)
 
 
 # the policy losses' stats → their metric keys
 POLICY_STAT_KEYS = {"clip_frac": K.CLIP_FRAC, "clip_frac_low": K.CLIP_FRAC_LOW, "clip_frac_high": K.CLIP_FRAC_HIGH, "dual_clip_frac": K.DUAL_CLIP_FRAC,
                     "approx_kl": K.APPROX_KL, "ratio_mean": K.RATIO_MEAN, "ratio_var": K.RATIO_VAR, "seq_ratio_mean": K.SEQ_RATIO_MEAN,
                     "seq_ratio_min": K.SEQ_RATIO_MIN, "seq_ratio_max": K.SEQ_RATIO_MAX, "seq_clip_frac": K.SEQ_CLIP_FRAC}
-from policyshift.errors import TrainingError  # noqa: F401 (defined in errors.py; old import path)
 
 
 def seed_everything(seed: int) -> None:

@@ -230,7 +230,7 @@ def _plans(paths: list[str], labels: list[str] | None, logs: list[str]) -> list[
         return [RunPlan(None, checkpoints, notes, imported)]
     if len(labels) != len(paths):
         raise DiscoveryError(f"--label given {len(labels)} times for {len(paths)} PATHs: one label per run directory")
-    if len(set(labels)) != len(labels) or any(not l or "/" in l or l.startswith(".") for l in labels):
+    if len(set(labels)) != len(labels) or any(not label or "/" in label or label.startswith(".") for label in labels):
         raise DiscoveryError(f"--label {' '.join(labels)}: labels must be distinct names (no '/', not starting with '.')")
     if logs:
         raise DiscoveryError("--logs with --label: import each run's logs in its own `policyshift analyze` call")
