@@ -108,7 +108,7 @@ def rldoctor_findings(run: Path, facts: dict, upto: int | None = None) -> list[d
         log = tmp / f"trainer_state_{upto}.json"
         log.write_text(json.dumps(state))
     else:
-        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         log = tmp / f"metrics_{upto}.jsonl"
         log.write_text("".join(json.dumps(r) + "\n" for r in rows if upto is None or r.get("step", 0) <= upto))
     done = subprocess.run([RLDOCTOR, "diagnose", str(log), "-f", "json", "--no-color"], capture_output=True, text=True)
@@ -152,7 +152,7 @@ def afterburn_findings(run: Path, facts: dict, sft: Path, held_out: Path, upto: 
     base = _afterburn_copy(sft, run.parent.parent / ".afterburn_base")
     trained = _afterburn_copy(ckpts[step], work / f"step-{step}")
     suite, cfg = work / "suite.yaml", work / "config.yaml"
-    prompts = [json.loads(l)["prompt"] for l in held_out.read_text().splitlines() if l.strip()]
+    prompts = [json.loads(line)["prompt"] for line in held_out.read_text().splitlines() if line.strip()]
     suite.write_text('name: "corpus-held-out"\nversion: "1.0"\ndescription: "diagnosis corpus held-out prompts"\ncategory: "reasoning"\nprompts:\n'
                      + "".join(f'  - id: "p{i:03d}"\n    text: "{p}"\n' for i, p in enumerate(prompts)))
     cfg.write_text(f"behaviour:\n  max_new_tokens: {facts['params']['max_len']}\n  batch_size: 16\n  temperature: 0.0\n")
