@@ -258,6 +258,8 @@ def main(argv=None) -> None:
         if args.only and recipe not in args.only:
             continue
         seeds = args.seeds or (*SEEDS[args.split], *HEALTHY_EXTRA[args.split].get(recipe, ()))
+        if args.split != "main":  # a (recipe, seed) of the main half is not held out (healthy_grpo seed 3 is in both lists)
+            seeds = [s for s in seeds if s not in (*SEEDS["main"], *HEALTHY_EXTRA["main"].get(recipe, ()))]
         for seed in seeds:
             name = f"{recipe}_s{seed}"
             run = root / name
