@@ -164,6 +164,12 @@ def test_verdicts_by_hand():
     assert got["drift"].colour == "green" and got["signal"].colour == "green"  # kl/seq_mean, reward/score_mean measured
     assert got["mismatch"].colour == "green" and "kl_at_start @ step 1" in got["mismatch"].evidence  # an info note, not an alarm
     assert got["collapse"].colour == "grey" and got["hacking"].colour == "grey"  # no entropy, no samples, no gold
+    # a checkpoints-only run: reward and k1 at the checkpoints come from the fixed prompts, which cannot say whether the
+    # training groups had spread or the engine sampled the trained weights
+    fixed_only = [{"step": s, "reward/score_mean": 0.1 * s, "kl/k1_token_mean": 0.01 * s} for s in (0, 10, 20)]
+    got = {v.question.key: v for v in verdicts([], fixed_only, [], 20, fixed={"reward/score_mean", "kl/k1_token_mean"})}
+    assert got["signal"].colour == "grey" and got["mismatch"].colour == "grey" and "--logs" in got["signal"].evidence
+    assert got["drift"].colour == "green"
 
 
 def test_render_tokens_colours_and_titles():

@@ -23,7 +23,7 @@ class Question:
     words: tuple[str, ...]  # a detector whose name contains one of these belongs here too
     metrics: tuple[str, ...]  # history keys (or sample fields) that show the question was measured
     panel: str  # analysis/report/panels.PANELS key
-
+    training_only: bool = False  # only the training log can answer it: a checkpoint's fixed-prompt value does not count
 
 QUESTIONS: tuple[Question, ...] = (
     Question("drift", "Drift from the reference", ("kl_runaway", "reference_drift"), ("drift", "runaway"),
@@ -34,9 +34,9 @@ QUESTIONS: tuple[Question, ...] = (
              (K.ENTROPY, "entropy_mean", "response", "rep_ngram_rate"), "shape"),
     Question("length", "Length and truncation", ("length_drift",), ("length", "trunc"), (K.LENGTH_MEAN, K.EOS_RATE, "length", "eos"), "shape"),
     Question("signal", "Learning signal", ("zero_spread", "kl_flat"), ("zero", "signal", "degenerate", "group", "flat"),
-             (K.GROUP_ZERO_SPREAD_FRAC, K.SCORE_MEAN), "reward"),
+             (K.GROUP_ZERO_SPREAD_FRAC, K.SCORE_MEAN), "reward", training_only=True),
     Question("mismatch", "Training–inference mismatch", ("kl_negative", "kl_at_start"), ("mismatch", "engine", "dropout", "stale"),
-             (K.ENGINE_LOGPROB_DIFF_MEAN, K.ENGINE_KL_K3, K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN), "kl"),
+             (K.ENGINE_LOGPROB_DIFF_MEAN, K.ENGINE_KL_K3, K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN), "kl", training_only=True),
 )
 COLOURS = {"critical": "red", "warning": "amber"}
 
@@ -59,12 +59,19 @@ def question_of(detector: str) -> Question | None:
     return None
 
 
-def _measured(q: Question, history: list[dict], samples: list[dict]) -> bool:
-    return any(m in row for row in history for m in q.metrics) or any(row.get(m) is not None for row in samples for m in q.metrics)
+def _measured(q: Question, history: list[dict], samples: list[dict], fixed: set) -> bool:
+    """Whether the run measured what the question asks. `fixed`: history keys filled in from the checkpoints' fixed
+    prompts (report.inputs.detector_inputs); they and the samples do not answer a training-only question (whether the
+    groups had reward spread, whether the engine sampled the trained weights)."""
+    metrics = [m for m in q.metrics if not (q.training_only and m in fixed)]
+    if any(m in row for row in history for m in metrics):
+        return True
+    return not q.training_only and any(row.get(m) is not None for row in samples for m in q.metrics)
 
 
-def verdicts(findings: list[Finding], history: list[dict], samples: list[dict], last_step: int) -> list[Verdict]:
-    """One verdict per question of QUESTIONS, in that order; `findings` worst first (run_detectors' order)."""
+def verdicts(findings: list[Finding], history: list[dict], samples: list[dict], last_step: int, fixed: set = frozenset()) -> list[Verdict]:
+    """One verdict per question of QUESTIONS, in that order; `findings` worst first (run_detectors' order); `fixed`: the
+    history keys taken from the checkpoints' fixed prompts."""
     out = []
     for q in QUESTIONS:
         mine = [f for f in findings if question_of(f.detector) is q]
@@ -73,9 +80,10 @@ def verdicts(findings: list[Finding], history: list[dict], samples: list[dict], 
             worst = bad[0]
             more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
             out.append(Verdict(q, COLOURS[worst.severity], f"{worst.detector} @ step {worst.step}: {worst.message}{more}", mine))
-        elif mine or _measured(q, history, samples):  # a note (info) means its detector had something to read
+        elif mine or _measured(q, history, samples, fixed):  # a note (info) means its detector had something to read
             note = f" ({len(mine)} note{'s' if len(mine) > 1 else ''}: {mine[0].detector} @ step {mine[0].step})" if mine else ""
             out.append(Verdict(q, "green", f"measured over {last_step} steps; no detector of this question ({', '.join(q.detectors)}) fired{note}", mine))
         else:
-            out.append(Verdict(q, "grey", "not measured: none of " + ", ".join(q.metrics[:4]) + " in the logs or samples", mine))
+            where = "in a training log (checkpoints alone cannot tell: pass --logs)" if q.training_only else "in the logs or samples"
+            out.append(Verdict(q, "grey", "not measured: none of " + ", ".join(q.metrics[:4]) + " " + where, mine))
     return out
