@@ -146,6 +146,9 @@ def test_analyze_reproduces_a_policyshift_runs_samples(tiny_world, ppo_run, tmp_
     assert code == 0, capsys.readouterr().err
     own, analyzed = load_run(run_dir), load_run(out)
     assert [c["step"] for c in analyzed.config["analysis"]["checkpoints"]] == [2, 4]  # final/ is step 4 again: skipped
+    from policyshift.analysis.report import run_findings
+
+    assert len((out / "findings.jsonl").read_text().splitlines()) == len(run_findings(analyzed)[0])  # written even when empty
     assert sorted({r["step"] for r in analyzed.samples}) == [0, 2, 4]
     own_rows = {(r["step"], r["prompt_id"]): r for r in own.samples}
     assert set(own_rows) == {(r["step"], r["prompt_id"]) for r in analyzed.samples}

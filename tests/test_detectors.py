@@ -209,6 +209,26 @@ def test_reward_hacking_explained_by_length():
     assert detectors_fired(honest) == {"length_drift"}
 
 
+def test_length_paid_for_while_gold_rose_is_a_length_finding_not_hacking():
+    """Proxy pays for length (the test above) but the gold reward rose +0.8σ: the evidence says length, not hacking."""
+    history = make_history(response__length_mean=lambda p: 40 + 30 * p, reward__score_mean=lambda p: 0.04 * 30 * p,
+                           reward__gold_mean=lambda p: 0.8 * p, reward__gold_std=lambda p: 1.0)
+    findings = run_detectors(history, [], distributions=make_distributions(history, length_weight=0.1))
+    assert "reward_hacking" not in detectors_fired(findings)
+    paid = [f for f in findings if f.detector == "length_drift" and "corr_score_length" in f.evidence]
+    assert len(paid) == 1 and paid[0].severity == "info" and paid[0].evidence["gold_gain_sigma"] > 0.5
+    assert "not reward hacking by the gold measure" in paid[0].message
+    assert any(f.detector == "length_drift" and f.severity in ("warning", "critical") for f in findings)  # the growth itself
+
+
+def test_reference_logprob_fall_while_gold_rose_is_drift_not_hacking():
+    samples = make_samples(ref_logprob=lambda p, pid, r: float(-2.0 - 2.5 * p + r.normal(0, 0.1)),
+                           gold=lambda p, pid, r: float(1.5 * p + r.normal(0, 0.3)))
+    findings = run_detectors(make_history(reward__score_mean=lambda p: 2 * p), samples)
+    assert [(f.detector, f.severity) for f in findings] == [("reference_drift", "info")]
+    assert findings[0].evidence["gold_gain_sigma"] > 0.5
+
+
 def test_length_drift_and_eos_collapse():
     findings = run_detectors(make_history(response__length_mean=lambda p: 40 + 60 * p), [])
     assert [(f.detector, f.severity) for f in findings] == [("length_drift", "warning")]
@@ -286,9 +306,45 @@ def test_zero_spread_rising_fires_and_a_critic_free_run_is_not_unstable():
     assert [(f.detector, f.severity) for f in run_detectors(saturating, [])] == [("zero_spread", "critical")]
     halfway = make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.5 * p)
     assert [(f.detector, f.severity) for f in run_detectors(halfway, [])] == [("zero_spread", "warning")]
-    # flat from the start (a task too hard or too easy from step 1) is not a rise; a healthy share is silent
-    assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.7), []) == []
+    # a healthy share is silent
     assert run_detectors(make_history(value__explained_variance=None, group__zero_spread_frac=lambda p: 0.1 + 0.1 * p), []) == []
+
+
+def test_no_learning_signal_from_the_first_step():
+    """TRL's frac_reward_zero_std = 1.0 at every step (every group's rewards equal): nothing rose, but the run never
+    had a gradient from its reward. By hand: 10 steps at 1.0 → start = end = mean = 1.0 ≥ 0.9, critical at step 1."""
+    flat = [{"step": s, "group/zero_spread_frac": 1.0} for s in range(1, 11)]
+    findings = run_detectors(flat, [])
+    assert [(f.detector, f.severity, f.step) for f in findings] == [("zero_spread", "critical", 1)]
+    assert findings[0].evidence["mean"] == 1.0 and findings[0].evidence["steps"] == 10
+    assert "from the first step" in findings[0].message and "steps (1–10)" in findings[0].message
+    # 7 of 10 groups flat throughout (mean 0.7: above 0.5, below 0.9) → warning; 4 of 10 (0.4) → nothing
+    assert [(f.severity, f.step) for f in run_detectors([{**r, "group/zero_spread_frac": 0.7} for r in flat], [])] == [("warning", 1)]
+    assert run_detectors([{**r, "group/zero_spread_frac": 0.4} for r in flat], []) == []
+    # high at the start but recovering (mean (0.6·3 + 0.1·7)/10 = 0.25): the run found its signal
+    recovering = [{"step": s, "group/zero_spread_frac": 0.6 if s <= 3 else 0.1} for s in range(1, 11)]
+    assert run_detectors(recovering, []) == []
+
+
+def test_kl_at_the_first_step_names_dropout_and_the_noisy_ratios():
+    """A TRL RLOO run with dropout on: logged kl 0.24 at step 1 (policy = reference), sequence clip share 0.34–0.63.
+    By hand: median of the clip shares [0.34, 0.63, 0.5, 0.41, 0.45] is 0.45 ≥ 0.2 → warning; kl median of
+    [0.24, 0.26, 0.25, 0.27, 0.25] is 0.25."""
+    kls, clips = [0.24, 0.26, 0.25, 0.27, 0.25], [0.34, 0.63, 0.5, 0.41, 0.45]
+    rows = [{"step": s, "kl/k1_token_mean": k, "trl/clip_ratio/region_mean": c} for s, k, c in zip(range(1, 6), kls, clips)]
+    findings = run_detectors(rows, [])
+    assert [(f.detector, f.severity, f.step) for f in findings] == [("kl_at_start", "warning", 1)]
+    ev = findings[0].evidence
+    assert ev["kl_first_step"] == 0.24 and ev["kl_median"] == 0.25 and ev["clip_median"] == 0.45 and (ev["clip_min"], ev["clip_max"]) == (0.34, 0.63)
+    assert "dropout" in findings[0].message and "disable_dropout=True" in findings[0].message and "45%" in findings[0].message
+    # the same KL with a quiet update (clip share 0.05): the cause is told, as information
+    quiet = [{**r, "trl/clip_ratio/region_mean": 0.05} for r in rows]
+    assert [(f.detector, f.severity) for f in run_detectors(quiet, [])] == [("kl_at_start", "info")]
+    # 0.004 nats/token at step 1 is rounding (≤ 0.01); a log whose first row is step 5 (logging_steps = 5) saw updates
+    assert run_detectors([{**r, "kl/k1_token_mean": 0.004} for r in quiet], []) == []
+    assert run_detectors([{**r, "step": r["step"] + 4} for r in rows], []) == []
+    # step 0 is analyze's reference-vs-itself row: not a training step
+    assert run_detectors([{"step": 0, "kl/k1_token_mean": 0.0}, *[{**r, "step": r["step"] * 10} for r in rows]], []) == []
 
 
 # ---------------------------------------------------------------- the registry (analysis.detectors)
@@ -299,7 +355,7 @@ def test_registry_composes_each_familys_thresholds_into_one_object():
 
     from policyshift.analysis.detectors import DETECTORS, FAMILIES, common
 
-    assert list(DETECTORS) == ["kl_negative", "kl_flat", "kl_runaway", "no_reference_kl", "reward_hacking", "length_drift", "truncation",
+    assert list(DETECTORS) == ["kl_negative", "kl_flat", "kl_runaway", "kl_at_start", "no_reference_kl", "reward_hacking", "length_drift", "truncation",
                                "repetition_rise", "entropy_collapse", "mode_collapse", "ppo_instability", "zero_spread", "degenerate_groups",
                                "rollout_mismatch", "new_phrase", "probe_change"]
     names = [f.name for f in dataclasses.fields(DetectorThresholds)]

@@ -263,3 +263,28 @@ def test_trl_tensorboard_events_read_with_tensorboards_reader(trl_run, tmp_path)
     shutil.copytree(next((trl_run["grpo"] / "runs").iterdir()), alone)
     imported = import_logs([str(alone)])
     assert "kl" in imported.sources[0]["shown"] and "kl/k3_token_mean" not in imported.history[1]
+
+
+def test_analyze_writes_findings_jsonl_in_the_training_runs_schema(tiny_world, tmp_path, capsys):
+    """`analyze` logs its verdicts where a training run logs its own (findings.jsonl, one row per finding the report
+    shows, the same keys the live analysis writes), so a downstream tool reads both the same way."""
+    from policyshift.analysis.findings import LOG_KEYS
+    from policyshift.analysis.report import run_findings
+    from policyshift.runfiles import FINDINGS_FILE
+
+    run = tmp_path / "verl_run"
+    shutil.copytree(tiny_world["policy"], run / "global_step_12" / "actor" / "huggingface")
+    # response length 20 → 86 tokens over 12 steps: length_drift must fire (end/start ≈ 3.7: critical)
+    log = tmp_path / "verl.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "data": {"critic/score/mean": 0.5, "response_length/mean": 20.0 + 6 * (s - 1)}}) + "\n"
+                           for s in range(1, 13)))
+    out = tmp_path / "out"
+    assert main(["analyze", str(run), "--reference", tiny_world["policy"], "--prompts", tiny_world["prompts"], "--max-new-tokens", "6",
+                 "--logs", str(log), "--out", str(out)]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / FINDINGS_FILE).read_text().splitlines()]
+    assert rows and all(list(row) == ["logged_at_step", *LOG_KEYS] for row in rows)
+    assert {row["logged_at_step"] for row in rows} == {12}
+    expected = run_findings(load_run(out))[0]
+    assert [(r["detector"], r["severity"], r["step"], r["message"]) for r in rows] == [(f.detector, f.severity, f.step, f.message) for f in expected]
+    length = next(r for r in rows if r["detector"] == "length_drift")
+    assert length["severity"] == "critical" and length["evidence"]["length_start"] < 30 and length["evidence"]["length_end"] > 70

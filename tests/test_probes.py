@@ -385,6 +385,9 @@ def test_live_probe_regression_is_a_warning_in_the_console_and_findings(tiny_wor
     assert "probe_change (step 2): probe suite flip regressed: 0 ± 0 at step 2 vs the reference's 1 ± 0" in " ".join(err.split()), err
     logged = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
     assert [(f["detector"], f["severity"], f["step"]) for f in logged if f["detector"] == "probe_change"] == [("probe_change", "warning", 2)]
+    from policyshift.analysis.findings import LOG_KEYS
+
+    assert all(list(f) == ["logged_at_step", *LOG_KEYS] for f in logged)  # the schema `policyshift analyze` writes too
 
 
 def test_k_samples_per_prompt_are_averaged_per_prompt_before_the_standard_error(tiny_world, tmp_path, monkeypatch):

@@ -140,6 +140,36 @@ def test_findings_panel_lists_detector_output(tmp_path):
     findings = panel_html(page, "panel-6")
     assert "entropy_collapse" in findings and "critical" in findings
     assert 'class="health health-critical"' in page
+    from policyshift.analysis.report.panels import number
+
+    # the top answers one question per line: collapse red (with its evidence and panel), the rest measured and quiet
+    verdicts = dict(re.findall(r'data-question="(\w+)"><span class="verdict">(\w+)</span>', page))
+    assert verdicts["collapse"] == "RED" and verdicts["drift"] == "GREEN" and verdicts["length"] == "GREEN"
+    line = re.search(r'data-question="collapse">(.*?)</div>', page).group(1)
+    assert "entropy_collapse @ step" in line and f'href="#panel-{number("shape")}"' in line
+
+
+def test_verdicts_by_hand():
+    """One verdict per question: red/amber from the worst finding of its detectors, green when measured and quiet,
+    grey when nothing of it was measured; a detector the table does not list lands by the words in its name."""
+    from policyshift.analysis.findings import Finding, sort_findings
+    from policyshift.analysis.verdicts import QUESTIONS, verdicts
+
+    history = [{"step": s, "kl/seq_mean": 0.1 * s, "reward/score_mean": 0.0, "response/length_mean": 10.0} for s in range(1, 11)]
+    findings = [Finding("length_drift", "warning", 4, "length grew 2x", {}), Finding("truncation_reward", "critical", 6, "cut and scored", {}),
+                Finding("kl_at_start", "info", 1, "dropout", {})]
+    got = {v.question.key: v for v in verdicts(sort_findings(findings), history, [], 10)}
+    assert list(got) == [q.key for q in QUESTIONS]
+    assert got["length"].colour == "red" and got["length"].evidence == "truncation_reward @ step 6: cut and scored (+1 more)"
+    assert got["drift"].colour == "green" and got["signal"].colour == "green"  # kl/seq_mean, reward/score_mean measured
+    assert got["mismatch"].colour == "green" and "kl_at_start @ step 1" in got["mismatch"].evidence  # an info note, not an alarm
+    assert got["collapse"].colour == "grey" and got["hacking"].colour == "grey"  # no entropy, no samples, no gold
+    # a checkpoints-only run: reward and k1 at the checkpoints come from the fixed prompts, which cannot say whether the
+    # training groups had spread or the engine sampled the trained weights
+    fixed_only = [{"step": s, "reward/score_mean": 0.1 * s, "kl/k1_token_mean": 0.01 * s} for s in (0, 10, 20)]
+    got = {v.question.key: v for v in verdicts([], fixed_only, [], 20, fixed={"reward/score_mean", "kl/k1_token_mean"})}
+    assert got["signal"].colour == "grey" and got["mismatch"].colour == "grey" and "--logs" in got["signal"].evidence
+    assert got["drift"].colour == "green"
 
 
 def test_render_tokens_colours_and_titles():
@@ -194,7 +224,7 @@ def test_panel_numbers_nav_and_references_come_from_panels(tmp_path):
     page = render_report(run)
     sections = re.findall(r'<section class="panel" id="panel-(\d+)"><h2>(\d+)\. ', page)
     assert all(a == b for a, b in sections)
-    links = re.findall(r'<a href="#panel-(\d+)">', page.split("</nav>")[0])
+    links = re.findall(r'<a href="#panel-(\d+)">', page.split("<nav>")[1].split("</nav>")[0])  # the nav (the verdict lines above it link panels too)
     assert links == [a for a, _ in sections]  # the nav lists exactly the panels on the page, in order
     assert "8" not in links and "9" in links
 

@@ -26,7 +26,7 @@ import yaml
 
 from policyshift.analysis.discover import Checkpoint, DiscoveryError, find_checkpoints, is_adapter_dir
 from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sample_fixed_prompts
-from policyshift.runfiles import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, write_jsonl
+from policyshift.runfiles import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, write_jsonl
 from policyshift.checks import fit_prompt_length
 from policyshift.config import RolloutConfig
 from policyshift.models import ModelError, PolicyAndCritic, local_path_or_hub_id, freeze, load_causal_lm, load_tokenizer, same_vocabulary
@@ -373,7 +373,14 @@ def _analyze_run(ref: Reference, plan: RunPlan, reference_rows, target: Path, fi
     from policyshift.analysis.runlog import load_run
 
     # rendered under the output's own name (the page title), then moved in with the rest
-    (target / REPORT_FILE).write_text(render_report(replace(load_run(target), run_dir=final)), encoding="utf-8")
+    loaded = replace(load_run(target), run_dir=final)
+    (target / REPORT_FILE).write_text(render_report(loaded), encoding="utf-8")
+    # the verdicts, as the trainer's live analysis logs its own (one row per finding the report shows)
+    from policyshift.analysis.report import run_findings
+    from policyshift.tracking.jsonl import JsonlSink
+
+    (target / FINDINGS_FILE).touch()  # present and empty: analyzed, nothing found (a missing file would read as "not analyzed")
+    JsonlSink(target).log_findings([f.log_row() for f in run_findings(loaded)[0]], loaded.last_step)
     return {"checkpoints": analyzed, "notes": notes, "seconds": seconds}
 
 

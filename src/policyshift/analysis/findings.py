@@ -20,6 +20,23 @@ class Finding:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def log_row(self) -> dict:
+        """The row a sink's log_findings writes (findings.jsonl adds `logged_at_step`): the trainer's live
+        analysis and `policyshift analyze` both write this, so one reader serves both."""
+        return {key: _plain(getattr(self, key)) for key in LOG_KEYS}
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars (a detector's evidence often holds them) as Python numbers, at any depth."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)) else value
+
+
+LOG_KEYS = ("detector", "severity", "step", "message", "evidence")  # a findings.jsonl row, after logged_at_step
+
 
 def at_least(severity: str, level: str) -> bool:
     """`severity` is `level` or worse ("critical" is at least "warning")."""

@@ -110,7 +110,7 @@ class LiveAnalysis:
             colour = "red" if f.severity == "critical" else "yellow"
             self.console.print(f"[{colour}]{f.severity}[/] [bold]{f.detector}[/] (step {f.step}): {f.message}", highlight=False, soft_wrap=True)  # one line each
         if new:
-            v.sink().log_findings([{"detector": f.detector, "severity": f.severity, "step": f.step, "message": f.message} for f in new], step)
+            v.sink().log_findings([f.log_row() for f in new], step)
         if self.stop_on != "none":
             worst = [f for f in findings if at_least(f.severity, self.stop_on)]
             if worst:

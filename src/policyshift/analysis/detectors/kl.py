@@ -1,5 +1,5 @@
 """KL to the reference: negative (samples not from the scored policy), flat (not learning), runaway (over budget or
-accelerating while reward stagnates)."""
+accelerating while reward stagnates), non-zero before the first update (the two log-probs computed differently: dropout)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ ADVICE = {
         broken="End KL over budget with stagnant reward, or accelerating (warning); above 3× the budget (critical); over budget while the reward still rises is info.",
         action="Raise β (or set the adaptive KL target lower), lower the LR or the PPO epochs; if already far past the budget, stop and keep an earlier checkpoint.",
     ),
+    "kl_at_start": Advice(
+        detects=("KL to the reference above ≈ 0 before the first update, when the policy still is its reference: the two log-probs are computed "
+                 "differently (dropout left on in the policy's forward — TRL's default — or another precision or engine)."),
+        healthy="Per-token KL at the first logged step ≈ 0 (below `kl_at_start_max`).",
+        broken=("First-step KL above `kl_at_start_max` (info); a warning when the update also clips a median share ≥ `noisy_clip_share` per step, so "
+                "the importance ratios are noise."),
+        action=("Set disable_dropout=True (TRL) or the model's dropout to 0, and compute the policy's and reference's log-probs the same way; read "
+                "the logged KL as inflated until then."),
+    ),
 }
 
 
@@ -60,6 +69,13 @@ class Thresholds:
     kl_accel_ratio: float = 3.0  # 2nd-half KL slope / 1st-half slope counting as "accelerating"
     kl_accel_min_rise_frac: float = 0.25  # ... and the 2nd half must add ≥ this × budget nats
     reward_stagnant_effect: float = 0.1  # σ gained over the 2nd half below this is "stagnating"
+
+    # -- kl_at_start: before the first update the policy *is* its reference, so a per-token KL logged at step ≤ 1 is
+    # 0 up to rounding; more means the two log-probs were computed differently (dropout left on in the policy's
+    # forward — TRL's default — or another precision/engine) and every logged KL and importance ratio carries that noise --
+    kl_at_start_max: float = 0.01  # nats/token at the first logged step (≤ 1) above which the log-probs disagree
+    kl_at_start_min_steps: int = 5  # judged once the run has this many KL points (the median over them is evidence too)
+    noisy_clip_share: float = 0.2  # median share clipped per step at or above which the ratios are noise (→ warning)
 
 
 def from_config(config: dict) -> dict:
@@ -156,4 +172,35 @@ def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> 
     return [Finding("kl_runaway", "warning", int(steps[half]), message, evidence)]
 
 
-DETECTORS = {"kl_negative": detect_kl_negative, "kl_flat": detect_kl_flat, "kl_runaway": detect_kl_runaway}
+# Shares of the update clipped per step, either unit: tokens (ppo/clip_frac), sequences (GSPO), and TRL RLOO's sequence
+# share, which the TRL importer shows under its raw name (no policyshift key has its unit). For "is the update
+# clipping on noise" a share of tokens and a share of sequences tell the same thing.
+CLIP_SHARE_KEYS = (K.CLIP_FRAC, K.SEQ_CLIP_FRAC, "trl/clip_ratio/region_mean")
+
+
+def detect_kl_at_start(history, samples, t, distributions=(), reference=None) -> list[Finding]:
+    steps, kl, key = first_series(history, [K.KL_K1_TOKEN_MEAN, K.KL_K3_TOKEN_MEAN, K.KL_TOKEN_MEAN, K.KL_EXACT_TOKEN_MEAN])
+    if len(kl) < t.kl_at_start_min_steps or steps[0] > 1 or steps[0] < 1:  # step 0 is the reference itself (analyze); after step 1 the policy moved
+        return []
+    first = float(kl[0])
+    if not first > t.kl_at_start_max:
+        return []
+    evidence = {"metric": key, "step": int(steps[0]), "kl_first_step": first, "kl_median": float(np.median(kl)), "steps": len(kl)}
+    clip_steps, clip, clip_key = first_series(history, CLIP_SHARE_KEYS)
+    noisy = len(clip) >= 2 and float(np.median(clip)) >= t.noisy_clip_share
+    symptom = ""
+    if len(clip):
+        evidence.update({"clip_metric": clip_key, "clip_median": float(np.median(clip)), "clip_min": float(clip.min()), "clip_max": float(clip.max())})
+        symptom = (f"; the update clipped a median {np.median(clip):.0%} per step ({clip_key}, {clip.min():.0%}–{clip.max():.0%} over "
+                   f"{len(clip)} steps), so the importance ratios are noise rather than policy change" if noisy else "")
+    message = (
+        f"KL to the reference was already {fmt(first)} nats/token at step {int(steps[0])} ({key}), when the policy still equals its "
+        f"reference (it should be ≈ 0): the policy's and the reference's log-probs are computed differently — most often dropout left "
+        f"on in the training forward pass (TRL's default), else another precision or engine{symptom}. Logged KL is inflated by that "
+        f"noise (median {fmt(float(np.median(kl)))} over the run); set disable_dropout=True (TRL) or the model's dropout to 0, "
+        f"and compute both log-probs the same way."
+    )
+    return [Finding("kl_at_start", "warning" if noisy else "info", int(steps[0]), message, evidence)]
+
+
+DETECTORS = {"kl_negative": detect_kl_negative, "kl_flat": detect_kl_flat, "kl_runaway": detect_kl_runaway, "kl_at_start": detect_kl_at_start}

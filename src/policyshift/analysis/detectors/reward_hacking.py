@@ -21,7 +21,8 @@ ADVICE = {
         detects="The proxy reward rising while what it stands for does not: the gold reward falls or stalls, the responses drift off the reference's distribution, or the gain is bought with length.",
         healthy="The gold reward rises with the proxy; the eval responses' log π_ref stays near step 0's; length explains little of the proxy gain.",
         broken=("Proxy up and gold fell below its start or its own peak (critical) or stalled (warning); or log π_ref of the eval responses fell ≥ 1 nat/token "
-                "(critical at 2); or length explains ≥ 50% of the proxy gain (warning)."),
+                "(critical at 2); or length explains ≥ 50% of the proxy gain (warning). When a gold reward was measured and rose, the length and "
+                "log π_ref rules report length_drift / reference_drift (info) instead: the claim follows the evidence."),
         action=("The policy is exploiting the reward model: stop and keep the checkpoint near the gold peak, raise β, read the samples, fix or retrain the reward "
                 "model; when length pays, add a length penalty or normalise the reward by length."),
     ),
@@ -112,8 +113,17 @@ def _gold_samples(samples):
     }
 
 
+def _gold(history, samples, t, distributions) -> dict | None:
+    """Gold start/end/peak from the per-step history, else from the fixed-prompt samples; None when not measured."""
+    return _gold_history(history, samples, t, distributions) or _gold_samples(samples)
+
+
+def _gold_gain(gold: dict | None) -> float:
+    return (gold["end"] - gold["start"]) / gold["scale"] if gold else math.nan
+
+
 def _check_gold(history, samples, t, distributions, proxy_gain) -> list[Finding]:
-    gold = _gold_history(history, samples, t, distributions) or _gold_samples(samples)
+    gold = _gold(history, samples, t, distributions)
     if gold is None:
         return []
     gain = (gold["end"] - gold["start"]) / gold["scale"]
@@ -145,7 +155,7 @@ def _check_gold(history, samples, t, distributions, proxy_gain) -> list[Finding]
     return []
 
 
-def _check_ref_logprob(samples, t, proxy_gain) -> list[Finding]:
+def _check_ref_logprob(samples, t, proxy_gain, gold_gain: float = math.nan) -> list[Finding]:
     groups = {step: sample_values(rows, "ref_logprob_mean") for step, rows in eval_groups(samples).items()}
     groups = {step: vals for step, vals in groups.items() if vals.size}
     if 0 not in groups or len(groups) < 2:
@@ -162,6 +172,12 @@ def _check_ref_logprob(samples, t, proxy_gain) -> list[Finding]:
         f"drifting off-distribution in ways the reward model pays for; read the samples, raise β."
     )
     evidence = {"ref_logprob_start": start, "ref_logprob_end": end, "drop": drop, "proxy_gain_sigma": proxy_gain}
+    if gold_gain >= t.gold_flat_effect:  # the gold reward rose: the outputs drifted, but the gain is real by the gold measure
+        evidence["gold_gain_sigma"] = gold_gain
+        message = (f"The reference model finds the policy's outputs far less likely (mean log π_ref {fmt(start)} → {fmt(end)} nats/token, "
+                   f"perplexity ×{math.exp(drop):.1f}) while proxy ({proxy_gain:+.2f}σ) and gold ({gold_gain:+.2f}σ) both rose: a large drift "
+                   f"from the reference, not hacking by the gold measure; read the samples for style the gold scorer ignores.")
+        return [Finding("reference_drift", "info", last, message, evidence)]
     return [Finding("reward_hacking", severity, last, message, evidence)]
 
 
@@ -208,12 +224,19 @@ def _check_length(history, samples, t, distributions, proxy_gain, proxy_start, p
     explained = slope * (len_end - len_start) / (proxy_end - proxy_start) if proxy_end != proxy_start else math.nan
     if not (corr >= t.length_corr_min and explained >= t.length_explained_min):
         return []
-    message = (
-        f"Reward tracks length (within-batch corr {corr:.2f}) and mean length went {fmt(len_start)} → {fmt(len_end)} "
-        f"tokens, which explains {explained:.0%} of the {proxy_gain:+.2f}σ proxy gain: the reward model is paying for "
-        f"length; add a length penalty or fix the reward."
-    )
     evidence = {"corr_score_length": corr, "slope_per_token": slope, "length_start": len_start, "length_end": len_end, "explained_fraction": explained, "n": int(x.size)}
+    what = (f"Reward tracks length (within-batch corr {corr:.2f}) and mean length went {fmt(len_start)} → {fmt(len_end)} tokens, which "
+            f"explains {explained:.0%} of the {proxy_gain:+.2f}σ proxy gain")
+    gold_gain = _gold_gain(_gold(history, samples, t, distributions))
+    if gold_gain >= t.gold_flat_effect:
+        # The gold reward followed the proxy: by the one measure of hacking there is, this is not hacking. The claim the
+        # evidence supports is about length (the reward pays for it), so that is what the finding names.
+        evidence["gold_gain_sigma"] = gold_gain
+        message = (f"{what}; the gold reward rose too ({gold_gain:+.2f}σ), so this is not reward hacking by the gold measure, but the "
+                   f"reward pays for length: watch the truncation rate and the length limit, and add a length penalty if longer is not better.")
+        return [Finding("length_drift", "info", last_step(history), message, evidence)]
+    message = (f"{what}: the reward model is paying for length{' (no gold reward measured to tell whether the gain is real)' if not math.isfinite(gold_gain) else ''}; "
+               f"add a length penalty or fix the reward.")
     return [Finding("reward_hacking", "warning", last_step(history), message, evidence)]
 
 
@@ -223,7 +246,7 @@ def detect_reward_hacking(history, samples, t, distributions=(), reference=None)
         return []
     return (
         _check_gold(history, samples, t, distributions, proxy_gain)
-        + _check_ref_logprob(samples, t, proxy_gain)
+        + _check_ref_logprob(samples, t, proxy_gain, _gold_gain(_gold(history, samples, t, distributions)))
         + _check_length(history, samples, t, distributions, proxy_gain, proxy_start, proxy_end)
     )
 

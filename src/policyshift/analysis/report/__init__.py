@@ -34,7 +34,7 @@ from policyshift.runfiles import REPORT_FILE, write_atomic
 _PANEL_MODULES = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__) if m.name not in ("kit", "panels", "inputs")]
 
 
-def _header(run: RunData, findings: list[Finding], thresholds: DetectorThresholds, rendered: list[tuple[int, str]]) -> str:
+def _header(run: RunData, findings: list[Finding], thresholds: DetectorThresholds, rendered: list[tuple[int, str]], fixed: set = frozenset()) -> str:
     total = config_get(run.config, "train.steps")
     beta = config_get(run.config, "kl.beta")
     meta = [f"step {run.last_step}" + (f" / {esc(total)}" if total is not None else ""), f"KL estimator {esc(estimator_name(run))}"]
@@ -43,16 +43,29 @@ def _header(run: RunData, findings: list[Finding], thresholds: DetectorThreshold
     if config_get(run.config, "model.policy"):
         meta.append(f"policy {esc(config_get(run.config, 'model.policy'))}")
     meta.append(f"report built {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}")
-    if findings:
-        worst = findings[0]
-        others = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
-        health = f'<div class="health health-{esc(worst.severity)}">{esc(worst.severity.upper())} · {esc(worst.detector)} @ step {worst.step}: {esc(worst.message)}{others}</div>'
-    elif run.last_step >= thresholds.min_steps:
-        health = f'<div class="health health-ok">Healthy so far: no detector fired over {run.last_step} steps.</div>'
-    else:
-        health = f'<div class="health health-info">Too early to judge: {run.last_step} steps logged (detectors need {thresholds.min_steps}).</div>'
+    health = _verdict_lines(run, findings, rendered, fixed)
+    if run.last_step < thresholds.min_steps:
+        health = f'<div class="health health-info">Too early to judge: {run.last_step} steps logged (detectors need {thresholds.min_steps}).</div>' + health
     nav = "".join(f'<a href="#panel-{i}">{name}</a>' for i, name in rendered)  # only the panels on the page
     return f"<header><h1>policyshift · {esc(run.name)}</h1><div class=\"meta\">{''.join(f'<span>{m}</span>' for m in meta)}</div>{health}<nav>{nav}</nav></header>"
+
+
+_VERDICT_CLASS = {"red": "critical", "amber": "warning", "green": "ok", "grey": "grey"}
+
+
+def _verdict_lines(run: RunData, findings: list[Finding], rendered: list[tuple[int, str]], fixed: set = frozenset()) -> str:
+    """"Is my run healthy?": one line per question (analysis.verdicts), its colour, its evidence and the panel showing it."""
+    from policyshift.analysis.report.panels import number
+    from policyshift.analysis.verdicts import verdicts
+
+    shown = {n for n, _ in rendered}
+    lines = []
+    for v in verdicts(findings, run.history, run.samples, run.last_step, fixed):
+        target = next((n for n in (number(v.question.panel), number("findings")) if n in shown), None)
+        link = f' · <a href="#panel-{target}">panel {target}</a>' if target else ""
+        lines.append(f'<div class="health health-{_VERDICT_CLASS[v.colour]}" data-question="{esc(v.question.key)}">'
+                     f'<span class="verdict">{esc(v.colour.upper())}</span> {esc(v.question.title)}: {esc(v.evidence)}{link}</div>')
+    return f'<div class="verdicts">{"".join(lines)}</div>'
 
 
 def render_report(run: RunData) -> str:
@@ -63,7 +76,7 @@ def render_report(run: RunData) -> str:
     order = sorted(PANELS, key=lambda p: p.key not in ("probes", "phrases"))
     html = {p.key: RENDERERS[p.key](page) for p in order}
     rendered = [(number, p) for number, p in enumerate(PANELS, 1) if html[p.key]]
-    body = "\n".join([_header(run, findings, thresholds, [(n, p.nav) for n, p in rendered]), *(html[p.key] for _, p in rendered)])
+    body = "\n".join([_header(run, findings, thresholds, [(n, p.nav) for n, p in rendered], fixed), *(html[p.key] for _, p in rendered)])
     return standalone_page(f"policyshift · {run.name}", body, page.figures)
 
 
