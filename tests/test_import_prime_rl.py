@@ -1,7 +1,7 @@
 """The prime-rl importer on a run directory written in the format prime-rl's source writes (commit 559b447;
-tests/fixtures/transcribed.py cites the lines): metrics.jsonl lines merged per step, the mismatch KL fed to the
-training–inference mismatch detector, the trained batch's verifiers traces as completions, and the run found
-by `policyshift analyze RUN_DIR`."""
+tests/fixtures/prime_rl_fixtures.py cites the lines; the episode records are made by verifiers 0.4.0): metrics.jsonl
+lines merged per step, the mismatch KL fed to the training–inference mismatch detector, the trained batch's traces
+as completions, and the run found by `policyshift analyze RUN_DIR`."""
 
 import json
 import shutil

@@ -1,6 +1,6 @@
 """prime-rl (github PrimeIntellect-ai/prime-rl, checked against commit 559b447, v0.8.1.dev67; the format moves between
 releases): the file monitor's `metrics.jsonl` and its `rollouts/step_N/<kind>/<subset>/traces.jsonl`
-(src/prime_rl/monitors/file.py L33-59; tests/fixtures/transcribed.py cites the rest).
+(src/prime_rl/monitors/file.py L33-59; tests/fixtures/prime_rl_fixtures.py cites the rest).
 
 metrics.jsonl: one `{"step", "time", ...}` line per `monitors.log(dict)` call — several lines per step, from the
 trainer and the orchestrator alike (both write the run directory's metrics.jsonl under the `rl` entrypoint); the
@@ -188,9 +188,9 @@ IMPORTER = Importer(
     title="prime-rl",
     order=16,  # before verl, whose .jsonl format would claim a metrics.jsonl given by path
     formats=(
-        LogFormat(matches=lambda name: name == METRICS, read=read_metrics, file_phrase="prime-rl's metrics.jsonl", find=find_metrics,
+        LogFormat(matches=lambda name: name == METRICS, read=read_metrics, file_phrase="a prime-rl metrics.jsonl", find=find_metrics,
                   dir_phrase="prime-rl metrics.jsonl", help="prime-rl metrics.jsonl"),
-        LogFormat(matches=_is_traces, read=_read_given_traces, file_phrase="prime-rl rollouts/step_N/train/effective/traces.jsonl",
+        LogFormat(matches=_is_traces, read=_read_given_traces, file_phrase="a prime-rl rollouts/step_N/train/effective/traces.jsonl",
                   find=find_traces, read_found=read_traces, dir_phrase="prime-rl rollouts/step_N/train/effective/traces.jsonl",
                   help="prime-rl rollouts/step_N/…/traces.jsonl", completions="prime-rl rollouts/step_N/train/effective/traces.jsonl"),
     ),
