@@ -47,6 +47,7 @@ def test_trained_batch_traces_are_the_completions():
     assert first["prompt"] == trace["nodes"][0]["message"]["content"] and first["completion"] == trace["nodes"][1]["message"]["content"]
     assert first["score"] == pytest.approx(sum(r["score"] * r["weight"] for r in trace["rewards"].values()))  # verifiers' Trace.reward
     assert first["length"] == sum(trace["nodes"][1]["mask"]) and first["group"] == episode["group"]["id"] + ":agent"
+    assert first["policy_span"] == [0, 1] and first["sampled_before_update"] == 1
     means = {s: sum(c["score"] for c in result.completions if c["step"] == s) / 12 for s in (1, 2, 3)}
     assert all(result.history[s][K.SCORE_MEAN] == pytest.approx(m) for s, m in means.items())
 
@@ -68,11 +69,16 @@ def test_mismatch_reaches_the_detector(run, expected):
     assert ("no_reference_kl", "info") in found  # no KL to the reference in this run
 
 
-def test_a_foreign_metrics_file_is_one_error(tmp_path):
+def test_a_foreign_metrics_file_is_one_error_or_its_own_trainers(tmp_path):
     bad = tmp_path / "metrics.jsonl"
     bad.write_text(json.dumps({"step": 1, "kl": 0.1}) + "\n")
-    with pytest.raises(LogImportError, match="not prime-rl's metrics.jsonl"):
+    with pytest.raises(LogImportError, match="neither verl's file logger"):  # the next format taking a .jsonl says what it expected
         import_logs([str(bad)])
+    verl = tmp_path / "verl" / "metrics.jsonl"  # a verl experiment named "metrics": read as verl's file log
+    verl.parent.mkdir()
+    verl.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.5}}) + "\n")
+    result = import_logs([str(verl)])
+    assert result.history[1][K.SCORE_MEAN] == 0.5 and result.sources[0]["kind"] == "verl scalars"
 
 
 def test_analyze_finds_the_run_its_weights_and_completions(tiny_world, tmp_path, capsys):

@@ -90,7 +90,15 @@ def is_metrics(path: Path) -> bool:
 
 def read_metrics(path: Path, imported: Imported, context: dict | None = None) -> None:
     if not is_metrics(path):
-        raise LogImportError(f"{path}: not prime-rl's metrics.jsonl (one {{\"step\": N, \"time\": T, ...}} object per line)")
+        # a metrics.jsonl given by path is told by its lines: another trainer's JSONL of that name (a verl experiment
+        # called "metrics") goes to the next format that takes the name
+        from policyshift.analysis.ingest import FORMATS
+
+        other = next((f for f in FORMATS if f.read is not read_metrics and f.matches(path.name)), None)
+        if other is None:
+            raise LogImportError(f"{path}: not prime-rl's metrics.jsonl (one {{\"step\": N, \"time\": T, ...}} object per line)")
+        other.read(path, imported, context if context is not None else {})
+        return
     by_step: dict[int, dict] = {}
     for row in jsonl_objects(path, imported):
         step = row.get("step")
@@ -127,6 +135,8 @@ def read_traces(path: Path, imported: Imported, context: dict | None = None) -> 
         if not isinstance(episode.get("traces"), list):
             raise LogImportError(f"{path}: a line without 'traces'; expected verifiers Episode records (id, task, traces, ...)")
         group = (episode.get("group") or {}).get("id")
+        # the policy versions live while it was generated (async: up to max_async_level behind the update it trains)
+        policy = ((episode.get("run") or {}).get("work") or {}).get("policy")
         for trace in episode["traces"]:
             rewards = {name: r for name, r in (trace.get("rewards") or {}).items() if isinstance(r, dict)}
             values = {name: float(r["score"]) for name, r in rewards.items() if isinstance(r.get("score"), (int, float))}
@@ -135,6 +145,8 @@ def read_traces(path: Path, imported: Imported, context: dict | None = None) -> 
             prompt, completion, length = _completion(trace)
             row = {"step": step, "prompt": prompt, "completion": completion, "score": score, "rewards": values, "length": length,
                    "stop_condition": trace.get("stop_condition"), "sampled_before_update": step, "source": "prime_rl"}
+            if isinstance(policy, dict):
+                row["policy_span"] = [policy.get("start"), policy.get("end")]
             if group is not None:
                 agent = (trace.get("agent") or {}).get("name", "agent")
                 row["group"] = f"{group}:{agent}"
