@@ -27,6 +27,7 @@ def findings(run: str):
     ("trl/grpo_all_wrong", {("all_wrong_groups", "critical")}),
     ("verl/20251202", {("rollout_mismatch", "critical"), ("all_wrong_groups", "warning"), ("truncation", "warning")}),
     ("nemo_rl/healthy", set()), ("nemo_rl/mismatch", {("rollout_mismatch", "critical")}),
+    ("prime_rl/healthy", set()), ("prime_rl/mismatch", {("rollout_mismatch", "critical")}),
 ])
 def test_problems_found_only_where_the_fixture_has_them(run, expected):
     found = findings(run)

@@ -14,9 +14,9 @@ from policyshift.analysis.ingest import IMPORTERS, LogImportError, import_logs
 
 
 def test_registry_order_names_and_key_tables():
-    assert [i.name for i in IMPORTERS] == ["trl", "nemo_rl", "verl", "openrlhf", "tensorboard", "hf", "policyshift"]
-    assert ingest.SOURCES == ("trl", "nemo_rl", "verl", "openrlhf", "tensorboard")
-    assert ingest.RAW_PREFIXES == ("trl/", "nemo_rl/", "verl/", "openrlhf/", "tensorboard/")
+    assert [i.name for i in IMPORTERS] == ["trl", "nemo_rl", "prime_rl", "verl", "openrlhf", "tensorboard", "hf", "policyshift"]
+    assert ingest.SOURCES == ("trl", "nemo_rl", "prime_rl", "verl", "openrlhf", "tensorboard")
+    assert ingest.RAW_PREFIXES == ("trl/", "nemo_rl/", "prime_rl/", "verl/", "openrlhf/", "tensorboard/")
     known = {getattr(K, name) for name in dir(K) if name.isupper() and isinstance(getattr(K, name), str)}
     for importer in IMPORTERS:
         assert len({m.key for m in importer.keys}) == len(importer.keys), importer.name  # one meaning per key
@@ -46,11 +46,13 @@ def test_lookup_by_table_and_pattern():
 
 def test_generated_texts():
     assert ingest.DIR_EXPECTED == ("trainer_state.json or checkpoint-N/trainer_state.json, completions/completions_*.parquet, "
-                                   "NeMo-RL train_data_step{N}.jsonl, a verl file log (<project>/<experiment>.jsonl), {step}.jsonl rollout dumps, or TensorBoard event files")
-    assert ingest.CHECKPOINT_TRAINERS == "TRL, verl, OpenRLHF, HF directories"
-    assert ingest.COMPLETION_LOGS == "TRL completions/completions_*.parquet, NeMo-RL train_data_step{N}.jsonl, verl rollout dumps {step}.jsonl"
+                                   "NeMo-RL train_data_step{N}.jsonl, prime-rl metrics.jsonl, prime-rl rollouts/step_N/train/effective/traces.jsonl, "
+                                   "a verl file log (<project>/<experiment>.jsonl), {step}.jsonl rollout dumps, or TensorBoard event files")
+    assert ingest.CHECKPOINT_TRAINERS == "TRL, prime-rl, verl, OpenRLHF, HF directories"
+    assert ingest.COMPLETION_LOGS == ("TRL completions/completions_*.parquet, NeMo-RL train_data_step{N}.jsonl, "
+                                     "prime-rl rollouts/step_N/train/effective/traces.jsonl, verl rollout dumps {step}.jsonl")
     assert EXPECTED == ("an HF model directory (config.json + model.safetensors/pytorch_model.bin, or a LoRA adapter_config.json), "
-                        "or a run directory with checkpoint-N/ (HF Trainer, TRL), global_step_N/actor/huggingface/ (verl), "
+                        "or a run directory with checkpoint-N/ (HF Trainer, TRL), checkpoints/step_N/weight/ (prime-rl), global_step_N/actor/huggingface/ (verl), "
                         "global_stepN_hf/ (OpenRLHF) or checkpoints/step-N/policy/ (policyshift)")
     for name, step in [("checkpoint-12", 12), ("step-3", 3), ("global_step_40", 40), ("global_step7_hf", 7), ("global-step-2", 2),
                        ("iter_5", 5), ("iteration-9", 9), ("step_4", 4)]:

@@ -239,3 +239,34 @@ def test_docs_panel_headings_follow_panels():
     guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "report.md").read_text(encoding="utf-8")
     section = guide.split("\n## The panels\n", 1)[1].split("\n## ", 1)[0]
     assert [int(n) for n in re.findall(r"^### (\d+)\. ", section, flags=re.M)] == list(range(1, len(PANELS) + 1))
+
+
+def _imported_run(tmp_path, fixture):
+    """A run directory holding what `analyze --logs` writes from a fixture made by a trainer's code (tests/fixtures/)."""
+    from pathlib import Path
+
+    from policyshift.analysis.ingest import import_logs
+
+    imported = import_logs([str(Path(__file__).parent / "fixtures" / fixture)])
+    run_dir = tmp_path / fixture.replace("/", "_")
+    run_dir.mkdir()
+    write_jsonl(run_dir / "metrics.jsonl", [dict(values, step=step) for step, values in sorted(imported.history.items())])
+    return run_dir
+
+
+@pytest.mark.parametrize("fixture, says", [
+    ("trl/grpo_default", ["this run logged no KL to the reference", "β = 0"]),
+    ("verl/grpo_token_mean", ["verl/actor/kl_loss", "verl/actor/ppo_kl is old-vs-new"]),
+    ("prime_rl/healthy", ["this run logged no KL to the reference"]),
+    ("trl/grpo_batch_seq", None),  # β = 0.04: its k3 KL to the reference is fed and plotted, no notice
+])
+def test_kl_panel_says_when_the_run_has_no_kl_to_the_reference(tmp_path, fixture, says):
+    page = build_report(_imported_run(tmp_path, fixture)).read_text(encoding="utf-8")
+    kl = panel_html(page, "panel-1")
+    if says is None:
+        assert 'class="notice"' not in kl and "fig-kl" in kl
+        return
+    notice = re.search(r'<p class="notice">(.*?)</p>', kl, re.S)
+    assert notice, kl
+    for phrase in says:
+        assert phrase in notice.group(1)

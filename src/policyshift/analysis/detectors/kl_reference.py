@@ -24,7 +24,7 @@ ADVICE = {
 
 # raw keys (`<importer>/<key>`) of other trainers: old→new KL of one update, and KL to the reference in a unit not fed
 _OLD_VS_NEW = ("verl/actor/ppo_kl", "openrlhf/ppo_kl")
-_REFERENCE_SHOWN = ("verl/actor/kl_loss", "verl/actor/reward_kl_penalty", "trl/kl", "openrlhf/kl")
+_REFERENCE_SHOWN = ("verl/actor/kl_loss", "verl/actor/reward_kl_penalty", "trl/kl", "openrlhf/kl", "prime_rl/ref_kl")
 
 
 @dataclass

@@ -37,7 +37,15 @@ def estimator_name(run: RunData) -> str:
     return str(config_get(run.config, "kl.estimator", "") or "configured estimator")
 
 
-def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
+def _reference_notice(findings) -> str:
+    """The no_reference_kl finding, shown where a reader looks for the KL: this panel. An imported run with no KL to
+    the reference (or only old-vs-new KL) would otherwise show an empty panel, or a curve read as drift from the SFT model."""
+    notices = [f for f in findings or () if f.detector == "no_reference_kl"]
+    return "".join(f'<p class="notice">{esc(f.message)}</p>' for f in notices)
+
+
+def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset(), findings=()) -> str:
+    notice = _reference_notice(findings)
     estimator = estimator_name(run)
     candidates = [(K.KL_TOKEN_MEAN, f"sampled {estimator} (token mean)")]
     if estimator != "k1":
@@ -56,7 +64,7 @@ def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
                 "the run set kl.score_reference false, so the reference scored no training batch and the per-step KL curves are "
                 f"missing; the fixed-prompt samples ({ref('samples')}) still carry each evaluation's KL to the reference",
                 "train with kl.score_reference true (the default), or run `policyshift analyze` on the run's checkpoints"))
-        return panel_html(number("kl"), "KL to the reference policy", no_data("no KL logged in metrics.jsonl", FILL_KL))
+        return panel_html(number("kl"), "KL to the reference policy", notice + no_data("no KL logged in metrics.jsonl", FILL_KL))
     steps, beta = metric_series(run.history, K.KL_BETA)
     layout = {"xaxis": axis("step"), "yaxis": axis("KL (nats / token)")}
     if len(beta):
@@ -70,7 +78,7 @@ def panel_kl(run: RunData, figures: dict, fixed: set[str] = frozenset()) -> str:
         "on the generated tokens; the exact curve sums over the whole vocabulary and has no sampling noise. "
         "A sampled k1 that sits below zero means generation and scoring disagree. " + control
     )
-    return panel_html(number("kl"), "KL to the reference policy", add_figure(figures, "fig-kl", traces, layout), caption)
+    return panel_html(number("kl"), "KL to the reference policy", notice + add_figure(figures, "fig-kl", traces, layout), caption)
 
 
 def _eval_means(samples: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -343,7 +351,7 @@ def panel_samples(run: RunData) -> str:
 # ------------------------------------------------------------------ header + build
 
 
-renders("kl")(lambda page: panel_kl(page.run, page.figures, page.fixed))
+renders("kl")(lambda page: panel_kl(page.run, page.figures, page.fixed, page.findings))
 renders("reward")(lambda page: panel_reward(page.run, page.figures, page.fixed))
 renders("distribution")(lambda page: panel_distributions(page.run, page.figures))
 renders("gao")(lambda page: panel_gao(page.run, page.figures, page.fixed))
