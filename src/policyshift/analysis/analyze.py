@@ -106,8 +106,8 @@ def check_checkpoint(ckpt: Checkpoint, ref_tokenizer, ref_config=None) -> None:
         ref_vocab = getattr(ref_config, "vocab_size", None)
         vocab = getattr(config, "vocab_size", None)
         if isinstance(ref_vocab, int) and isinstance(vocab, int) and vocab != ref_vocab:
-            raise ModelError(f"{ckpt.path}: a {vocab}-token vocabulary, the reference has {ref_vocab}; a per-token KL needs the reference the run "
-                             "started from")
+            raise ModelError(f"{ckpt.path}: its vocabulary differs from the reference's ({vocab} vs {ref_vocab} tokens in config.json); "
+                             "a per-token KL needs the reference the run started from")
         _check_weight_headers(ckpt.path)
     if (ckpt.path / "tokenizer_config.json").is_file() or (ckpt.path / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(ckpt.path))

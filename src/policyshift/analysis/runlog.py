@@ -109,12 +109,14 @@ def as_float(value: Any) -> float:
 
 
 def metric_series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of one metric over the history, dropping rows where it is missing/NaN."""
+    """(steps, values) of one metric over the history, dropping rows where it is missing/NaN. (as_float's rule,
+    inlined: the report calls this ~50 times over every row, and a 20k-step run spent seconds in the calls.)"""
     steps, values = [], []
+    isfinite, number = math.isfinite, (int, float)
     for row in history:
-        value = as_float(row.get(key))
-        step = as_float(row.get("step"))
-        if math.isfinite(value) and math.isfinite(step):
+        value, step = row.get(key), row.get("step")
+        if (isinstance(value, number) and isinstance(step, number) and not isinstance(value, bool) and not isinstance(step, bool)
+                and isfinite(value) and isfinite(step)):
             steps.append(step)
             values.append(value)
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)

@@ -110,8 +110,65 @@ def no_data(what: str, fill: str = "") -> str:
 
 
 def add_figure(figures: dict, fig_id: str, data: list[dict], layout: dict, height: int = 360) -> str:
+    """The figure's element; its plotly dict goes into `figures`. A curve longer than MAX_POINTS is thinned for
+    display (thin_trace) and the figure says so: a 20k-step run would otherwise put 20k points per curve
+    into the page (13 MB, seconds for a browser to draw), more than a screen has pixels."""
+    data = [thin_trace(trace) for trace in data]
+    thinned = [t.pop(_THINNED) for t in data if _THINNED in t]
     figures[fig_id] = {"data": data, "layout": {**BASE_LAYOUT, "height": height, **layout}}
-    return f'<div class="figure" id="{esc(fig_id)}" style="height:{height}px"></div>'
+    note = ""
+    if thinned:
+        n = max(thinned)
+        note = (f'<p class="thinned" title="a line keeps the lowest and highest value of each run of {math.ceil(n / (MAX_POINTS // 2 - 1))} '
+                f'consecutive points, markers every {math.ceil(n / (MAX_POINTS - 1))}th point and the last">Thinned for display: at most '
+                f"{MAX_POINTS} of {n} points per curve (lines keep each bucket's min and max); the run's files hold every point.</p>")
+    return f'<div class="figure" id="{esc(fig_id)}" style="height:{height}px"></div>{note}'
+
+
+MAX_POINTS = 2000  # per curve drawn: a figure is ~1000 px wide, so more points add bytes and drawing time, not detail
+_THINNED = "_thinned_from"  # set on a thinned trace (its original length) until add_figure reads it
+
+
+def thin_indices(y: np.ndarray, lines: bool, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of the points drawn of a curve of len(y) > max_points. A line keeps the min and the max of
+    each bucket of consecutive points, in order (spikes and dips stay visible, unlike every k-th point); a
+    bucket with no finite value keeps its first point (a gap stays a gap). Markers keep every k-th point.
+    The first and the last point are always kept."""
+    n = len(y)
+    if not lines:
+        k = math.ceil(n / (max_points - 1))
+        return np.unique(np.r_[np.arange(0, n, k), n - 1])
+    k = math.ceil(n / (max_points // 2 - 1))  # 2 per bucket, and the first and the last point
+    buckets = math.ceil(n / k)
+    padded = np.full(buckets * k, np.nan)
+    padded[:n] = y
+    grid = padded.reshape(buckets, k)
+    empty = np.isnan(grid).all(axis=1)
+    lo = np.argmin(np.where(np.isnan(grid), np.inf, grid), axis=1)
+    hi = np.argmax(np.where(np.isnan(grid), -np.inf, grid), axis=1)
+    starts = np.arange(buckets) * k
+    picked = np.where(empty, starts, starts + lo), np.where(empty, starts, starts + hi)
+    return np.unique(np.r_[picked[0], picked[1], 0, n - 1].clip(0, n - 1))
+
+
+def thin_trace(trace: dict, max_points: int = MAX_POINTS) -> dict:
+    """A scatter trace with more than `max_points` points, thinned (thin_indices): every per-point list of the
+    trace and of its marker (x, y, text, marker colours) is cut to the same points."""
+    x = trace.get("x")
+    if trace.get("type") != "scatter" or not isinstance(x, (list, np.ndarray)) or len(x) <= max_points:
+        return trace
+    n = len(x)
+    y = np.array([as_float(v) for v in trace.get("y", [])], dtype=float)
+    keep = thin_indices(y if len(y) == n else np.zeros(n), "lines" in str(trace.get("mode", "lines")), max_points)
+
+    def cut(d: dict) -> dict:
+        return {k: ([v[i] for i in keep] if isinstance(v, (list, np.ndarray)) and len(v) == n else v) for k, v in d.items()}
+
+    out = cut(trace)
+    if isinstance(trace.get("marker"), dict):
+        out["marker"] = cut(trace["marker"])
+    out[_THINNED] = n
+    return out
 
 
 def line_trace(x, y, name: str, **extra) -> dict:
