@@ -219,10 +219,13 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
 
     try:
         tokenizer = load_tokenizer(reference)
-        model = freeze(load_causal_lm(reference))
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
     rows = load_prompt_rows(settings.prompts, settings.prompt_field, tokenizer=tokenizer)  # chat rows: the reference's chat template
+    try:  # after the prompts: a bad prompt file is one line before the reference's weights are read
+        model = freeze(load_causal_lm(reference))
+    except ModelError as exc:
+        raise ModelError(f"--reference {reference}: {exc}") from None
     from policyshift.analysis.zeroconf import bounded
 
     rows, line = bounded(rows, settings.max_prompts, settings.seed)  # 512 prompts × every checkpoint: minutes each on a CPU
