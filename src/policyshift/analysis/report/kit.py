@@ -66,7 +66,7 @@ def _asset(name: str) -> str:
     return resources.files("policyshift.analysis").joinpath(name).read_text(encoding="utf-8")
 
 
-# plotly.js's "cartesian" partial bundle: npm plotly.js-cartesian-dist-min 4.1.1 (MIT, its licence header kept), the
+# plotly.js's "cartesian" partial bundle: npm plotly.js-cartesian-dist-min 4.1.1 (MIT: plotly-cartesian.LICENSE.txt beside it), the
 # plotly.js version the plotly 6 Python package inlines, 1.5 MB instead of 4.8 MB. Measured on a 20k-step report:
 # the page 5.7 → 2.4 MB, headless Chromium 2.4–3.6 s → 1.6–2.5 s (benchmarks/soak.py's page, a loaded 2-core machine).
 CARTESIAN_BUNDLE = "plotly-cartesian.min.js"
