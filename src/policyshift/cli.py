@@ -72,7 +72,10 @@ def cmd_report(args, extra: list[str]) -> int:
 
     if not (Path(args.run_dir) / METRICS_FILE).is_file() and not (Path(args.run_dir) / CONFIG_FILE).is_file():
         raise DataError(f"{args.run_dir} is not a policyshift run directory (no metrics.jsonl or config.yaml)")
-    path = build_report(args.run_dir)
+    notes: list[str] = []
+    path = build_report(args.run_dir, notes=notes)
+    for note in notes:
+        warn_line("report", note)
     print(path)
     return _fail_on(args.run_dir, args.fail_on)
 
@@ -123,7 +126,7 @@ def cmd_analyze(args, extra: list[str]) -> int:
         max_prompts=args.max_prompts)
     result = analyze(args.paths, args.reference, args.out, settings, labels=args.label)
     for note in result["notes"]:
-        print(note, file=sys.stderr)
+        warn_line("analyze", note)
     print(f"{len(result['checkpoints'])} checkpoints analyzed ({result['seconds_per_checkpoint']:.2f} s each): {result['out']}/report.html")
     return _fail_on(result["out"], args.fail_on)
 
@@ -389,14 +392,18 @@ def _hf_progress_bars(on: bool) -> bool:
     return was
 
 
+def warn_line(command: str, text: str, file=None) -> None:
+    """One warning line, `policyshift CMD: warning: ...`: the format of every warning a command prints."""
+    print(f"policyshift {command}: warning: {' '.join(str(text).split())}", file=sys.stderr if file is None else file)
+
+
 def _one_line_warning(command: str):
     """Every warning as one line `policyshift CMD: warning: ...` (no source line, no file:line): the
     user acts on the message, and an error that follows stays the last, unmistakable line."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
         kind = "" if issubclass(category, UserWarning) and category.__module__ == "builtins" else f"{category.__name__}: "
-        print(f"policyshift {command}: warning: {kind}{text}", file=sys.stderr if file is None else file)
+        warn_line(command, f"{kind}{message}", file)
 
     return show
 

@@ -194,7 +194,7 @@ class ProbeSuiteConfig:
 
 @dataclass
 class AnalysisConfig:
-    every: int = 10  # PPO steps between fixed-prompt evaluations (0: only the reference at step 0 and the end)
+    every: int = 10  # PPO steps between fixed-prompt evaluations and detector runs (0: evaluations only at step 0 and the end, detectors every step)
     prompts: Optional[str] = None  # file of fixed prompts; default: held-out slice of data.prompts
     num_prompts: int = 8  # held out from the training prompts when `prompts` is not set
     gold_reward_model: Optional[str] = None  # measured, never optimized: exposes proxy-vs-gold divergence

@@ -39,25 +39,30 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, notes: list[str] | None = None) -> list[dict]:
     """Rows of a JSON-lines file; a missing file reads as no rows.
 
     Unparseable lines are skipped rather than raised: the trainer may be in the middle of appending
     the last line when the report reads the file, and one torn line must not hide the rest of a run.
-    Non-object lines are skipped too (every row in policyshift's logs is an object).
+    Each skipped line gets one line in `notes` when given (a torn last line says the file is being
+    written). Non-object lines are skipped too (every row in policyshift's logs is an object).
     """
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
     with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
+        for number, raw in enumerate(handle, 1):
+            line = raw.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)  # accepts NaN/Infinity literals as written by json.dumps
             except json.JSONDecodeError:
+                if notes is not None:
+                    torn = not raw.endswith("\n")  # only the last line can lack its newline: the writer has not finished it
+                    notes.append(f"{path}: line {number} is half-written (the run is still writing it); skipped" if torn
+                                 else f"{path}: line {number} is not JSON; skipped")
                 continue
             if isinstance(row, dict):
                 rows.append(row)

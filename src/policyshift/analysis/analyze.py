@@ -29,7 +29,8 @@ from policyshift.analysis.probe import FIXED_PREFIX, fixed_prompt_metrics, sampl
 from policyshift.runfiles import COMPLETIONS_FILE, CONFIG_FILE, DISTRIBUTIONS_FILE, FINDINGS_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, write_jsonl
 from policyshift.checks import fit_prompt_length
 from policyshift.config import RolloutConfig
-from policyshift.models import ModelError, PolicyAndCritic, local_path_or_hub_id, freeze, load_causal_lm, load_tokenizer, same_vocabulary
+from policyshift.models import (ModelError, PolicyAndCritic, freeze, load_causal_lm, load_config, load_tokenizer, local_path_or_hub_id,
+                                same_vocabulary)
 
 ANALYZE_SOURCE = "policyshift analyze"  # config.yaml analysis.source of an analyzed run (its output dir may be replaced)
 
@@ -91,15 +92,41 @@ def _check_adapter_base(path: Path) -> None:
         raise ModelError(f"{path}: LoRA adapter whose base model '{base}' cannot be found (expected a local model directory)") from None
 
 
-def check_checkpoint(ckpt: Checkpoint, ref_tokenizer) -> None:
-    """The cheap checks, before any sampling: an adapter's base exists, a saved tokenizer matches the
-    reference's vocabulary. ModelError (one line) otherwise."""
+def check_checkpoint(ckpt: Checkpoint, ref_tokenizer, ref_config=None) -> None:
+    """The cheap checks, before the reference samples anything (minutes on a real model): an adapter's base
+    exists; the config loads and is a causal LM whose vocabulary size is the reference's; every safetensors
+    weights file opens (its header: no tensor is read); a saved tokenizer matches the reference's vocabulary.
+    ModelError (one line) otherwise."""
     _check_adapter_base(ckpt.path)
+    if not is_adapter_dir(ckpt.path):
+        _, config = load_config(str(ckpt.path), "causal language model", False)
+        architectures = config.architectures or []
+        if architectures and all(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
+            raise ModelError(f"'{ckpt.path}' is a {architectures[0]}, not a causal language model")
+        ref_vocab = getattr(ref_config, "vocab_size", None)
+        vocab = getattr(config, "vocab_size", None)
+        if isinstance(ref_vocab, int) and isinstance(vocab, int) and vocab != ref_vocab:
+            raise ModelError(f"{ckpt.path}: its vocabulary differs from the reference's ({vocab} vs {ref_vocab} tokens in config.json); "
+                             "a per-token KL needs the reference the run started from")
+        _check_weight_headers(ckpt.path)
     if (ckpt.path / "tokenizer_config.json").is_file() or (ckpt.path / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(ckpt.path))
         if not same_vocabulary(tokenizer, ref_tokenizer):
             raise ModelError(f"{ckpt.path}: its tokenizer's vocabulary differs from the reference's ({len(tokenizer)} vs {len(ref_tokenizer)} "
                              "tokens); a per-token KL needs the reference the run started from")
+
+
+def _check_weight_headers(path: Path) -> None:
+    """Each safetensors file opens (header parsed, sizes consistent with the file; no tensor read)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # noqa: BLE001 — safetensors raises its own error type; any failure to open is the finding
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelError(f"cannot load causal language model from '{path}': {file} is damaged ({first})") from None
 
 
 def load_checkpoint_policy(ckpt: Checkpoint, ref_vocab_rows: int):
@@ -192,10 +219,13 @@ def load_reference(reference: str, settings: AnalyzeSettings) -> Reference:
 
     try:
         tokenizer = load_tokenizer(reference)
-        model = freeze(load_causal_lm(reference))
     except ModelError as exc:
         raise ModelError(f"--reference {reference}: {exc}") from None
     rows = load_prompt_rows(settings.prompts, settings.prompt_field, tokenizer=tokenizer)  # chat rows: the reference's chat template
+    try:  # after the prompts: a bad prompt file is one line before the reference's weights are read
+        model = freeze(load_causal_lm(reference))
+    except ModelError as exc:
+        raise ModelError(f"--reference {reference}: {exc}") from None
     from policyshift.analysis.zeroconf import bounded
 
     rows, line = bounded(rows, settings.max_prompts, settings.seed)  # 512 prompts × every checkpoint: minutes each on a CPU
@@ -243,6 +273,27 @@ def _plans(paths: list[str], labels: list[str] | None, logs: list[str]) -> list[
     return [RunPlan(label, *gather_checkpoints([path])) for label, path in zip(labels, paths)]
 
 
+def check_plans(plans: list[RunPlan], reference: str) -> None:
+    """Drop each checkpoint that fails check_checkpoint (a note says why); DiscoveryError when a run has none left.
+    Reads only the reference's tokenizer and config."""
+    try:
+        ref_tokenizer = load_tokenizer(reference)
+        ref_config = None if is_adapter_dir(Path(reference).expanduser()) else load_config(reference, "causal language model", False)[1]
+    except ModelError as exc:
+        raise ModelError(f"--reference {reference}: {exc}") from None
+    for plan in plans:
+        usable = []
+        for ckpt in plan.checkpoints:
+            try:
+                check_checkpoint(ckpt, ref_tokenizer, ref_config)
+                usable.append(ckpt)
+            except ModelError as exc:
+                plan.notes.append(f"skipped: {exc}")
+        if not usable:
+            raise DiscoveryError(f"no checkpoint can be analyzed{f' in run {plan.label}' if plan.label else ''}: " + "; ".join(plan.notes))
+        plan.checkpoints = usable
+
+
 def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: AnalyzeSettings, labels: list[str] | None = None,
             progress=_progress) -> dict:
     """Analyze the checkpoints under `paths` against `reference` and write the run directory `out_dir`
@@ -252,18 +303,8 @@ def analyze(paths: list[str], reference: str, out_dir: str | Path, settings: Ana
     out = Path(out_dir).expanduser()
     _output_dir_ok(out)
     plans = _plans(paths, labels, settings.logs)
+    check_plans(plans, reference)  # every checkpoint's cheap checks before the reference is loaded and sampled (minutes on a real model)
     ref = load_reference(reference, settings)
-    for plan in plans:
-        usable = []
-        for ckpt in plan.checkpoints:
-            try:
-                check_checkpoint(ckpt, ref.tokenizer)
-                usable.append(ckpt)
-            except ModelError as exc:
-                plan.notes.append(f"skipped: {exc}")
-        if not usable:
-            raise DiscoveryError(f"no checkpoint can be analyzed{f' in run {plan.label}' if plan.label else ''}: " + "; ".join(plan.notes))
-        plan.checkpoints = usable
     progress(f"reference {reference}: sampling {len(ref.prompts)} fixed prompts")
     reference_rows = ref.probe(ref.model, 0, "reference", reference)
 

@@ -147,6 +147,10 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
         if is_model_dir(directory) and not _is_classifier(directory):
             if is_adapter_dir(directory / LORA_ADAPTER):  # verl's merger: base weights here, the trained adapter below
                 directory = directory / LORA_ADAPTER
+            unfinished = _being_written(root, directory)
+            if unfinished:
+                notes.append(unfinished)
+                continue
             step = step_from_path(directory, root)
             if step is None:
                 step = _unnamed_step(root, directory)
@@ -154,6 +158,8 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
                 notes.append(f"{directory}: a model with no step in its name or trainer_state.json; skipped (pass it as its own PATH)")
                 continue
             found.append(Checkpoint(directory, step, _layout(directory)))
+    if is_model_dir(root) and not _is_classifier(root) and (unfinished := _being_written(root.parent, root)):
+        raise DiscoveryError(unfinished.replace("; skipped", ": analyze it once its run has written it"))
     if is_model_dir(root) and not _is_classifier(root):
         step = _state_step(root)
         if not found:
@@ -174,6 +180,16 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
             continue
         by_step[ckpt.step] = ckpt
     return [by_step[s] for s in sorted(by_step)], notes
+
+
+def _being_written(root: Path, directory: Path) -> str | None:
+    """Why a checkpoint is not complete yet (its trainer is still writing it), by the importer whose convention it is; else None."""
+    for importer in IMPORTERS:
+        if importer.being_written is not None:
+            why = importer.being_written(root, directory)
+            if why:
+                return why
+    return None
 
 
 def _unnamed_step(root: Path, directory: Path) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -16,6 +17,11 @@ class Finding:
     step: int  # when the condition set in (or the step it was observed at)
     message: str  # one sentence: what happened, the evidence numbers, and what it suggests
     evidence: dict
+
+    def __post_init__(self):
+        # a number that was never logged formats as "nan"/"inf" ("+nanσ"): every finding's text says n/a instead,
+        # whichever detector wrote it (the evidence keeps the NaN; it is written as null)
+        object.__setattr__(self, "message", missing_numbers(self.message))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,6 +42,16 @@ def _plain(value):
 
 
 LOG_KEYS = ("detector", "severity", "step", "message", "evidence")  # a findings.jsonl row, after logged_at_step
+
+
+# Python's float formatting of NaN/inf under any format spec: nan, +nan, -inf, inf%, nanσ (a word boundary does not
+# hold before σ or ×, so the letters are matched as a token not followed by another letter of a word)
+_MISSING = re.compile(r"[+-]?(?<![A-Za-z])(?:nan|inf)(?![A-Za-z])")
+
+
+def missing_numbers(text: str) -> str:
+    """`text` with every formatted non-finite number as "n/a"."""
+    return _MISSING.sub("n/a", text)
 
 
 def at_least(severity: str, level: str) -> bool:

@@ -142,6 +142,10 @@ def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> 
         recent_gain = fit_slope(r_steps, reward[len(reward) // 2 :]) * max(np.ptp(r_steps), 1.0) / scale
     stagnant = not (recent_gain >= t.reward_stagnant_effect)  # NaN (no reward logged) counts as stagnant
     reward_note = "reward stagnating" if stagnant else "reward still rising"
+    if math.isfinite(recent_gain):
+        reward_note += f", {recent_gain:+.2f}σ over the second half"
+    else:
+        reward_note = "no reward logged"  # not "stagnating": nothing says what the reward did
     evidence = {"metric": key, "kl_end": kl_end, "kl_budget": t.kl_budget, "reward_gain_2nd_half_sigma": recent_gain}
 
     if kl_end > t.kl_budget:
@@ -152,7 +156,7 @@ def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> 
         onset = onset_step(steps, kl, lambda v: v > t.kl_budget, w)
         message = (
             f"Sequence KL reached {fmt(kl_end)} nats, {kl_end / t.kl_budget:.1f}× the {fmt(t.kl_budget)}-nat budget "
-            f"({reward_note}, {recent_gain:+.2f}σ over the second half): raise β or lower the learning rate, "
+            f"({reward_note}): raise β or lower the learning rate, "
             f"or stop and keep an earlier checkpoint."
         )
         return [Finding("kl_runaway", severity, onset, message, evidence)]
@@ -164,9 +168,10 @@ def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> 
     if not (accelerating and stagnant):
         return []
     evidence.update({"slope_first_half": first_slope, "slope_second_half": second_slope, "rise_second_half": second_rise})
+    stagnation = f"reward stagnates ({recent_gain:+.2f}σ)" if math.isfinite(recent_gain) else "no reward is logged"
     message = (
         f"Sequence KL is accelerating (slope {fmt(first_slope)} → {fmt(second_slope)} nats/step, +{fmt(second_rise)} nats "
-        f"in the second half, now {fmt(kl_end)}) while reward stagnates ({recent_gain:+.2f}σ): the policy is drifting "
+        f"in the second half, now {fmt(kl_end)}) while {stagnation}: the policy is drifting "
         f"without gaining reward; raise β or lower the learning rate."
     )
     return [Finding("kl_runaway", "warning", int(steps[half]), message, evidence)]

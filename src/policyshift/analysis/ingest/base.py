@@ -96,6 +96,8 @@ class Importer:
     checkpoint_log: Callable[[Path], tuple[Path, list] | None] | None = None  # the scalar log a checkpoint carries (same-run check)
     checkpoint_step: Callable[[Path], int | None] | None = None  # the step a model directory's own files record
     unnamed_step: Callable[[Path, Path], int | None] | None = None  # (root, directory): step of a checkpoint whose name has none
+    # (root, directory) → why a checkpoint found there is not complete yet (its trainer is still writing it), else None
+    being_written: Callable[[Path, Path], str | None] | None = None
     other_trainer: bool = True  # listed among "any trainer's checkpoints" (policyshift's own runs are not)
     scalars: bool = True  # writes `<name>/<key>` rows into metrics.jsonl
     by_key: dict = field(default_factory=dict, compare=False, repr=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from policyshift.analysis.ingest.base import CheckpointLayout, Importer
+from policyshift.manifest import MANIFEST
+from policyshift.rundir import LOCK
 from policyshift.runfiles import CONFIG_FILE
 
 
@@ -23,6 +25,22 @@ def final_step(root: Path, directory: Path) -> int | None:
     return run.last_step or None
 
 
+def being_written(root: Path, directory: Path) -> str | None:
+    """final/ without its manifest.json yet: the trainer writes final/ in place and the manifest last
+    (policyshift.manifest), so until then it is still being written. (checkpoints/step-N/ appears whole,
+    renamed from the hidden .tmp-step-N after its manifest, which discovery never enters.) A run from
+    before manifests has none anywhere and no trainer holding its lock: its final/ is complete as it is
+    (rundir's rule for `finished`)."""
+    if directory.name != "final" or (directory / MANIFEST).is_file() or not (directory.parent / CONFIG_FILE).is_file():
+        return None
+    run = directory.parent
+    checkpoints = run / "checkpoints"
+    writes_manifests = checkpoints.is_dir() and any((c / MANIFEST).is_file() for c in checkpoints.iterdir() if c.is_dir())
+    if writes_manifests or (run / LOCK).is_file():  # the lock: held while its trainer runs
+        return f"{directory}: no {MANIFEST} yet (being written by its training run); skipped"
+    return None
+
+
 IMPORTER = Importer(
     name="policyshift",
     title="policyshift",
@@ -30,6 +48,7 @@ IMPORTER = Importer(
     checkpoints=(CheckpointLayout("policyshift checkpoint", _is_checkpoint, "checkpoints/step-N/policy/ (policyshift)"),),
     step_prefixes=("step",),
     unnamed_step=final_step,
+    being_written=being_written,
     other_trainer=False,
     scalars=False,
 )

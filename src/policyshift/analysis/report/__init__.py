@@ -68,6 +68,13 @@ def _verdict_lines(run: RunData, findings: list[Finding], rendered: list[tuple[i
     return f'<div class="verdicts">{"".join(lines)}</div>'
 
 
+def _read_notes(run: RunData) -> str:
+    """What was skipped while reading the run (a torn last line of a run still being written), one line each."""
+    if not run.notes:
+        return ""
+    return f'<div class="read-notes">{"".join(f"<div>read: {esc(n)}</div>" for n in run.notes)}</div>'
+
+
 def render_report(run: RunData) -> str:
     """The report page for an already-loaded run: every panel of PANELS that has something to show, in order."""
     findings, thresholds, run, fixed = run_findings(run)
@@ -76,17 +83,20 @@ def render_report(run: RunData) -> str:
     order = sorted(PANELS, key=lambda p: p.key not in ("probes", "phrases"))
     html = {p.key: RENDERERS[p.key](page) for p in order}
     rendered = [(number, p) for number, p in enumerate(PANELS, 1) if html[p.key]]
-    body = "\n".join([_header(run, findings, thresholds, [(n, p.nav) for n, p in rendered], fixed), *(html[p.key] for _, p in rendered)])
+    body = "\n".join([_header(run, findings, thresholds, [(n, p.nav) for n, p in rendered], fixed), _read_notes(run), *(html[p.key] for _, p in rendered)])
     return standalone_page(f"policyshift · {run.name}", body, page.figures)
 
 
-def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
-    """Write the report of `run_dir` (default RUN_DIR/report.html) and return its path.
+def build_report(run_dir: str | Path, out_path: str | Path | None = None, notes: list[str] | None = None) -> Path:
+    """Write the report of `run_dir` (default RUN_DIR/report.html) and return its path. `notes` (when given)
+    receives one line per thing skipped while reading the run (a half-written last line).
 
     Written to a temporary file and renamed into place, so a browser refreshing the report while
     the trainer rebuilds it never sees half a page.
     """
     run = load_run(run_dir)
+    if notes is not None:
+        notes.extend(run.notes)
     if config_get(run.config, "analysis.runs") and out_path is None:  # `analyze --label`: the runs side by side
         from policyshift.analysis.multirun import write_comparison
 

@@ -66,9 +66,24 @@ def _asset(name: str) -> str:
     return resources.files("policyshift.analysis").joinpath(name).read_text(encoding="utf-8")
 
 
-def _plotly_js() -> str | None:
-    """The plotly.js bundle shipped inside the plotly Python package (read as a file: importing
-    plotly itself is slow and not needed), or None when plotly is not installed."""
+# plotly.js's "cartesian" partial bundle: npm plotly.js-cartesian-dist-min 4.1.1 (MIT: plotly-cartesian.LICENSE.txt beside it), the
+# plotly.js version the plotly 6 Python package inlines, 1.5 MB instead of 4.8 MB. Measured on a 20k-step report:
+# the page 5.7 → 2.4 MB, headless Chromium 2.4–3.6 s → 1.6–2.5 s (benchmarks/soak.py's page, a loaded 2-core machine).
+CARTESIAN_BUNDLE = "plotly-cartesian.min.js"
+CARTESIAN_TRACES = {"bar", "box", "contour", "heatmap", "histogram", "histogram2d", "histogram2dcontour", "image", "pie", "scatter",
+                    "scatterternary", "violin"}  # the trace types that bundle registers
+
+
+def _plotly_js(figures: dict[str, dict] | None = None) -> str | None:
+    """The plotly.js to inline: the cartesian bundle shipped beside this package when every trace of `figures` is a
+    type it draws, else the full bundle shipped inside the plotly Python package (read as a file: importing plotly
+    itself is slow and not needed); None when neither is there."""
+    types = {trace.get("type", "scatter") for fig in (figures or {}).values() for trace in fig.get("data", [])}
+    if types <= CARTESIAN_TRACES:
+        try:
+            return _asset(CARTESIAN_BUNDLE)
+        except (FileNotFoundError, OSError):
+            pass
     try:
         return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError):
@@ -79,7 +94,7 @@ def standalone_page(title: str, body_html: str, figures: dict[str, dict] | None 
     """A complete offline HTML page: the report's CSS, `body_html`, and `figures` ({element id:
     plotly figure dict}) rendered into the elements with those ids by the embedded plotly.js."""
     figures = figures or {}
-    plotly_js = _plotly_js() if figures else None
+    plotly_js = _plotly_js(figures) if figures else None
     figure_scripts = "\n".join(
         f'<script type="application/json" class="ps-figure" data-target="{esc(fig_id)}">{script_json(fig)}</script>'
         for fig_id, fig in figures.items()
@@ -110,8 +125,65 @@ def no_data(what: str, fill: str = "") -> str:
 
 
 def add_figure(figures: dict, fig_id: str, data: list[dict], layout: dict, height: int = 360) -> str:
+    """The figure's element; its plotly dict goes into `figures`. A curve longer than MAX_POINTS is thinned for
+    display (thin_trace) and the figure says so: a 20k-step run would otherwise put 20k points per curve
+    into the page (13 MB, seconds for a browser to draw), more than a screen has pixels."""
+    data = [thin_trace(trace) for trace in data]
+    thinned = [t.pop(_THINNED) for t in data if _THINNED in t]
     figures[fig_id] = {"data": data, "layout": {**BASE_LAYOUT, "height": height, **layout}}
-    return f'<div class="figure" id="{esc(fig_id)}" style="height:{height}px"></div>'
+    note = ""
+    if thinned:
+        n = max(thinned)
+        note = (f'<p class="thinned" title="a line keeps the lowest and highest value of each run of {math.ceil(n / (MAX_POINTS // 2 - 1))} '
+                f'consecutive points, markers every {math.ceil(n / (MAX_POINTS - 1))}th point and the last">Thinned for display: at most '
+                f"{MAX_POINTS} of {n} points per curve (lines keep each bucket's min and max); the run's files hold every point.</p>")
+    return f'<div class="figure" id="{esc(fig_id)}" style="height:{height}px"></div>{note}'
+
+
+MAX_POINTS = 2000  # per curve drawn: a figure is ~1000 px wide, so more points add bytes and drawing time, not detail
+_THINNED = "_thinned_from"  # set on a thinned trace (its original length) until add_figure reads it
+
+
+def thin_indices(y: np.ndarray, lines: bool, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of the points drawn of a curve of len(y) > max_points. A line keeps the min and the max of
+    each bucket of consecutive points, in order (spikes and dips stay visible, unlike every k-th point); a
+    bucket with no finite value keeps its first point (a gap stays a gap). Markers keep every k-th point.
+    The first and the last point are always kept."""
+    n = len(y)
+    if not lines:
+        k = math.ceil(n / (max_points - 1))
+        return np.unique(np.r_[np.arange(0, n, k), n - 1])
+    k = math.ceil(n / (max_points // 2 - 1))  # 2 per bucket, and the first and the last point
+    buckets = math.ceil(n / k)
+    padded = np.full(buckets * k, np.nan)
+    padded[:n] = y
+    grid = padded.reshape(buckets, k)
+    empty = np.isnan(grid).all(axis=1)
+    lo = np.argmin(np.where(np.isnan(grid), np.inf, grid), axis=1)
+    hi = np.argmax(np.where(np.isnan(grid), -np.inf, grid), axis=1)
+    starts = np.arange(buckets) * k
+    picked = np.where(empty, starts, starts + lo), np.where(empty, starts, starts + hi)
+    return np.unique(np.r_[picked[0], picked[1], 0, n - 1].clip(0, n - 1))
+
+
+def thin_trace(trace: dict, max_points: int = MAX_POINTS) -> dict:
+    """A scatter trace with more than `max_points` points, thinned (thin_indices): every per-point list of the
+    trace and of its marker (x, y, text, marker colours) is cut to the same points."""
+    x = trace.get("x")
+    if trace.get("type") != "scatter" or not isinstance(x, (list, np.ndarray)) or len(x) <= max_points:
+        return trace
+    n = len(x)
+    y = np.array([as_float(v) for v in trace.get("y", [])], dtype=float)
+    keep = thin_indices(y if len(y) == n else np.zeros(n), "lines" in str(trace.get("mode", "lines")), max_points)
+
+    def cut(d: dict) -> dict:
+        return {k: ([v[i] for i in keep] if isinstance(v, (list, np.ndarray)) and len(v) == n else v) for k, v in d.items()}
+
+    out = cut(trace)
+    if isinstance(trace.get("marker"), dict):
+        out["marker"] = cut(trace["marker"])
+    out[_THINNED] = n
+    return out
 
 
 def line_trace(x, y, name: str, **extra) -> dict:
