@@ -6,6 +6,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+import torch  # noqa: E402
+
+_TORCH_DEFAULTS = (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled())
+
+
+@pytest.fixture(autouse=True)
+def torch_globals_restored():
+    """Process-wide torch settings a test changes go back after it: an in-process run with `train.num_threads` sets
+    the thread count for the whole worker, and a later test's training then sums in another order (a 30-step RL
+    run amplifies that 1-ulp difference into another outcome; the tests must not depend on which file ran before)."""
+    yield
+    # back to the worker's defaults, not to what this test found: a module-scoped fixture's run sets them before it
+    torch.set_num_threads(_TORCH_DEFAULTS[0])
+    torch.set_default_dtype(_TORCH_DEFAULTS[1])
+    torch.set_grad_enabled(_TORCH_DEFAULTS[2])
 
 
 @pytest.fixture(scope="session")
