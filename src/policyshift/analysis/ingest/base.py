@@ -216,6 +216,20 @@ def number_rows(entries) -> list[tuple[int, dict]]:
     return rows
 
 
+def first_jsonl_object(path: Path) -> dict | None:
+    """The first non-empty line of a JSONL file as an object, or None (unreadable, not JSON, not an object): what a
+    format's `matches` reads to tell one trainer's JSONL log from another's without reading the whole file."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    return row if isinstance(row, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return None
+
+
 def jsonl_objects(path: Path, imported: Imported) -> list[dict]:
     """Objects of a JSONL file; a torn or invalid line is skipped with one note (a log still being written)."""
     rows = []

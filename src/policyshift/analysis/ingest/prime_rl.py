@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 
 from policyshift import keys as k
-from policyshift.analysis.ingest.base import CheckpointLayout, Importer, Imported, KeyMap, LogFormat, LogImportError, as_text, jsonl_objects
+from policyshift.analysis.ingest.base import (CheckpointLayout, Importer, Imported, KeyMap, LogFormat, LogImportError, as_text, first_jsonl_object,
+                                              jsonl_objects)
 
 METRICS = "metrics.jsonl"
 TRACES = "traces.jsonl"
@@ -68,23 +69,9 @@ def _pattern(key: str) -> KeyMap | None:
     return None
 
 
-def _first_object(path: Path) -> dict | None:
-    import json
-
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    return row if isinstance(row, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return None
-
-
 def is_metrics(path: Path) -> bool:
     """The file monitor's metrics.jsonl: `{"step": int, "time": float, ...}` lines (not verifiers' or policyshift's)."""
-    row = _first_object(path)
+    row = first_jsonl_object(path)
     return bool(row) and isinstance(row.get("step"), int) and isinstance(row.get("time"), (int, float)) and "data" not in row
 
 

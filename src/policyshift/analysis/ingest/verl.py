@@ -16,7 +16,6 @@ actor/entropy is per token only under loss_agg_mode=token-mean, and without a sa
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from policyshift import keys as k
 from policyshift.analysis.ingest.hf import is_model_dir
 from policyshift.analysis.ingest.base import (CheckpointLayout, Importer, Imported, KeyMap, LogFormat, LogImportError, ShardLayout, as_text,
-                                              jsonl_objects, one_minus)
+                                              first_jsonl_object, jsonl_objects, one_minus)
 
 STEP_JSONL = re.compile(r"^(\d+)\.jsonl$")  # rollout/validation dumps: {global_step}.jsonl
 DUMP_FIELDS = ("input", "output", "score")
@@ -193,26 +192,14 @@ def table_for(config: RunConfig):
     return look
 
 
-def _first_object(path: Path) -> dict | None:
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    return row if isinstance(row, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return None
-
-
 def is_file_log(path: Path) -> bool:
     """A verl file-logger JSONL (whatever its name: `<experiment>.jsonl`, an all-digit experiment too)."""
-    row = _first_object(path)
+    row = first_jsonl_object(path)
     return bool(row) and isinstance(row.get("data"), dict) and "step" in row
 
 
 def is_dump(path: Path) -> bool:
-    row = _first_object(path)
+    row = first_jsonl_object(path)
     return bool(row) and all(f in row for f in DUMP_FIELDS)
 
 
