@@ -94,7 +94,7 @@ def test_model_path_missing(capsys, tmp_path, tiny_world):
     assert message == f"model path not found: {tmp_path / 'no-model'}"
 
 
-# ---- prompts (after the models load) ---------------------------------------------------------------
+# ---- prompts (a missing file: before the models load; its contents: after, with the tokenizer) ----------
 
 
 def test_missing_prompt_file(capsys, tmp_path, tiny_world):

@@ -96,7 +96,9 @@ def fit_prompt_budget(tokenizer, prompts: list[str], max_prompt_length: int, max
 
 
 def check_output_dir(path: str | None, flag: str) -> None:
-    """An output directory named by a flag: not empty, not an existing file."""
+    """An output directory named by a flag: not empty, not an existing file, and one this process can write
+    (it, or the nearest directory above it that exists: found now, not when the result is saved after the work)."""
+    import os
     from pathlib import Path
 
     if path is None or not str(path).strip():
@@ -107,6 +109,28 @@ def check_output_dir(path: str | None, flag: str) -> None:
     parent = next((q for q in p.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{flag} {path}: {parent} is a file, not a directory")
+    nearest = p if p.exists() else parent
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {nearest} is not writable")
+
+
+def check_named_inputs(models=(), prompts=(), rewards=()) -> None:
+    """The files and directories a command names, there before the first model loads (minutes on a real
+    model), in this order: model paths (a local path must exist; a hub id is fetched by the load), prompt
+    sources, rewards ((model, function) pairs: the function's file or module, the model's directory). None
+    entries are inputs not given. One line for the first that is missing."""
+    from policyshift.data import check_prompt_source
+    from policyshift.models import local_path_or_hub_id
+    from policyshift.rewards import check_reward_source
+
+    for path in models:
+        if path:
+            local_path_or_hub_id(path)
+    for source in prompts:
+        if source is not None:
+            check_prompt_source(source)
+    for model, function in rewards:
+        check_reward_source(model, function)
 
 
 def from_pretrained_checked(auto_cls, path: str, kind: str, **kwargs):

@@ -110,6 +110,13 @@ def cmd_analyze(args, extra: list[str]) -> int:
     from policyshift.analysis.zeroconf import choose
     from policyshift.errors import DataError
 
+    from policyshift.analysis.discover import check_run_path
+    from policyshift.checks import check_named_inputs
+
+    for path in args.paths:  # what was typed first is reported first (not the reference the run records)
+        check_run_path(path)
+    check_named_inputs(models=[args.reference], prompts=[args.prompts],
+                       rewards=[(args.reward_model, args.reward_function), (args.gold_reward_model, args.gold_reward_function)])
     _check_sampling_flags(args, args.out)
     chosen = choose(args.paths, args.reference, args.prompts, args.logs, args.out) if not args.label else None
     if args.label and (args.reference is None or args.prompts is None):
@@ -161,7 +168,10 @@ def _check_sampling_flags(args, out: str) -> None:
 def cmd_compare(args, extra: list[str]) -> int:
     from policyshift.analysis.compare import compare_checkpoints
 
+    from policyshift.checks import check_named_inputs
+
     out = "compare_out" if args.out is None else args.out
+    check_named_inputs(models=[args.a, args.b], prompts=[args.prompts], rewards=[(args.reward_model, args.reward_function)])
     _check_sampling_flags(args, out)
     r = compare_checkpoints(args.a, args.b, args.prompts, out, args.reward_model, args.reward_function, args.max_new_tokens,
                             args.temperature, args.seed, args.batch_size, prompt_field=args.prompt_field, probes=_probes(args))
@@ -199,10 +209,12 @@ def _check_model_paths(*paths) -> None:
 
 def cmd_sft(args, extra: list[str]) -> int:
     from policyshift.checks import fit_stage_length, validate_stage
+    from policyshift.data import check_data_file
     from policyshift.stages.sft import SFTConfig, run_sft
 
     cfg = _stage_config(SFTConfig, args, extra)
     validate_stage(cfg)
+    check_data_file(cfg.data, "SFT data")  # before the model's config is read (a hub id: a download)
     _check_model_paths(cfg.model, cfg.tokenizer)
     if cfg.model:
         fit_stage_length(cfg, "seq_len", cfg.model)
@@ -213,10 +225,12 @@ def cmd_sft(args, extra: list[str]) -> int:
 
 def cmd_reward_model(args, extra: list[str]) -> int:
     from policyshift.checks import fit_stage_length, validate_stage
+    from policyshift.data import check_data_file
     from policyshift.stages.reward_model import RewardModelConfig, run_reward_model
 
     cfg = _stage_config(RewardModelConfig, args, extra)
     validate_stage(cfg)
+    check_data_file(cfg.pairs, "pairs")
     _check_model_paths(cfg.base_model)
     fit_stage_length(cfg, "max_length", cfg.base_model)
     metrics = run_reward_model(cfg)

@@ -78,12 +78,18 @@ def join_prompt_response(prompt: str, response: str) -> str:
     return response
 
 
+def check_data_file(path, what: str = "data") -> Path:
+    """The file of a JSONL input, there (DataError naming `what` otherwise): called by the commands before any model loads."""
+    path = Path(path).expanduser()  # YAML values and `--x=~/d.jsonl` get no shell ~ expansion
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    return path
+
+
 def iter_jsonl(path, what: str = "data"):
     """(where, record) for each non-blank line of a JSONL file, `where` = "path:line" for errors;
     the one reader of JSONL inputs (prompts, SFT data, preference pairs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
+    path = check_data_file(path, what)
     with path.open(encoding=ENCODING) as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
@@ -136,21 +142,28 @@ def load_prompts(source: str, field: str = "prompt", split: str = "train", token
     return [row.text for row in load_prompt_rows(source, field, split, tokenizer)]
 
 
+def check_prompt_source(source: str) -> None:
+    """What load_prompt_rows finds without reading anything: a source is given, and a prompt file (named by its
+    suffix, or an existing path) is a file that is there. The commands call it before any model loads."""
+    if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
+        raise DataError("no prompt source given (data.prompts is empty)")
+    path = Path(source).expanduser()  # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion
+    suffix = path.suffix.lower()  # PROMPTS.JSONL is JSONL, not one JSON text per prompt
+    if not path.is_dir() and (suffix in OUR_FORMATS or suffix in DATASETS_FORMATS or path.exists()) and not path.is_file():
+        raise DataError(f"prompt file not found: {path if str(source).startswith('~') else source}")
+
+
 def load_prompt_rows(source: str, field: str = "prompt", split: str = "train", tokenizer=None) -> list[PromptRow]:
     """As load_prompts, keeping each row's other fields. Chat rows (`{"messages": [...]}`) are rendered here
     with `tokenizer`'s chat template (policyshift.chat), so every later stage sees one prompt text."""
-    if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
-        raise DataError("no prompt source given (data.prompts is empty)")
-    # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion.
+    check_prompt_source(source)
     path = Path(source).expanduser()
     if str(source).startswith("~"):
         source = str(path)
-    suffix = path.suffix.lower()  # PROMPTS.JSONL is JSONL, not one JSON text per prompt
+    suffix = path.suffix.lower()
     if path.is_dir():
         prompts = _read_with_datasets(source, field, split)
     elif suffix in OUR_FORMATS or suffix in DATASETS_FORMATS or path.exists():
-        if not path.is_file():
-            raise DataError(f"prompt file not found: {source}")
         try:
             if suffix == ".jsonl":
                 prompts = _read_jsonl(path, field)

@@ -18,15 +18,45 @@ from policyshift.config import short_repr
 from policyshift.errors import RewardError  # noqa: F401 (defined in errors.py; old import path)
 
 
-def load_reward_function(spec: str) -> Callable:
-    """'package.module:function', 'path/to/file.py:function' or 'path/to/file.py' (function `reward`)."""
+def _reward_target(spec: str) -> tuple[str, str]:
+    """(file.py or module, function name) of a reward function spec; RewardError for a file that is not there or a
+    module spec without a function."""
     target, sep, name = spec.rpartition(":")
     if not sep:
         target, name = spec, ""
     if target.endswith(".py"):
-        path = Path(target).expanduser()  # YAML values and `--x=~/r.py` get no shell ~ expansion
-        if not path.is_file():
+        if not Path(target).expanduser().is_file():  # YAML values and `--x=~/r.py` get no shell ~ expansion
             raise RewardError(f"reward function file not found: {target}")
+        return target, name or "reward"
+    if not name:
+        raise RewardError(f"reward function '{spec}' must look like 'module:function' or 'file.py:function'")
+    return target, name
+
+
+def check_reward_source(model: str | None, function: str | None) -> None:
+    """What make_reward finds without loading anything: the reward function's file, or its module on the path (not
+    imported: a user's module runs once, when the reward is made), or the reward model's local directory. The
+    commands call it before any model loads."""
+    if function:
+        target, _ = _reward_target(function)
+        if not target.endswith(".py"):
+            try:
+                found = importlib.util.find_spec(target) is not None
+            except (ImportError, ValueError):  # a parent package that is not there
+                found = False
+            if not found:
+                raise RewardError(f"cannot import reward module '{target}': ModuleNotFoundError: No module named '{target}'")
+    elif model:
+        from policyshift.models import local_path_or_hub_id
+
+        local_path_or_hub_id(model)
+
+
+def load_reward_function(spec: str) -> Callable:
+    """'package.module:function', 'path/to/file.py:function' or 'path/to/file.py' (function `reward`)."""
+    target, name = _reward_target(spec)
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
         module_name = f"policyshift_user_reward_{abs(hash(str(path.resolve())))}"
         try:
             module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -36,10 +66,7 @@ def load_reward_function(spec: str) -> Callable:
         except (Exception, SystemExit) as exc:  # SystemExit: a script that runs argparse or sys.exit() on import
             sys.modules.pop(module_name, None)  # no half-initialized module left behind
             raise RewardError(f"cannot import reward file {target}: {type(exc).__name__}: {exc}") from None
-        name = name or "reward"
     else:
-        if not name:
-            raise RewardError(f"reward function '{spec}' must look like 'module:function' or 'file.py:function'")
         try:
             module = importlib.import_module(target)
         except (Exception, SystemExit) as exc:

@@ -32,7 +32,7 @@ import torch
 from policyshift import keys as K
 from policyshift.advantages import AdvantageInputs, get_estimator, group_has_signal
 from policyshift.checkpoint import restore_checkpoint, restore_newest_intact, save_checkpoint, save_models, wait_for_checkpoints
-from policyshift.checks import check_vocabularies, fit_prompt_length, model_context, prompt_budget  # noqa: F401 (fit_prompt_length: old import path)
+from policyshift.checks import check_named_inputs, check_vocabularies, fit_prompt_length, model_context, prompt_budget  # noqa: F401 (fit_prompt_length: old import path)
 from policyshift.config import ConfigError, PPOConfig, require_runnable, validate
 from policyshift.chat import check_chat_fits, end_of_turn_ids
 from policyshift.data import DataError, PromptRow, PromptSampler, load_prompt_rows, render_rows, split_fixed_prompts
@@ -156,6 +156,12 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, *, policy=None, tokenizer=None, reward=None, ref_policy=None, prompts=None, resume: bool = False):
         validate(config)
         require_runnable(config, policy is not None, prompts is not None, reward is not None)
+        # every path the config names, there before the first model loads (the prompts are read after them all)
+        m, r, a = config.model, config.reward, config.analysis
+        check_named_inputs(models=[None if policy is not None else m.policy, None if ref_policy is not None else m.reference, m.critic,
+                                   None if tokenizer is not None else m.tokenizer],
+                           prompts=[None if prompts is not None else config.data.prompts, a.prompts],
+                           rewards=[(None, None) if reward is not None else (r.model, r.function), (a.gold_reward_model, a.gold_reward_function)])
         self.cfg = cfg = config
         self.estimator = get_estimator(cfg.algorithm.advantage)  # what it needs (critic, groups) is asked of it, not of its name
         self.accelerator = make_accelerator(cfg.train.device, cfg.train.mixed_precision, cfg.train.collective_timeout_s)

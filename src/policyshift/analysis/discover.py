@@ -131,16 +131,22 @@ def _unmerged_shards(root: Path) -> list[str]:
     return notes
 
 
-def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
-    """The policy checkpoints under `path` in step order, and one note per thing skipped.
-
-    `path` is a model directory itself, or a run directory searched by the layouts above. Raises
-    DiscoveryError (one line) when nothing loadable is there."""
+def check_run_path(path: str | Path) -> Path:
+    """A PATH of `analyze`: a directory that is there (DiscoveryError, one line, otherwise)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DiscoveryError(f"{path}: no such file or directory (expected {EXPECTED})")
     if not root.is_dir():
         raise DiscoveryError(f"{path}: not a directory (expected {EXPECTED})")
+    return root
+
+
+def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
+    """The policy checkpoints under `path` in step order, and one note per thing skipped.
+
+    `path` is a model directory itself, or a run directory searched by the layouts above. Raises
+    DiscoveryError (one line) when nothing loadable is there."""
+    root = check_run_path(path)
     notes: list[str] = []
     found: list[Checkpoint] = []
     for directory in _walk(root):
