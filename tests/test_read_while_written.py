@@ -106,6 +106,67 @@ def test_checkpoint_without_its_manifest_is_skipped_as_being_written(tiny_world,
         find_checkpoints(run / "final")
 
 
+def _sharded(policy: Path, out: Path) -> Path:
+    """The tiny policy saved the way a large one is: several safetensors shards and the index naming them."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(policy).save_pretrained(out, max_shard_size="40KB")
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*-of-*.safetensors"))) > 1
+    return out
+
+
+def test_hf_trl_and_verl_checkpoints_being_written_are_skipped(tiny_world, tmp_path):
+    """One rule for every layout analyze reads: a checkpoint whose last-written file is not there yet is skipped with a
+    note, never loaded half-written. save_pretrained writes the shards, then the index; the HF Trainer writes
+    trainer_state.json after the model; verl writes latest_checkpointed_iteration.txt after the step's save."""
+    policy = Path(tiny_world["policy"])
+    run = tmp_path / "trl"
+    whole = _sharded(policy, run / "checkpoint-1")
+    (whole / "trainer_state.json").write_text(json.dumps({"global_step": 1, "log_history": []}))
+    for step in (2, 3, 4):
+        shutil.copytree(whole, run / f"checkpoint-{step}")
+    (run / "checkpoint-2" / "model.safetensors.index.json").unlink()  # the shards are written, the index not yet
+    (run / "checkpoint-2" / "trainer_state.json").unlink()
+    next((run / "checkpoint-3").glob("model-*.safetensors")).unlink()  # the index names a shard that is not there
+    (run / "checkpoint-4" / "trainer_state.json").unlink()  # the model is saved, the optimizer and trainer state not yet
+    shutil.copytree(policy, run / "tmp-checkpoint-5")  # transformers 4.36-4.38's staging directory, renamed when complete
+    found, notes = find_checkpoints(run)
+    assert [c.step for c in found] == [1], notes
+    assert len(notes) == 4 and all("(being written by its training run); skipped" in n for n in notes), notes
+    why = {Path(n.split(":")[0]).name: n for n in notes}
+    assert "no index yet" in why["checkpoint-2"] and "not there yet" in why["checkpoint-3"]
+    assert "no trainer_state.json yet" in why["checkpoint-4"] and "staging directory" in why["tmp-checkpoint-5"]
+    with pytest.raises(DiscoveryError, match=r"no index yet \(being written by its training run\): analyze it once its run has written it"):
+        find_checkpoints(run / "checkpoint-2")  # given as the PATH itself
+    # a run whose checkpoint-N directories never carry trainer_state.json (save_pretrained by hand) is read as it is
+    manual = tmp_path / "manual"
+    for step in (1, 2):
+        shutil.copytree(policy, manual / f"checkpoint-{step}")
+    assert [c.step for c in find_checkpoints(manual)[0]] == [1, 2]
+
+    verl = tmp_path / "verl"
+    for step in (2, 4):
+        shutil.copytree(policy, verl / f"global_step_{step}" / "actor" / "huggingface")
+    (verl / "latest_checkpointed_iteration.txt").write_text("2")  # step 4's actor is saved, its critic and data.pt not yet
+    found, notes = find_checkpoints(verl)
+    assert [c.step for c in found] == [2] and len(notes) == 1 and "global_step_4 is past latest_checkpointed_iteration.txt (2)" in notes[0]
+    (verl / "latest_checkpointed_iteration.txt").write_text("4")
+    assert [c.step for c in find_checkpoints(verl)[0]] == [2, 4] and not find_checkpoints(verl)[1]
+
+
+def test_analyze_skips_a_checkpoint_being_written_with_a_warning(tiny_world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world["policy"], run / "checkpoint-1")
+    _sharded(Path(tiny_world["policy"]), run / "checkpoint-2")
+    (run / "checkpoint-2" / "model.safetensors.index.json").unlink()
+    assert main(["analyze", str(run), "--reference", tiny_world["policy"], "--prompts", tiny_world["prompts"], "--out", str(tmp_path / "out"),
+                 *SHORT]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "checkpoint-2" in line]
+    assert len(lines) == 1 and lines[0].startswith("policyshift analyze: warning: ") and "being written" in lines[0], err
+    assert out.startswith("1 checkpoints analyzed")
+
+
 # ---------------------------------------------------------------- inputs checked before the reference samples
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policyshift.analysis.ingest import IMPORTERS
-from policyshift.analysis.ingest.hf import ADAPTER_FILE, WEIGHT_FILES, is_adapter_dir, is_model_dir  # noqa: F401 (re-exported)
+from policyshift.analysis.ingest.hf import ADAPTER_FILE, WEIGHT_FILES, has_weight_shards, is_adapter_dir, is_model_dir, save_in_progress  # noqa: F401 (re-exported)
 from policyshift.errors import DiscoveryError  # noqa: F401 (defined in errors.py; old import path)
 
 
@@ -150,12 +150,14 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
     notes: list[str] = []
     found: list[Checkpoint] = []
     for directory in _walk(root):
-        if is_model_dir(directory) and not _is_classifier(directory):
+        if _saved_model(directory) and not _is_classifier(directory):
             if is_adapter_dir(directory / LORA_ADAPTER):  # verl's merger: base weights here, the trained adapter below
                 directory = directory / LORA_ADAPTER
             unfinished = _being_written(root, directory)
             if unfinished:
                 notes.append(unfinished)
+                continue
+            if not is_model_dir(directory):
                 continue
             step = step_from_path(directory, root)
             if step is None:
@@ -164,7 +166,7 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
                 notes.append(f"{directory}: a model with no step in its name or trainer_state.json; skipped (pass it as its own PATH)")
                 continue
             found.append(Checkpoint(directory, step, _layout(directory)))
-    if is_model_dir(root) and not _is_classifier(root) and (unfinished := _being_written(root.parent, root)):
+    if _saved_model(root) and not _is_classifier(root) and (unfinished := _being_written(root.parent, root)):
         raise DiscoveryError(unfinished.replace("; skipped", ": analyze it once its run has written it"))
     if is_model_dir(root) and not _is_classifier(root):
         step = _state_step(root)
@@ -188,14 +190,22 @@ def find_checkpoints(path: str | Path) -> tuple[list[Checkpoint], list[str]]:
     return [by_step[s] for s in sorted(by_step)], notes
 
 
+def _saved_model(path: Path) -> bool:
+    """A model directory, or one that save_pretrained is still filling (its shards there, not its index yet)."""
+    return is_model_dir(path) or has_weight_shards(path)
+
+
 def _being_written(root: Path, directory: Path) -> str | None:
-    """Why a checkpoint is not complete yet (its trainer is still writing it), by the importer whose convention it is; else None."""
+    """The one rule for a checkpoint read while its trainer writes it: it is complete once the file written last is
+    there. What every HF model directory shows (hf.save_in_progress: a staging name, shards without their index, an
+    index naming a shard not there yet), then the trainer's own last file by the importer whose convention it is
+    (policyshift: final/manifest.json; HF Trainer / TRL: checkpoint-N/trainer_state.json; verl:
+    latest_checkpointed_iteration.txt). The note that skips it, else None."""
+    why = save_in_progress(directory)
     for importer in IMPORTERS:
-        if importer.being_written is not None:
+        if why is None and importer.being_written is not None:
             why = importer.being_written(root, directory)
-            if why:
-                return why
-    return None
+    return f"{directory}: {why} (being written by its training run); skipped" if why else None
 
 
 def _unnamed_step(root: Path, directory: Path) -> int | None:

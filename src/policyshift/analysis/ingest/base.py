@@ -96,7 +96,9 @@ class Importer:
     checkpoint_log: Callable[[Path], tuple[Path, list] | None] | None = None  # the scalar log a checkpoint carries (same-run check)
     checkpoint_step: Callable[[Path], int | None] | None = None  # the step a model directory's own files record
     unnamed_step: Callable[[Path, Path], int | None] | None = None  # (root, directory): step of a checkpoint whose name has none
-    # (root, directory) → why a checkpoint found there is not complete yet (its trainer is still writing it), else None
+    # (root, directory) → why a checkpoint found there is not complete yet: the file its trainer writes last is not there
+    # ("no manifest.json yet"), else None. discover._being_written applies these after the rule every HF model directory
+    # shares (hf.save_in_progress) and words the note.
     being_written: Callable[[Path, Path], str | None] | None = None
     other_trainer: bool = True  # listed among "any trainer's checkpoints" (policyshift's own runs are not)
     scalars: bool = True  # writes `<name>/<key>` rows into metrics.jsonl

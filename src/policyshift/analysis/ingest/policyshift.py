@@ -37,7 +37,7 @@ def being_written(root: Path, directory: Path) -> str | None:
     checkpoints = run / "checkpoints"
     writes_manifests = checkpoints.is_dir() and any((c / MANIFEST).is_file() for c in checkpoints.iterdir() if c.is_dir())
     if writes_manifests or (run / LOCK).is_file():  # the lock: held while its trainer runs
-        return f"{directory}: no {MANIFEST} yet (being written by its training run); skipped"
+        return f"no {MANIFEST} yet"
     return None
 
 

@@ -425,6 +425,17 @@ def _checkpoint_number(path: Path) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
+def checkpoint_being_written(root: Path, directory: Path) -> str | None:
+    """checkpoint-N/ without trainer_state.json while its siblings have one: the HF Trainer writes it last (after the
+    model, optimizer, scheduler and RNG states; transformers 5.x trainer.py `_save_checkpoint`). A run whose
+    checkpoints never carry one (save_pretrained into checkpoint-N by hand) is read as it is."""
+    if not re.fullmatch(r"checkpoint-\d+", directory.name) or (directory / STATE_FILE).is_file():
+        return None
+    if any((sibling / STATE_FILE).is_file() for sibling in directory.parent.glob("checkpoint-*")):
+        return f"no {STATE_FILE} yet (the HF Trainer writes it last; its other checkpoints have one)"
+    return None
+
+
 def find_trainer_state(directory: Path, context: dict) -> list[Path]:
     """OUTPUT_DIR/trainer_state.json, else the latest checkpoint's (it holds the whole log so far)."""
     state = directory / STATE_FILE
@@ -568,6 +579,7 @@ IMPORTER = Importer(
     events_mode=events_mode,
     checkpoints=(CheckpointLayout("HF Trainer / TRL checkpoint", lambda p: p.name.startswith("checkpoint-"), "checkpoint-N/ (HF Trainer, TRL)"),),
     step_prefixes=("checkpoint",),
+    being_written=checkpoint_being_written,
     checkpoint_log=checkpoint_log,
     checkpoint_step=state_step,
 )

@@ -295,6 +295,25 @@ def find_dumps(directory: Path, context: dict) -> list[Path]:
     return sorted(dumps, key=lambda p: (str(p.parent), int(p.stem)))
 
 
+LATEST = "latest_checkpointed_iteration.txt"  # trainer.default_local_dir/: the step of the last complete save
+GLOBAL_STEP = re.compile(r"^global_step_(\d+)$")
+
+
+def checkpoint_being_written(root: Path, directory: Path) -> str | None:
+    """A directory under global_step_N/ whose N is past the run's latest_checkpointed_iteration.txt: verl writes that
+    file after the actor, critic and dataloader states of the step (verl 0.x trainer/ppo/ray_trainer.py
+    `_save_checkpoint`). Without the file (the first save; async_save skips it) nothing says so."""
+    for step_dir in (directory, *directory.parents):
+        match = GLOBAL_STEP.match(step_dir.name)
+        if match:
+            try:
+                latest = int((step_dir.parent / LATEST).read_text().strip())
+            except (OSError, ValueError):
+                return None
+            return f"global_step_{match.group(1)} is past {LATEST} ({latest})" if int(match.group(1)) > latest else None
+    return None
+
+
 def _fsdp_merged(directory: Path) -> bool:
     return is_model_dir(directory / "huggingface")
 
@@ -316,6 +335,7 @@ IMPORTER = Importer(
     checkpoints=(CheckpointLayout("verl HF export", lambda p: p.name == "huggingface", "global_step_N/actor/huggingface/ (verl)"),
                  CheckpointLayout("verl LoRA adapter (on the base weights merged beside it)", lambda p: p.name == "lora_adapter")),
     step_prefixes=("global_step",),
+    being_written=checkpoint_being_written,
     shards=(ShardLayout(
         pattern=lambda name: bool(FSDP_SHARD.match(name)), merged=_fsdp_merged,
         note=lambda d: (f"{d}: verl FSDP shards, not an HF model; merge them first: "
