@@ -399,3 +399,38 @@ def test_new_phrase_thresholds_are_the_familys_own():
     assert detect_new_phrases([], ref + pol, DetectorThresholds()) == []  # z ≈ 1.7 on 10 responses: below the default 3
     assert [f.detector for f in detect_new_phrases([], ref + pol, DetectorThresholds(new_phrase_min_z=1.5))] == ["new_phrase"]
     assert detect_new_phrases([], ref + pol, DetectorThresholds(new_phrase_min_z=1.5, new_phrase_min_responses=11)) == []
+
+
+# ---- the live run's history: columns kept as it grows ------------------------------------------------------
+
+
+def test_a_live_history_reads_as_the_plain_rows_it_holds():
+    """The trainer's History (columns kept between the detectors' reads, so each read costs only the new rows) gives the
+    same series, keys and findings as a list of the same rows — with its last row changed after a read (a step's probe
+    scores join it after the evaluation), and cut back (a resume)."""
+    from policyshift.analysis.runlog import History, history_keys, metric_series
+
+    rows = make_history(n=120, seed=3, reward__score_mean=lambda p: 4 * p)  # a rising reward: findings to compare
+    live = History()
+    for i, row in enumerate(rows, 1):
+        live.append(dict(row))
+        if i % 10 == 0 or i == len(rows):
+            plain = [dict(r) for r in live]
+            for key in ("reward/score_mean", "kl/seq_mean", "step", "probe/mine"):
+                for got, want in zip(metric_series(live, key), metric_series(plain, key)):
+                    np.testing.assert_array_equal(got, want)
+            assert history_keys(live) == history_keys(plain)
+            assert [f.log_row() for f in run_detectors(live, [])] == [f.log_row() for f in run_detectors(plain, [])]
+            live[-1]["probe/mine"] = float(i)  # after the read: the next one must see it
+    assert len(metric_series(live, "probe/mine")[0]) == 12 and "probe/mine" in history_keys(live)
+    live.append({"step": 121})  # a last row without the keys: the kept columns themselves are what a read returns
+    for key in ("reward/score_mean", "probe/mine"):  # ... and they cannot be changed through it
+        values = metric_series(live, key)[1]
+        with pytest.raises(ValueError):
+            values[0] = 1e9
+        assert metric_series(live, key)[1][0] != 1e9
+    live.pop()
+    del live[60:]  # cut back, then grown again with other values
+    live.extend({"step": s, "reward/score_mean": -1.0} for s in range(61, 71))
+    steps, values = metric_series(live, "reward/score_mean")
+    assert steps.tolist() == list(range(1, 71)) and values[-10:].tolist() == [-1.0] * 10

@@ -54,7 +54,7 @@ from policyshift.rollout import Rollout, generate_rollout
 from policyshift.rundir import RunDirError, discard_new_outputs, prepare_run_dir  # noqa: F401 (RunDirError: part of the trainer's API)
 from policyshift.tracking import make_sinks
 from policyshift.tracking.jsonl import truncate_run_logs
-from policyshift.analysis.runlog import resumed_history
+from policyshift.analysis.runlog import History, resumed_history
 from policyshift.errors import TrainingError  # noqa: F401 (defined in errors.py; old import path)
 
 
@@ -291,7 +291,7 @@ class PPOTrainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + group.rank)  # sampling: each process its own episodes
         self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # minibatch order
         self.step, self.episodes, self.skipped_updates, self.consecutive_skips = 0, 0, 0, 0
-        self.history: list[dict] = []
+        self.history: list[dict] = History()  # its columns kept as it grows: the live detectors read it at every evaluation
         self.distributions: list[dict] = []  # per-sample values of each step, for the detectors
         self.logged_samples, self.logged_findings = [], []  # a resumed run's, up to its checkpoint (for LiveAnalysis)
         self.reference_probes: dict = {}  # a resumed run's step-0 probe scores
@@ -324,7 +324,8 @@ class PPOTrainer:
             self.moments.load_state_dict(state["reward_moments"])
         logs = truncate_run_logs(self.run_dir, self.step, write=self.group.is_main)
         self.group.barrier()  # every process reads the logs the main one has cut back
-        self.history, self.reference_probes = resumed_history(logs["metrics"])
+        history, self.reference_probes = resumed_history(logs["metrics"])
+        self.history = History(history)
         self.distributions = logs["distributions"]
         self.logged_samples, self.logged_findings = logs["samples"], logs["findings"]
         return ckpt

@@ -108,18 +108,79 @@ def as_float(value: Any) -> float:
     return float(value)
 
 
-def metric_series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of one metric over the history, dropping rows where it is missing/NaN. (as_float's rule,
-    inlined: the report calls this ~50 times over every row, and a 20k-step run spent seconds in the calls.)"""
-    steps, values = [], []
+def _finite_pairs(rows, key: str, steps: list, values: list) -> None:
+    """Append (step, value) of `key` for each row where both are finite numbers (as_float's rule, inlined: the report
+    calls this ~50 times over every row, and a 20k-step run spent seconds in the calls)."""
     isfinite, number = math.isfinite, (int, float)
-    for row in history:
+    for row in rows:
         value, step = row.get(key), row.get("step")
         if (isinstance(value, number) and isinstance(step, number) and not isinstance(value, bool) and not isinstance(step, bool)
                 and isfinite(value) and isfinite(step)):
             steps.append(step)
             values.append(value)
+
+
+def metric_series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one metric over the history, dropping rows where it is missing/NaN."""
+    if isinstance(history, History):
+        return history.series(key)
+    steps: list = []
+    values: list = []
+    _finite_pairs(history, key, steps, values)
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def history_keys(history: list[dict]) -> set[str]:
+    """Every key any row of the history has."""
+    return history.keys_seen() if isinstance(history, History) else {key for row in history for key in row}
+
+
+_EMPTY = np.zeros(0)
+_EMPTY.flags.writeable = False
+
+
+def _extended(steps: np.ndarray, values: np.ndarray, rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    new_steps: list = []
+    new_values: list = []
+    _finite_pairs(rows, key, new_steps, new_values)
+    if not new_steps:
+        return steps, values
+    return np.concatenate([steps, np.asarray(new_steps, dtype=float)]), np.concatenate([values, np.asarray(new_values, dtype=float)])
+
+
+class History(list):
+    """A training run's rows as its trainer keeps them in memory (a list of dicts, one per step), read by the live
+    detectors at every evaluation. Each metric's column and the set of keys are kept as they grow, so each read
+    costs the rows added since the last one, not the whole history again (at every 50th step of a 5,000-step
+    run the detectors' full scans were 0.4 s: 8 ms a step, growing with the run; benchmarks/soak.py). Rows before
+    the last never change; the last may (its step's probe scores join it after the evaluation): it is read anew
+    each time. A list that shrinks (a resume cuts it back) starts its columns over."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self._columns: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # key → (steps, values, rows read)
+        self._keys: set[str] = set()
+        self._keys_read = 0
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        stable = max(len(self) - 1, 0)
+        steps, values, done = self._columns.get(key, (_EMPTY, _EMPTY, 0))
+        if done > stable:
+            steps, values, done = _EMPTY, _EMPTY, 0
+        if stable > done:
+            steps, values = _extended(steps, values, self[done:stable], key)
+            steps.flags.writeable = values.flags.writeable = False  # handed out as they are when the last row lacks the key
+        self._columns[key] = (steps, values, stable)
+        return _extended(steps, values, self[stable:], key)
+
+    def keys_seen(self) -> set[str]:
+        stable = max(len(self) - 1, 0)
+        if self._keys_read > stable:
+            self._keys, self._keys_read = set(), 0
+        for row in self[self._keys_read:stable]:
+            self._keys.update(row)
+        self._keys_read = stable
+        return self._keys.union(*self[stable:])
 
 
 def config_get(config: dict, dotted_key: str, default: Any = None) -> Any:

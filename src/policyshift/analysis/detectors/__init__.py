@@ -95,8 +95,11 @@ def run_detectors(history, samples, thresholds=None, distributions=(), reference
     """All detectors over a run's logs, worst finding first. `distributions` (distributions.jsonl rows) is
     optional: it sharpens the reward-vs-length check, which otherwise uses the eval samples. `reference`:
     the reference's step-0 row (probe scores) when `history` starts at step 1 (the trainer's live history)."""
+    from policyshift.analysis.runlog import History
+
     t = thresholds or DetectorThresholds()
-    history, samples, distributions = list(history or []), list(samples or []), list(distributions or [])
+    history = history if isinstance(history, History) else list(history or [])  # a live run's History: its columns kept
+    samples, distributions = list(samples or []), list(distributions or [])
     findings = []
     for detect in DETECTORS.values():
         findings.extend(detect(history, samples, t, distributions, reference=reference))

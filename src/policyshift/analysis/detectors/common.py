@@ -102,9 +102,8 @@ def proxy_reward_gain(history: list[dict], t) -> tuple[float, float, float]:
 
 
 def last_step(history: list[dict]) -> int:
-    steps = [as_float(row.get("step")) for row in history]
-    finite = [s for s in steps if math.isfinite(s)]
-    return int(max(finite)) if finite else 0
+    steps, _ = metric_series(history, "step")  # the finite steps
+    return int(steps.max()) if len(steps) else 0
 
 
 def eval_groups(samples: list[dict]) -> dict[int, list[dict]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from policyshift import keys as K
 from policyshift.analysis.findings import Advice, Finding
+from policyshift.analysis.runlog import history_keys
 
 ORDER = 15
 
@@ -33,7 +34,7 @@ class Thresholds:
 
 
 def detect_no_reference_kl(history, samples, t, distributions=(), reference=None) -> list[Finding]:
-    keys = {key for row in history for key in row}
+    keys = history_keys(history)
     from policyshift.analysis.ingest import SOURCES  # the importers' raw-key prefixes (trl/, verl/, ...)
 
     imported = sorted({key.split("/", 1)[0] for key in keys if key.split("/", 1)[0] in SOURCES})

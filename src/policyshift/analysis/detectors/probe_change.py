@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from policyshift import keys as K
 from policyshift.analysis.findings import Advice, Finding
-from policyshift.analysis.runlog import config_get, metric_series
+from policyshift.analysis.runlog import config_get, history_keys, metric_series
 
 ORDER = 100
 
@@ -37,7 +37,7 @@ def from_config(config: dict) -> dict:
 
 
 def suite_names(history: list[dict]) -> list[str]:
-    names = {k[len(K.PROBE_PREFIX):] for row in history for k in row if k.startswith(K.PROBE_PREFIX)}
+    names = {k[len(K.PROBE_PREFIX):] for k in history_keys(history) if k.startswith(K.PROBE_PREFIX)}
     return sorted(n for n in names if not n.endswith("_se"))
 
 
