@@ -2,8 +2,11 @@
 
 1. `policyshift train` for --steps steps (tiny GPT-2 from tests/tiny.py, fixed-prompt analysis every
    --every steps, TensorBoard on, a checkpoint every 500 steps), watched once a second from outside:
-   resident memory (VmRSS, and the peak VmHWM), open file descriptors, and wall seconds per step, at the
-   start of the run against its end. Flat within noise = no leak of memory, files or time.
+   resident memory (VmRSS, and the peak VmHWM), open file descriptors, and wall and CPU seconds per step, at
+   the start of the run (10-20 % of the steps), its middle (50-60 %) and its end (the last 10 %, until the last
+   step is logged: the final checkpoint and report after it are not steps). Flat within noise = no leak of
+   memory, files or time. CPU seconds (the process's user + system time) are the measure of time that a
+   loaded machine does not move; wall seconds are what a user waits.
 2. The report of 1k / 5k / 20k-step run directories, synthesized from the soak run's own rows (its real
    metric keys, distributions and samples, repeated and renumbered; fixed-prompt samples every 10 steps
    for 8 prompts, the defaults): build time and peak memory of `build_report` in a fresh process, HTML
@@ -36,14 +39,20 @@ import tiny  # noqa: E402
 
 
 # ---- 1. the soak run ------------------------------------------------------------------------------
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def proc_stats(pid: int) -> dict | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
     kb = lambda key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1))  # noqa: E731
-    return {"rss_mb": kb("VmRSS") / 1024, "hwm_mb": kb("VmHWM") / 1024, "fds": fds}
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 is state; utime, stime are fields 14, 15
+    cpu_s = (int(fields[11]) + int(fields[12])) / TICKS
+    return {"rss_mb": kb("VmRSS") / 1024, "hwm_mb": kb("VmHWM") / 1024, "fds": fds, "cpu_s": cpu_s}
 
 
 class StepCounter:
@@ -92,32 +101,37 @@ def soak_run(tmp: Path, steps: int, every: int) -> tuple[dict, Path]:
         time.sleep(1.0)
     if proc.returncode != 0:
         raise SystemExit(f"soak run failed ({proc.returncode}): {''.join(stderr)[-3000:]}")
-    return summarize(samples, steps, tiny.rows(run / "metrics.jsonl"), time.monotonic() - t0), run
+    summary = summarize(samples, steps, tiny.rows(run / "metrics.jsonl"), time.monotonic() - t0)
+    return {**summary, "series": samples}, run
 
 
 def summarize(samples: list[dict], steps: int, metrics: list[dict], wall: float) -> dict:
-    """Start (10-20 % of the steps: after start-up and the first allocations) against end (the last 10 %)."""
+    """Start (10-20 % of the steps: after start-up and the first allocations), middle (50-60 %) and end (the last
+    10 %, while steps are still logged) of the run: a leak grows from middle to end as from start to middle; a
+    one-time cost (the first checkpoint's buffers) does not."""
     def window(lo: float, hi: float) -> list[dict]:
-        return [s for s in samples if lo * steps <= s["step"] <= hi * steps]
+        return [s for s in samples if lo * steps <= s["step"] <= hi * steps and s["step"] < steps]
 
-    def rate(w: list[dict]) -> float | None:  # wall seconds per step over the window (analysis, detectors, logging included)
-        return (w[-1]["t"] - w[0]["t"]) / (w[-1]["step"] - w[0]["step"]) if len(w) > 1 and w[-1]["step"] > w[0]["step"] else None
+    def rate(w: list[dict], key: str) -> float:  # seconds per step over the window (analysis, detectors, logging included)
+        ok = len(w) > 1 and w[-1]["step"] > w[0]["step"]
+        return round((w[-1][key] - w[0][key]) / (w[-1]["step"] - w[0]["step"]), 4) if ok else float("nan")
 
     def mean(rows: list[dict], key: str) -> float:
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         return sum(values) / max(len(values), 1)
 
-    start, end = window(0.10, 0.20), window(0.90, 1.0)
+    windows = {"start": window(0.10, 0.20), "middle": window(0.50, 0.60), "end": window(0.90, 1.0)}
+    out = {"steps": steps, "wall_s": round(wall, 1), "samples": len(samples), "peak_rss_mb": round(max(s["hwm_mb"] for s in samples), 1),
+           "open_files_max": max(s["fds"] for s in samples)}
+    for name, w in windows.items():
+        out[name] = {"steps": [w[0]["step"], w[-1]["step"]] if w else None, "rss_mb": round(mean(w, "rss_mb"), 1),
+                     "open_files": max((s["fds"] for s in w), default=None),
+                     "wall_s_per_step": rate(w, "t"), "cpu_s_per_step": rate(w, "cpu_s")}
+    middle, end = mean(windows["middle"], "step"), mean(windows["end"], "step")
+    out["rss_kb_per_step_middle_to_end"] = round((out["end"]["rss_mb"] - out["middle"]["rss_mb"]) * 1024 / max(end - middle, 1), 1)
     first, last = metrics[int(0.1 * len(metrics)) : int(0.2 * len(metrics))], metrics[int(0.9 * len(metrics)) :]
-    return {
-        "steps": steps, "wall_s": round(wall, 1), "samples": len(samples),
-        "rss_mb_start": round(mean(start, "rss_mb"), 1), "rss_mb_end": round(mean(end, "rss_mb"), 1),
-        "peak_rss_mb": round(max(s["hwm_mb"] for s in samples), 1),
-        "open_files_start": max(s["fds"] for s in start) if start else None, "open_files_end": max(s["fds"] for s in end) if end else None,
-        "open_files_max": max(s["fds"] for s in samples),
-        "wall_s_per_step_start": round(rate(start) or float("nan"), 4), "wall_s_per_step_end": round(rate(end) or float("nan"), 4),
-        "time_step_s_start": round(mean(first, "time/step"), 4), "time_step_s_end": round(mean(last, "time/step"), 4),
-    }
+    out["time_step_s_start"], out["time_step_s_end"] = round(mean(first, "time/step"), 4), round(mean(last, "time/step"), 4)
+    return out
 
 
 # ---- 2. reports of long runs ----------------------------------------------------------------------
@@ -212,7 +226,7 @@ def main() -> int:
         src = Path(args.skip_soak)
     else:
         results["soak"], src = soak_run(tmp, args.steps, args.every)
-        print(json.dumps(results["soak"]), flush=True)
+        print(json.dumps({k: v for k, v in results["soak"].items() if k != "series"}), flush=True)
     results["reports"] = report_sizes(src, tmp, args.report_sizes)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
