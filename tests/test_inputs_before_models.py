@@ -56,7 +56,7 @@ def test_analyze_names_a_missing_path_before_the_reference_it_would_look_for(cap
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--reference", "{tmp}/no-ref"], "model path not found: {tmp}/no-ref"),
+    (["--reference", "{tmp}/no-ref"], "--reference {tmp}/no-ref: model path not found: {tmp}/no-ref"),
     (["--prompts", "{tmp}/no.jsonl"], "prompt file not found: {tmp}/no.jsonl"),
     (["--reward-function", "{tmp}/no_reward.py:score"], "reward function file not found: {tmp}/no_reward.py"),
     (["--reward-function", "no_such_reward_module_xyz:score"],

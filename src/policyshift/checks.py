@@ -116,16 +116,23 @@ def check_output_dir(path: str | None, flag: str) -> None:
 
 def check_named_inputs(models=(), prompts=(), rewards=()) -> None:
     """The files and directories a command names, there before the first model loads (minutes on a real
-    model), in this order: model paths (a local path must exist; a hub id is fetched by the load), prompt
-    sources, rewards ((model, function) pairs: the function's file or module, the model's directory). None
-    entries are inputs not given. One line for the first that is missing."""
+    model), in this order: model paths (a local path must exist; a hub id is fetched by the load; a path, or
+    (flag, path) for a line that names the flag as the later load's would), prompt sources, rewards ((model,
+    function) pairs: the function's file or module, the model's directory). None entries are inputs not given.
+    One line for the first that is missing."""
     from policyshift.data import check_prompt_source
     from policyshift.models import local_path_or_hub_id
     from policyshift.rewards import check_reward_source
 
-    for path in models:
+    for entry in models:
+        flag, path = entry if isinstance(entry, tuple) else (None, entry)
         if path:
-            local_path_or_hub_id(path)
+            try:
+                local_path_or_hub_id(path)
+            except ModelError as exc:
+                if flag is None:
+                    raise
+                raise ModelError(f"{flag} {path}: {exc}") from None
     for source in prompts:
         if source is not None:
             check_prompt_source(source)

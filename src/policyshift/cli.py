@@ -115,7 +115,7 @@ def cmd_analyze(args, extra: list[str]) -> int:
 
     for path in args.paths:  # what was typed first is reported first (not the reference the run records)
         check_run_path(path)
-    check_named_inputs(models=[args.reference], prompts=[args.prompts],
+    check_named_inputs(models=[("--reference", args.reference)], prompts=[args.prompts],
                        rewards=[(args.reward_model, args.reward_function), (args.gold_reward_model, args.gold_reward_function)])
     _check_sampling_flags(args, args.out)
     chosen = choose(args.paths, args.reference, args.prompts, args.logs, args.out) if not args.label else None
