@@ -41,9 +41,9 @@ def check_reward_source(model: str | None, function: str | None) -> None:
         target, _ = _reward_target(function)
         if not target.endswith(".py"):
             try:
-                found = importlib.util.find_spec(target) is not None
-            except (ImportError, ValueError):  # a parent package that is not there
-                found = False
+                found = importlib.util.find_spec(target) is not None  # imports its parent packages (as the load will)
+            except (Exception, SystemExit) as exc:  # a parent package that is not there, or fails on import
+                raise RewardError(f"cannot import reward module '{target}': {type(exc).__name__}: {exc}") from None
             if not found:
                 raise RewardError(f"cannot import reward module '{target}': ModuleNotFoundError: No module named '{target}'")
     elif model:
