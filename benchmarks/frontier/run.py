@@ -4,6 +4,8 @@ seeds, with the best-of-n frontier as the baseline row. One command runs (or res
 
     PYTHONPATH=src python benchmarks/frontier/run.py --work /tmp/frontier --trl112-python /work/venvs/trl112/bin/python
     PYTHONPATH=src python benchmarks/frontier/run.py --work /tmp/frontier --screen            # the levers, seed SEEDS[0]
+    PYTHONPATH=src python benchmarks/frontier/run.py --work /tmp/frontier --impl policyshift --seeds 4 5 6 \
+        --variants default exact_kl --key confirm                                            # a lever on fresh seeds
 
 Every finished run and every evaluated checkpoint is cached under --work, so a rerun only does what is missing.
 See benchmarks/README.md ("Frontier") for the setting, the sizes and the figures.
@@ -119,6 +121,9 @@ def main(argv=None):
     ap.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
     ap.add_argument("--screen", nargs="*", metavar="VARIANT", choices=sorted(VARIANTS),
                     help="policyshift lever variants on the first seed only (no names: all of them)")
+    ap.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS),
+                    help="policyshift variants to run on every seed (a lever's confirmation on fresh seeds, next to default)")
+    ap.add_argument("--key", help="where in --json the results go (default: main, or screen with --screen)")
     ap.add_argument("--json", default=str(HERE / "results.json"))
     ns = ap.parse_args(argv)
     work = Path(ns.work)
@@ -139,7 +144,8 @@ def main(argv=None):
     gold_ref = sum(map(sum, pool["gold"])) / sum(map(len, pool["gold"]))
     bon = bon_row(pool, gold_ref)
 
-    specs = [(impl, "default", seed) for seed in ns.seeds for impl in ns.impl]
+    specs = [(impl, variant, seed) for seed in ns.seeds for impl in ns.impl
+             for variant in (ns.variants if impl == "policyshift" else ["default"])]
     if ns.screen is not None:
         specs = [("policyshift", v, ns.seeds[0]) for v in (ns.screen or list(VARIANTS))]
     rows: dict[str, list] = {}
@@ -161,7 +167,7 @@ def main(argv=None):
               "runs": rows, "paired_vs_default": diffs}
     path = Path(ns.json)
     old = json.loads(path.read_text()) if path.exists() else {}
-    key = "screen" if ns.screen is not None else "main"
+    key = ns.key or ("screen" if ns.screen is not None else "main")
     old.update({key: result})
     path.write_text(json.dumps(old, indent=1, default=str))
 
