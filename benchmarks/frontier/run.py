@@ -83,11 +83,11 @@ def bon_row(pool: dict, gold_ref: float) -> dict:
     return {"gains": gains, "curve": [{"n": n, "kl": M.bon_kl(n), "gold": g, "proxy": p} for n, g, p in zip(ns, golds, proxies)]}
 
 
-def fmt(values: list) -> str:
+def fmt(values: list, sign: str = "+") -> str:
     m, se, n = M.mean_se(values)
     if n == 0:
         return "—"
-    cell = f"{m:+.3f}" + (f" ± {se:.3f}" if n > 1 else "")
+    cell = f"{m:{sign}.3f}" + (f" ± {se:.3f}" if n > 1 else "")
     return cell + (f" ({n}/{len(values)})" if n < len(values) else "")
 
 
@@ -97,7 +97,7 @@ def table(rows: dict, bon: dict) -> str:
     lines.append("| best-of-n (reference samples) | " + " | ".join(fmt([bon["gains"][str(c)]]) for c in S.KL_COLUMNS) + " | | | |")
     for name, runs in rows.items():
         cells = [fmt([r["gains"][str(c)] for r in runs]) for c in S.KL_COLUMNS]
-        lines.append(f"| {name} ({len(runs)} seeds) | " + " | ".join(cells) + f" | {fmt([r['final_kl'] for r in runs])} | "
+        lines.append(f"| {name} ({len(runs)} seeds) | " + " | ".join(cells) + f" | {fmt([r['final_kl'] for r in runs], '')} | "
                      f"{fmt([r['final_gold_gain'] for r in runs])} | {sum(r['seconds'] for r in runs) / len(runs):.0f} |")
     return "\n".join(lines)
 
