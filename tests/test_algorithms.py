@@ -110,14 +110,14 @@ def test_resumed_grpo_run_matches_the_uninterrupted_one(tiny_world, tmp_path):
         path.write_text(json.dumps(cfg.to_dict()))  # JSON is YAML
         return path
 
+    # only the killed run is a subprocess (see test_resume.py): the others are `policyshift train` in this process
     ref = tmp_path / "ref"
-    assert cli("--config", str(write(ref))).returncode == 0
+    assert main(["train", "--config", str(write(ref))]) == 0
     out = tmp_path / "run"
     killed = cli("--config", str(write(out)), fault="kill_in_update:5")  # in the middle of step 5's optimizer pass
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in list_checkpoints(out)][-1] == "step-4"
-    resumed = cli("--resume", str(out))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["train", "--resume", str(out)]) == 0
     assert_same_metrics(rows(ref / "metrics.jsonl"), rows(out / "metrics.jsonl"))
     assert not (out / "final" / "critic").exists()
 

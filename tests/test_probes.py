@@ -110,10 +110,18 @@ def nan_scores(prompts, responses):
     return [float("nan")] * len(prompts)
 
 
-def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, tmp_path, capfd):
-    probes = [{"name": "good", "prompts": tiny_world["prompts"], "scorer": "tiny:good_fraction"},
-              {"name": "crash", "prompts": tiny_world["prompts"], "scorer": "test_probes:raises"},
-              {"name": "nan", "prompts": tiny_world["prompts"], "scorer": "test_probes:nan_scores", "higher_is_better": False}]
+@pytest.fixture(scope="module")
+def suite_prompts(tmp_path_factory):
+    """A 6-prompt suite file: each evaluation samples every suite prompt, and 6 show what 64 would (read only)."""
+    import tiny
+
+    return str(tiny.write_prompts(tmp_path_factory.mktemp("suite") / "suite.jsonl", n=6, seed=9))
+
+
+def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, suite_prompts, tmp_path, capfd):
+    probes = [{"name": "good", "prompts": suite_prompts, "scorer": "tiny:good_fraction"},
+              {"name": "crash", "prompts": suite_prompts, "scorer": "test_probes:raises"},
+              {"name": "nan", "prompts": suite_prompts, "scorer": "test_probes:nan_scores", "higher_is_better": False}]
     out = tmp_path / "run"
     history = PPOTrainer(_cfg(tiny_world, out, probes)).train()
     assert len(history) == 3  # the failing suites did not stop training
@@ -143,24 +151,20 @@ def test_suites_scored_in_training_and_failing_scorers_disabled(tiny_world, tmp_
 
 # ---- analyze and compare score the same suites
 @pytest.fixture(scope="module")
-def probed_run(tiny_world, tmp_path_factory):
-    import tiny
-
-    root = tmp_path_factory.mktemp("probed")
-    suite_prompts = tiny.write_prompts(root / "suite.jsonl", n=6, seed=9)
-    out = root / "run"
-    cfg = _cfg(tiny_world, out, [{"name": "good", "prompts": str(suite_prompts), "scorer": "tiny:good_fraction"}], every=2)
+def probed_run(tiny_world, suite_prompts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probed") / "run"
+    cfg = _cfg(tiny_world, out, [{"name": "good", "prompts": suite_prompts, "scorer": "tiny:good_fraction"}], every=2)
     cfg = PPOConfig.from_dict({**cfg.to_dict(), "rollout": {**cfg.to_dict()["rollout"], "batch_size": 4, "max_new_tokens": 8},
                                "train": {**cfg.to_dict()["train"], "steps": 4, "save_every": 2, "seed": 3}, "ppo": {**cfg.to_dict()["ppo"], "num_minibatches": 1}})
     PPOTrainer(cfg).train()
     return out
 
 
-def test_analyze_reproduces_the_runs_probe_scores(tiny_world, probed_run, tmp_path, capsys):
+def test_analyze_reproduces_the_runs_probe_scores(tiny_world, suite_prompts, probed_run, tmp_path, capsys):
     from policyshift.cli import main
 
     out = tmp_path / "analyzed"
-    code = main(["analyze", str(probed_run), "--reference", tiny_world["policy"], "--prompts", tiny_world["prompts"], "--seed", "10",
+    code = main(["analyze", str(probed_run), "--reference", tiny_world["policy"], "--prompts", suite_prompts, "--seed", "10",
                  "--batch-size", "4", "--max-new-tokens", "8", "--max-prompt-length", str(PPOConfig().data.max_prompt_length),
                  "--probes", str(probed_run / "config.yaml"), "--out", str(out)])  # the run's own config names its suites
     assert code == 0, capsys.readouterr().err
@@ -173,13 +177,13 @@ def test_analyze_reproduces_the_runs_probe_scores(tiny_world, probed_run, tmp_pa
     assert load_run(out).config["analysis"]["probes"][0]["name"] == "good"
 
 
-def test_compare_scores_suites_on_both_checkpoints(tiny_world, probed_run, tmp_path, capsys):
+def test_compare_scores_suites_on_both_checkpoints(tiny_world, suite_prompts, tmp_path, capsys):
     from policyshift.cli import main
 
     suites = tmp_path / "suites.yaml"
     suites.write_text("probes:\n  - {name: good, prompts: %s, scorer: 'tiny:good_fraction'}\n  - {name: ifeval, scorer: instructions}\n"
-                      % tiny_world["prompts"])
-    code = main(["compare", tiny_world["policy"], tiny_world["policy"], "--prompts", tiny_world["prompts"], "--out", str(tmp_path / "c"),
+                      % suite_prompts)
+    code = main(["compare", tiny_world["policy"], tiny_world["policy"], "--prompts", suite_prompts, "--out", str(tmp_path / "c"),
                  "--max-new-tokens", "6", "--probes", str(suites)])
     assert code == 0, capsys.readouterr().err
     r = json.loads((tmp_path / "c" / "compare.json").read_text())
@@ -317,6 +321,7 @@ def test_sycophancy_config_errors(tiny_world, tmp_path, suite, message):
 
 
 def test_resumed_run_has_the_same_probe_scores_and_one_row_per_step(tiny_world, tmp_path):
+    # 64 suite prompts, not 6: a resume that restores the sampler's RNG wrongly changes few samples (6 prompts missed it)
     probes = [{"name": "good", "prompts": tiny_world["prompts"], "scorer": "tiny:good_fraction"}]
 
     def cfg(out, steps):
@@ -335,17 +340,19 @@ def test_resumed_run_has_the_same_probe_scores_and_one_row_per_step(tiny_world, 
     assert load_run(tmp_path / "whole").history[0][keys.probe_key("good")] == load_run(tmp_path / "cut").history[0][keys.probe_key("good")]
 
 
-def test_train_cli_with_an_unusable_suite_fails_in_one_line_before_training(tiny_world, tmp_path):
-    import tiny
+def test_train_cli_with_an_unusable_suite_fails_in_one_line_before_training(tiny_world, tmp_path, capfd):
+    # in this process: a subprocess's stderr (library noise included) is tests/test_stderr.py's
+    from policyshift.cli import main
 
     config = tmp_path / "c.yaml"
     cfg = _cfg(tiny_world, tmp_path / "run", [{"name": "ifx", "prompts": str(tmp_path / "nope.jsonl"), "scorer": "instructions"}]).to_dict()
     import yaml
 
     config.write_text(yaml.safe_dump(cfg))
-    done = tiny.cli("--config", str(config))
-    err = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(err) == 1 and err[0].startswith("policyshift train: error: probe suite ifx: ") and "not found" in err[0], done.stderr
+    capfd.readouterr()
+    code = main(["train", "--config", str(config)])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("policyshift train: error: probe suite ifx: ") and "not found" in err[0], err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

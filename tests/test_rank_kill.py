@@ -12,10 +12,17 @@ from tiny import assert_same_metrics, rows
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_world, tmp_path_factory):
+    """The uninterrupted 2-process run both kills are compared with (read only)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    done = launch("--config", str(write_config(tiny_world, tmp / "ref.yaml", tmp / "ref")), "--train.save_every", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "ref"
+
+
 @pytest.mark.parametrize("fault,dead,survivor", [("kill_in_update:3@1", 1, 0), ("kill_in_checkpoint:2@0", 0, 1)])
-def test_a_killed_rank_stops_the_other_with_one_line_and_resumes(tiny_world, tmp_path, fault, dead, survivor):
-    ref_config = write_config(tiny_world, tmp_path / "ref.yaml", tmp_path / "ref")
-    assert launch("--config", str(ref_config), "--train.save_every", "1").returncode == 0
+def test_a_killed_rank_stops_the_other_with_one_line_and_resumes(tiny_world, reference, tmp_path, fault, dead, survivor):
     config = write_config(tiny_world, tmp_path / "config.yaml", tmp_path / "run")
     t0 = time.monotonic()
     killed = launch("--config", str(config), "--train.save_every", "1", "--train.collective_timeout_s", "120", fault=fault)
@@ -26,4 +33,4 @@ def test_a_killed_rank_stops_the_other_with_one_line_and_resumes(tiny_world, tmp
     assert f"error: rank {dead} (pid " in ours[0] and f"rank {survivor} stops too" in ours[0] and "--resume" in ours[0], ours[0]
     resumed = launch("--resume", str(tmp_path / "run"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_metrics(rows(tmp_path / "ref" / "metrics.jsonl"), rows(tmp_path / "run" / "metrics.jsonl"))
+    assert_same_metrics(rows(reference / "metrics.jsonl"), rows(tmp_path / "run" / "metrics.jsonl"))
