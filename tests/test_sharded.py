@@ -197,7 +197,8 @@ def ddp_full_length(config, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", ["fsdp2", pytest.param("zero3", marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed"))])
+# zero3 is `extended` (~170 CPU s: a 2-process ZeRO-3 launch gathering block by block); fsdp2 checks the same rule in the default run
+@pytest.mark.parametrize("mode", ["fsdp2", pytest.param("zero3", marks=[pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed"), pytest.mark.extended])])
 def test_block_by_block_sampling_equals_ddp(mode, config, ddp_full_length, tmp_path):
     """rollout.gather_weights false (models that fit no single device): the per-block gathers of the
     rollout are collectives, so every process generates max_new_tokens; the run equals DDP's with
@@ -209,7 +210,8 @@ def test_block_by_block_sampling_equals_ddp(mode, config, ddp_full_length, tmp_p
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="pip install deepspeed")
-@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+# zero2 is `extended`: the skip is decided by the same runtime code before engine.step; zero3 (params sharded too) stays in the default run
+@pytest.mark.parametrize("mode", [pytest.param("zero2", marks=pytest.mark.extended), "zero3"])
 def test_deepspeed_never_steps_on_a_nonfinite_gradient(mode, config, tmp_path):
     """Every backward of step 1 gets a NaN loss on both processes (POLICYSHIFT_FAULT nonfinite_grad:1): the runtime
     decides to skip before DeepSpeed's engine.step, every update of step 1 is counted as skipped, and the weights
