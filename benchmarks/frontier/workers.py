@@ -37,6 +37,13 @@ VARIANTS = {  # in screening order (issue #29's priorities)
     "rloo": {"algorithm.advantage": "rloo", "rollout.num_generations": S.NUM_GENERATIONS},
     "epochs2_mb4": {"ppo.epochs": 2, "ppo.num_minibatches": 4},
     "k3_reward": {"kl.estimator": "k3"},
+    # the screen's critic-compatible levers above default at >= 2 KL columns, together (rloo/grpo replace the critic)
+    "together": {"reward.normalize": True, "ppo.epochs": 2, "ppo.num_minibatches": 4, "ppo.whiten_advantages": False},
+    "clip0.1": {"ppo.clip_range": 0.1},
+    "ent0.01": {"ppo.ent_coef": 0.01},
+    "beta0.1": {"kl.beta": 0.1},
+    "critic_sft": {},  # the critic initialised from the SFT policy instead of the reward model (set in run_policyshift)
+    "shared_critic": {"model.share_critic_backbone": True},  # value head on the policy's own backbone
 }
 
 
@@ -71,7 +78,7 @@ def run_policyshift(world: dict, out: Path, seed: int, variant: str) -> dict:
         "train": {"steps": S.ITERATIONS, "seed": seed, "save_every": 0, "output_dir": tempfile.mkdtemp(prefix="frontier-ps-"),
                   "device": "cpu", "num_threads": 1, "overwrite": True},
         "tracking": {"tensorboard": False},
-    }, VARIANTS[variant])
+    }, VARIANTS[variant] | ({"model.critic": world["sft"]} if variant == "critic_sft" else {}))
     trainer = PPOTrainer(cfg)
     if variant == "exact_kl":
         _exact_kl_penalty(trainer)
