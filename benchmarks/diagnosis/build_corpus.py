@@ -47,7 +47,7 @@ RECIPES = {
     "healthy_grpo": ("trl_grpo", "honest", {"steps": 60, "beta": 0.2}),
     "healthy_rloo": ("trl_rloo", "honest", {"steps": 60, "beta": 0.1}),
     # policyshift GRPO at lr 1e-3, β 0.1, 60 steps drifts to 1.2–1.5 nats/token on 2–3-token completions: a real KL blow-up
-    # (named "healthy_psgrpo" in the first measurement; renamed, the runs and their labels unchanged)
+    # (named "healthy_psgrpo" in the first measurement; renamed, the recipe unchanged)
     "kl_blowup_psgrpo": ("ps_grpo", "honest", {"steps": 60, "beta": 0.1}),
     "healthy_psgrpo": ("ps_grpo", "honest", {"steps": 30, "lr": 3e-4, "beta": 0.3}),
     "hack_cue": ("trl_grpo", "cue", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
