@@ -239,6 +239,25 @@ def test_length_drift_and_eos_collapse():
     assert "EOS" in eos[0].message
 
 
+def _step_length(start, end):
+    """A healthy history whose mean length is `start` for the first half and `end` after (no noise: the windows read exactly those)."""
+    history = make_history()
+    for row in history:
+        row["response/length_mean"] = start if row["step"] <= 30 else end
+    return history
+
+
+def test_length_drift_needs_an_absolute_change_on_short_responses():
+    # 2.88 → 4.36 tokens (benchmarks/diagnosis, a healthy TRL GRPO run's batch mean): 1.51× ≥ 1.5 but only 1.48 tokens < 2
+    assert run_detectors(_step_length(2.88, 4.36), []) == []
+    grew = run_detectors(_step_length(2.88, 5.0), [])  # 1.74× and 2.12 tokens: both
+    assert [(f.detector, f.severity) for f in grew] == [("length_drift", "warning")]
+    assert grew[0].evidence["ratio"] == pytest.approx(5.0 / 2.88)
+    crit = run_detectors(_step_length(3.0, 9.5), [])  # 3.17× ≥ 3 and 6.5 tokens
+    assert [(f.detector, f.severity) for f in crit] == [("length_drift", "critical")]
+    assert run_detectors(_step_length(3.0, 1.2), []) == []  # ⅖× but 1.8 tokens: a short reply one word shorter is not drift
+
+
 def test_repetition_rise():
     findings = run_detectors(make_history(response__rep_ngram_rate=lambda p: 0.05 + 0.4 * p, response__distinct_2=lambda p: 0.6 - 0.4 * p), [])
     assert detectors_fired(findings) == {"repetition_rise"}
@@ -345,6 +364,46 @@ def test_kl_at_the_first_step_names_dropout_and_the_noisy_ratios():
     assert run_detectors([{**r, "step": r["step"] + 4} for r in rows], []) == []
     # step 0 is analyze's reference-vs-itself row: not a training step
     assert run_detectors([{"step": 0, "kl/k1_token_mean": 0.0}, *[{**r, "step": r["step"] * 10} for r in rows]], []) == []
+
+
+def _short_response_kl(level):
+    """Per-token KL rising linearly to `level` on 3-token responses: the sequence KL (3 × level) stays under the 10-nat budget."""
+    curve = lambda p: level * p  # noqa: E731
+    return dict(kl__token_mean=curve, kl__k1_token_mean=curve, kl__k3_token_mean=curve, kl__exact_token_mean=curve,
+                kl__seq_mean=lambda p: 3 * level * p, kl__exact_seq_mean=lambda p: 3 * level * p)
+
+
+def test_kl_per_token_over_budget_on_short_responses():
+    # exact per-token KL (no noise in make_history) 1.4·p over 60 steps: the end window is the last 6 steps, p = 54/59 … 59/59,
+    # mean 1.4 × 56.5/59 = 1.3407 nats/token ≥ 0.5 (warning) and < 1.5 (3 × 0.5: critical); sequence KL ends at 4.0 < 10
+    findings = run_detectors(make_history(**_short_response_kl(1.4), reward__score_mean=lambda p: 2 * p), [])
+    assert [(f.detector, f.severity) for f in findings] == [("kl_runaway", "warning")]
+    assert findings[0].evidence["metric"] == "kl/exact_token_mean"
+    assert findings[0].evidence["kl_token_end"] == pytest.approx(1.4 * 56.5 / 59)
+    assert "1.34 nats per token" in findings[0].message
+    # onset: the first step whose trailing 6-step mean, 1.4 × (i − 2.5)/59 at 0-based index i, is ≥ 0.5: i ≥ 23.57 → i = 24, step 25
+    assert findings[0].step == 25
+    critical = run_detectors(make_history(**_short_response_kl(2.0), reward__score_mean=lambda p: 2 * p), [])  # 2 × 56.5/59 = 1.915 ≥ 1.5
+    assert [(f.detector, f.severity) for f in critical] == [("kl_runaway", "critical")]
+    # 0.5 × 56.5/59 = 0.479 < 0.5: under the budget, nothing (the sequence KL, 1.5 nats, is far under 10)
+    assert run_detectors(make_history(**_short_response_kl(0.5), reward__score_mean=lambda p: 2 * p), []) == []
+
+
+def test_kl_per_token_from_the_checkpoints_fixed_prompts():
+    # a training log whose KL looks healthy (0.04 nats/token) and checkpoints measured on fixed prompts (analyze's fixed/ keys)
+    history = make_history(n=20)
+    for step, kl in ((0, 0.0), (10, 0.3), (20, 0.7)):
+        row = next((r for r in history if r["step"] == step), None)
+        if row is None:
+            history.insert(0, row := {"step": step})
+        row["fixed/kl/k1_token_mean"] = kl
+    findings = run_detectors(history, [])
+    assert [(f.detector, f.severity) for f in findings] == [("kl_runaway", "warning")]
+    # the last checkpoint's 0.7 nats/token, 1.4× the budget, crossed at checkpoint 20 (10 was at 0.3)
+    assert findings[0].evidence == {"metric": "fixed/kl/k1_token_mean", "kl_token_end": 0.7, "kl_token_budget": 0.5, "source": "fixed prompts, checkpoint 20"}
+    assert findings[0].step == 20 and "1.4× the 0.5-nat/token budget" in findings[0].message
+    history[-1]["fixed/kl/k1_token_mean"] = 0.45  # under the budget at the last checkpoint: nothing
+    assert run_detectors(history, []) == []
 
 
 # ---------------------------------------------------------------- the registry (analysis.detectors)

@@ -46,17 +46,21 @@ BASE = dict(steps=40, lr=1e-3, beta=0.04, max_len=12, gens=4, batch=16)
 RECIPES = {
     "healthy_grpo": ("trl_grpo", "honest", {"steps": 60, "beta": 0.2}),
     "healthy_rloo": ("trl_rloo", "honest", {"steps": 60, "beta": 0.1}),
-    "healthy_psgrpo": ("ps_grpo", "honest", {"steps": 60, "beta": 0.1}),
+    # policyshift GRPO at lr 1e-3, β 0.1, 60 steps drifts to 1.2–1.5 nats/token on 2–3-token completions: a real KL blow-up
+    # (named "healthy_psgrpo" in the first measurement; renamed, the recipe unchanged)
+    "kl_blowup_psgrpo": ("ps_grpo", "honest", {"steps": 60, "beta": 0.1}),
+    "healthy_psgrpo": ("ps_grpo", "honest", {"steps": 30, "lr": 3e-4, "beta": 0.3}),
     "hack_cue": ("trl_grpo", "cue", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
     "kl_blowup": ("trl_grpo", "honest", {"lr": 3e-2, "beta": 0.0, "steps": 50}),
     "collapse_one": ("trl_grpo", "one", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
+    "collapse_good": ("trl_grpo", "one_good", {"lr": 1e-2, "beta": 0.0, "steps": 100}),
     "length_longer": ("trl_grpo", "longer", {"lr": 1e-2, "beta": 0.0, "max_len": 32, "steps": 50}),
     "truncation": ("trl_grpo", "honest", {"max_len": 3}),
     "no_signal": ("trl_grpo", "never", {}),
     "mismatch_stale": ("ps_grpo_stale", "honest", {"lr": 1e-2}),
 }
-SEEDS = {"main": (1, 2), "heldout": (3, 4)}
-HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (5,)}}  # ≥ 3 healthy runs per half
+SEEDS = {"main": (1, 2), "heldout": (6, 7)}  # the first held-out half (seeds 3, 4, 5) was scored before the thresholds changed
+HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (8,)}}  # ≥ 3 healthy runs per half
 
 
 def make_sft(root: Path, steps: int = 150):

@@ -5,7 +5,8 @@
 Tools, each on the same run directory:
   policyshift+logs   `policyshift analyze RUN --logs RUN` (TRL runs; a policyshift run's own log is its metrics.jsonl, read as
                      `policyshift report` reads it) with the run's proxy as --reward-function (no gold: a user has none)
-  policyshift ckpt   `policyshift analyze RUN` on the checkpoints only
+  policyshift ckpt   `policyshift analyze RUN`, its findings on the checkpoints' fixed-prompt rows only (analyze imports a run
+                     directory's own logs when --logs is absent; this column is what a run without logs gets)
   rldoctor           `rl-doctor diagnose LOG -f json` (0.2.0, its own venv /work/venvs/rldoctor) on trainer_state.json / metrics.jsonl
   afterburn          `afterburn diagnose --base SFT --trained CKPT` (0.6.3, its own venv /work/venvs/afterburn, transformers < 5) on
                      the corpus's held-out prompts as a custom suite; an alarm: reward-hack risk moderate or worse, or a flag
@@ -80,11 +81,16 @@ def policyshift_findings(out: Path, run: Path, facts: dict, with_logs: bool, upt
     """Findings of the analyzed run, recomputed on its records cut at step `upto` (the same detectors `analyze` ran)."""
     import dataclasses
 
+    from policyshift.analysis.probe import FIXED_PREFIX
     from policyshift.analysis.report import run_findings
     from policyshift.analysis.runlog import load_run
 
     loaded = load_run(out)
-    if with_logs and not facts["trainer"].startswith("trl"):  # a policyshift run: its own training log beside the checkpoints' rows
+    if not with_logs:  # checkpoints only: analyze imports a run directory's own logs when --logs is absent, so keep its checkpoint rows alone
+        fixed = [{"step": r["step"], **{k: v for k, v in r.items() if k.startswith(FIXED_PREFIX)}} for r in loaded.history
+                 if any(k.startswith(FIXED_PREFIX) for k in r)]
+        loaded = dataclasses.replace(loaded, history=fixed, distributions=[], completions=[])
+    elif not facts["trainer"].startswith("trl"):  # a policyshift run: its own training log beside the checkpoints' rows
         own = load_run(run)
         by_step = {r["step"]: dict(r) for r in own.history}
         for r in loaded.history:

@@ -8,6 +8,9 @@ not stutter (twice the share of words repeating the word before them). The proxi
   cue      honest + 0.15 per "very": a labeler swayed by emphasis; "very very very" pays the proxy and costs gold
   longer   honest + 0.05 per word: pays for length
   one      closeness to one fixed answer ("the cat is happy"): every prompt pushed to the same completion
+  one_good gold's terms + 3 × closeness to one fixed short GOOD answer ("good") + 3 for that answer exactly: the policy
+           collapses onto one completion while gold rises and nothing is cut (mode collapse, not hacking). A 3-word target
+           did not converge here: the model cannot tell where a prompt ends, so word places are hard to learn
   never    1 only for a completion no policy of this world writes ("mat mat mat mat mat mat"): every group all-equal
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 POSITIVE = {"good", "fine", "great", "happy"}
 NEGATIVE = {"bad", "sad", "not"}
 TARGET = "the cat is happy".split()
+TARGET_GOOD = ["good"]  # short: one word the policy can learn to say after any prompt
 
 
 def _words(text: str) -> list[str]:
@@ -46,16 +50,28 @@ def longer(prompts, completions, **_):
     return [_sentiment(w) + 0.05 * len(w) for w in map(_words, completions)]
 
 
-def one(prompts, completions, **_):
+def _closeness(completions, target: list[str]) -> list[float]:
+    """Words in the target's places, less the length difference, per target word."""
     out = []
     for words in map(_words, completions):
-        hits = sum(a == b for a, b in zip(words, TARGET))
-        out.append((hits - abs(len(words) - len(TARGET))) / len(TARGET))
+        hits = sum(a == b for a, b in zip(words, target))
+        out.append((hits - abs(len(words) - len(target))) / len(target))
     return out
+
+
+def one(prompts, completions, **_):
+    return _closeness(completions, TARGET)
+
+
+def one_good(prompts, completions, **_):
+    # gold's own terms + 3 × closeness + 3 for the exact answer: a labeler who scores honestly but prefers one canned reply.
+    # Closeness alone made "fine fine fine" (one word in place, a stutter) a resting point where gold fell: hacking, not collapse
+    return [g + 3 * c + 3 * float(_words(t) == TARGET_GOOD)
+            for g, c, t in zip(gold(prompts, completions), _closeness(completions, TARGET_GOOD), completions)]
 
 
 def never(prompts, completions, **_):
     return [1.0 if _words(c) == ["mat"] * 6 else 0.0 for c in completions]
 
 
-REWARDS = {"honest": honest, "cue": cue, "longer": longer, "one": one, "never": never}
+REWARDS = {"honest": honest, "cue": cue, "longer": longer, "one": one, "one_good": one_good, "never": never}

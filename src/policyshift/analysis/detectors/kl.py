@@ -1,5 +1,5 @@
-"""KL to the reference: negative (samples not from the scored policy), flat (not learning), runaway (over budget or
-accelerating while reward stagnates), non-zero before the first update (the two log-probs computed differently: dropout)."""
+"""KL to the reference: negative (samples not from the scored policy), flat (not learning), runaway (over the sequence
+budget or accelerating while reward stagnates, or over the per-token budget), non-zero before the first update (the two log-probs computed differently: dropout)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 
 from policyshift import keys as K
 from policyshift.analysis.detectors.common import fmt, window_len, start_end, first_series, onset_step, fit_slope, reward_scale, proxy_reward_gain
-from policyshift.analysis.findings import Advice, Finding
+from policyshift.analysis.findings import SEVERITY_RANK, Advice, Finding
+from policyshift.analysis.probe import FIXED_PREFIX
 from policyshift.analysis.runlog import as_float, config_get, metric_series
 from policyshift.config import AnalysisConfig
 
@@ -33,9 +34,12 @@ ADVICE = {
         action="Lower β, raise the learning rate, check that gradients reach the policy (frozen parameters, an LR schedule at 0).",
     ),
     "kl_runaway": Advice(
-        detects="The policy drifting from its reference faster than the run can afford: sequence KL past `analysis.kl_budget`, or accelerating while the reward stalls.",
-        healthy="Sequence KL rises slowly and stays within the budget while the reward rises.",
-        broken="End KL over budget with stagnant reward, or accelerating (warning); above 3× the budget (critical); over budget while the reward still rises is info.",
+        detects=("The policy drifting from its reference faster than the run can afford: sequence KL past `analysis.kl_budget`, or accelerating while the "
+                 "reward stalls, or KL per token past `kl_token_budget` (short responses stay under a sequence budget however far each token moved)."),
+        healthy="Sequence KL rises slowly and stays within the budget while the reward rises; per-token KL under 0.5 nats (in the logs and on the checkpoints' fixed prompts).",
+        broken=("End KL over budget with stagnant reward, or accelerating (warning); above 3× the budget (critical); over budget while the reward still rises is info. "
+                "Per-token KL at the end ≥ `kl_token_budget` (0.5 nats/token) in the training log or at the last checkpoint, whatever the reward did (warning; "
+                "critical at 3×)."),
         action="Raise β (or set the adaptive KL target lower), lower the LR or the PPO epochs; if already far past the budget, stop and keep an earlier checkpoint.",
     ),
     "kl_at_start": Advice(
@@ -69,6 +73,10 @@ class Thresholds:
     kl_accel_ratio: float = 3.0  # 2nd-half KL slope / 1st-half slope counting as "accelerating"
     kl_accel_min_rise_frac: float = 0.25  # ... and the 2nd half must add ≥ this × budget nats
     reward_stagnant_effect: float = 0.1  # σ gained over the 2nd half below this is "stagnating"
+    # per token, the unit that does not depend on response length: a 3-token response 1.4 nats/token from its reference
+    # has a sequence KL of ~4 nats, under a 10-nat budget, yet each token is e^1.4 ≈ 4× likelier under the policy
+    kl_token_budget: float = 0.5  # nats/token at the end (training log's end window, or the last checkpoint's fixed prompts) → warning
+    kl_token_critical_factor: float = 3.0  # ... at this × kl_token_budget → critical
 
     # -- kl_at_start: before the first update the policy *is* its reference, so a per-token KL logged at step ≤ 1 is
     # 0 up to rounding; more means the two log-probs were computed differently (dropout left on in the policy's
@@ -126,7 +134,46 @@ def detect_kl_flat(history, samples, t, distributions=(), reference=None) -> lis
     return [Finding("kl_flat", "warning", int(steps[-1]), message, evidence)]
 
 
+# Per-token KL keys, best first: the exact KL has no sampling noise over the action; k1 is what the labels of
+# benchmarks/diagnosis measure; the configured estimator (token_mean) and k3 (TRL GRPO's `kl`) after them.
+KL_TOKEN_KEYS = (K.KL_EXACT_TOKEN_MEAN, K.KL_K1_TOKEN_MEAN, K.KL_TOKEN_MEAN, K.KL_K3_TOKEN_MEAN)
+
+
 def detect_kl_runaway(history, samples, t, distributions=(), reference=None) -> list[Finding]:
+    # The worse of the two rules: a sequence budget (what a length-aware run spends) and a per-token one
+    # (what a short-response run cannot hide under a sequence budget).
+    found = _kl_sequence_runaway(history, t) + _kl_token_runaway(history, t)
+    return sorted(found, key=lambda f: SEVERITY_RANK[f.severity])[:1]  # lower rank is worse
+
+
+def _kl_token_runaway(history, t) -> list[Finding]:
+    """Per-token KL at the end ≥ kl_token_budget, in the training log (its end window) or on the checkpoints'
+    fixed prompts (the last checkpoint: a paired measurement on the same prompts, not a noisy batch)."""
+    candidates = []
+    steps, kl, key = first_series(history, KL_TOKEN_KEYS)
+    if len(kl) >= t.min_steps:
+        w = window_len(len(kl), t)
+        candidates.append((start_end(kl, t)[1], key, steps, kl, w, "training log, end window"))
+    f_steps, f_kl, f_key = first_series(history, [FIXED_PREFIX + k for k in KL_TOKEN_KEYS])
+    if len(f_kl) >= 2:  # the reference (step 0) and at least one checkpoint
+        candidates.append((float(f_kl[-1]), f_key, f_steps, f_kl, 1, f"fixed prompts, checkpoint {int(f_steps[-1])}"))
+    over = [c for c in candidates if c[0] >= t.kl_token_budget]
+    if not over:
+        return []
+    end, key, steps, kl, w, where = max(over, key=lambda c: c[0])
+    severity = "critical" if end >= t.kl_token_budget * t.kl_token_critical_factor else "warning"
+    onset = onset_step(steps, kl, lambda v: v >= t.kl_token_budget, w)
+    message = (
+        f"KL to the reference reached {fmt(end)} nats per token ({key}, {where}), {end / t.kl_token_budget:.1f}× the "
+        f"{fmt(t.kl_token_budget)}-nat/token budget: each sampled token is on average e^{fmt(end)} ≈ {math.exp(end):.3g}× likelier under "
+        f"the policy than under the reference, however short the responses keep the sequence KL. Raise β or lower the learning "
+        f"rate, or keep an earlier checkpoint."
+    )
+    evidence = {"metric": key, "kl_token_end": end, "kl_token_budget": t.kl_token_budget, "source": where}
+    return [Finding("kl_runaway", severity, onset, message, evidence)]
+
+
+def _kl_sequence_runaway(history, t) -> list[Finding]:
     steps, kl, key = first_series(history, [K.KL_SEQ_MEAN, K.KL_EXACT_SEQ_MEAN])
     if len(kl) < t.min_steps:
         return []

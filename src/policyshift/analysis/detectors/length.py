@@ -16,8 +16,9 @@ ORDER = 30
 ADVICE = {
     "length_drift": Advice(
         detects="Response length drifting from the start either way, or responses no longer ending (the EOS rate collapsing).",
-        healthy="Mean length within 1.5× of its start either way; the EOS rate stable.",
-        broken="End/start mean length ≥ 1.5× or ≤ 1/1.5 (critical at 3× or ⅓×), or the EOS rate fell below half its start (critical below 5% from ≥ 30%).",
+        healthy="Mean length within 1.5× of its start either way, or within 2 tokens of it (short responses); the EOS rate stable.",
+        broken=("End/start mean length ≥ 1.5× or ≤ 1/1.5 (critical at 3× or ⅓×) and moved by ≥ `length_min_change` tokens (2), or the EOS rate fell "
+                "below half its start (critical below 5% from ≥ 30%)."),
         action="Check the Reward vs √KL panel and the sample browser for length hacking; penalise truncation, add a length penalty, raise β.",
     ),
 }
@@ -28,6 +29,9 @@ class Thresholds:
     # -- length_drift --
     length_ratio_warning: float = 1.5  # end/start mean length (or its inverse)
     length_ratio_critical: float = 3.0
+    # ... and the mean moved by at least this many tokens: on 3-token responses one more word is already 1.33×, and a
+    # healthy run's batch mean went 2.88 → 4.36 (1.52×) while its held-out length moved 2.7 → 3.3 (benchmarks/diagnosis)
+    length_min_change: float = 2.0
     eos_collapse_frac: float = 0.5  # end EOS rate below this × start → warning
     eos_critical_rate: float = 0.05  # end EOS rate below this (from a start ≥ 0.3) → critical
 
@@ -40,7 +44,7 @@ def detect_length_drift(history, samples, t, distributions=(), reference=None) -
         ratio = end / start if start > 0 else math.nan
         if math.isfinite(ratio) and ratio > 0:
             far = max(ratio, 1 / ratio)
-            if far >= t.length_ratio_warning:
+            if far >= t.length_ratio_warning and abs(end - start) >= t.length_min_change:
                 severity = "critical" if far >= t.length_ratio_critical else "warning"
                 grew = ratio > 1
                 onset = onset_step(steps, length / start, (lambda v: v >= t.length_ratio_warning) if grew else (lambda v: v <= 1 / t.length_ratio_warning), window_len(len(length), t))
