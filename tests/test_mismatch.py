@@ -95,5 +95,9 @@ def test_first_minibatch_ratio_is_one_under_bf16_autocast_with_the_shared_engine
                  analysis={"every": 0, "num_prompts": 0}, tracking={"tensorboard": False})
     PPOTrainer(cfg).train()
     first = seen[0][1]
-    # measured on CPU: exactly 1 (ratio variance 0); 1e-6 leaves room for another kernel's rounding
-    assert abs(first["ratio_mean"].item() - 1) < 1e-6 and first["ratio_var"].item() < 1e-10, {k: v.item() for k, v in first.items()}
+    # Exactly 1 where the CPU's bf16 kernels round the same for the sampler's incremental forwards and the update's
+    # full-sequence one (seen on CI machines); on an AVX2-only AMD EPYC they do not: ratio mean 1 + 2.7e-5 and
+    # approx_kl 7.6e-9 with the autocast shared, 1 + 4.7e-5 and 5.7e-8 with the sampler left in fp32 (the bug this
+    # guards). approx_kl (k3 of the ratio: the mean of (r − 1) − log r ≈ ½(log r)² per token) tells them apart on both.
+    stats = {k: v.item() for k, v in first.items()}
+    assert abs(stats["ratio_mean"] - 1) < 1e-4 and stats["approx_kl"] < 2e-8, stats
