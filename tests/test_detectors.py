@@ -258,6 +258,22 @@ def test_length_drift_needs_an_absolute_change_on_short_responses():
     assert run_detectors(_step_length(3.0, 1.2), []) == []  # ⅖× but 1.8 tokens: a short reply one word shorter is not drift
 
 
+def test_the_start_is_the_first_points_however_long_the_run():
+    # benchmarks/diagnosis length_capped_s1 (TRL GRPO, a length bias that saturates): the length grew in the first steps and held.
+    # Start = the first 3 points (3.2, 4.1, 4.2 → 3.833), end = the last 5 of 50 (10% of the run): 7.0 → 1.83×, 3.17 tokens.
+    # A 5-point start (the old 10% window) averaged the growth in: (3.2+4.1+4.2+6.9+9.0)/5 = 5.48 → 1.28×, silent.
+    lengths = [3.2, 4.1, 4.2, 6.9, 9.0] + [7.0] * 45
+    history = make_history(n=50)
+    for row, value in zip(history, lengths):
+        row["response/length_mean"] = value
+    found = [f for f in run_detectors(history, []) if f.detector == "length_drift"]
+    assert [(f.detector, f.severity) for f in found] == [("length_drift", "warning")]
+    assert found[0].evidence["length_start"] == pytest.approx((3.2 + 4.1 + 4.2) / 3)
+    assert found[0].evidence["ratio"] == pytest.approx(7.0 / ((3.2 + 4.1 + 4.2) / 3))
+    longer = DetectorThresholds(start_window=5)  # the start as wide as the end window: the growth hides in it
+    assert [f for f in run_detectors(history, [], longer) if f.detector == "length_drift"] == []
+
+
 def test_repetition_rise():
     findings = run_detectors(make_history(response__rep_ngram_rate=lambda p: 0.05 + 0.4 * p, response__distinct_2=lambda p: 0.6 - 0.4 * p), [])
     assert detectors_fired(findings) == {"repetition_rise"}
@@ -270,6 +286,27 @@ def test_entropy_collapse():
     assert findings[0].step > 30  # onset, not the start of the run
     mild = run_detectors(make_history(policy__entropy=lambda p: 2.0 * (1 - 0.8 * p)), [])
     assert [(f.detector, f.severity) for f in mild] == [("entropy_collapse", "warning")]
+
+
+def _entropy_history(second_half):
+    """40 steps: entropy 2.0 for the first 20, then `second_half` (20 values)."""
+    history = make_history(n=40)
+    for row, value in zip(history, [2.0] * 20 + list(second_half)):
+        row["policy/entropy"] = value
+    return history
+
+
+def test_entropy_still_falling_is_named_before_it_reaches_the_collapse_ratio():
+    falling = [1.4 - 0.6 * i / 19 for i in range(20)]  # 1.4 → 0.8: end window (last 4) 0.8632, start 2.0 → 0.43×
+    found = [f for f in run_detectors(_entropy_history(falling), []) if f.detector == "entropy_collapse"]
+    assert [(f.detector, f.severity) for f in found] == [("entropy_collapse", "warning")]
+    assert found[0].evidence["ratio"] == pytest.approx(sum(falling[-4:]) / 4 / 2.0)
+    assert found[0].evidence["kendall_tau"] == pytest.approx(-1.0)  # strictly decreasing: every pair discordant
+    # the same level, no longer falling: 0.45× with no trend is a lower plateau, not a collapse under way
+    assert [f for f in run_detectors(_entropy_history([0.9] * 20), []) if f.detector == "entropy_collapse"] == []
+    # still falling but only to 0.6×: above entropy_falling_ratio (0.5)
+    mild = [1.5 - 0.3 * i / 19 for i in range(20)]
+    assert [f for f in run_detectors(_entropy_history(mild), []) if f.detector == "entropy_collapse"] == []
 
 
 def test_mode_collapse():

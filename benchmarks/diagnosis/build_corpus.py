@@ -55,12 +55,17 @@ RECIPES = {
     "collapse_one": ("trl_grpo", "one", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
     "collapse_good": ("trl_grpo", "one_good", {"lr": 1e-2, "beta": 0.0, "steps": 100}),
     "length_longer": ("trl_grpo", "longer", {"lr": 1e-2, "beta": 0.0, "max_len": 32, "steps": 50}),
+    # the length class without truncation: a length bias that saturates at 8 words, far below the 24-token limit
+    "length_capped": ("trl_grpo", "capped", {"lr": 3e-3, "beta": 0.0, "max_len": 24, "steps": 50}),
+    "length_capped_rloo": ("trl_rloo", "capped", {"lr": 3e-3, "beta": 0.0, "max_len": 24, "steps": 50}),
     "truncation": ("trl_grpo", "honest", {"max_len": 3}),
     "no_signal": ("trl_grpo", "never", {}),
     "mismatch_stale": ("ps_grpo_stale", "honest", {"lr": 1e-2}),
 }
-SEEDS = {"main": (1, 2), "heldout": (6, 7)}  # the first held-out half (seeds 3, 4, 5) was scored before the thresholds changed
-HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (8,)}}  # ≥ 3 healthy runs per half
+# Held-out halves are spent once their board has been read: seeds 3–5 before the a6484a4 freeze, seeds 6–8 ("heldout",
+# held out for the a6484a4 thresholds, then read while tuning the second freeze); "heldout2" (9–11) was built after it.
+SEEDS = {"main": (1, 2), "heldout": (6, 7), "heldout2": (9, 10)}
+HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (8,)}, "heldout2": {"healthy_grpo": (11,)}}  # ≥ 3 healthy runs per half
 
 
 def make_sft(root: Path, steps: int = 150):

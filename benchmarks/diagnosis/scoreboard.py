@@ -13,6 +13,8 @@ Tools, each on the same run directory:
 A tool "flags" a class when it reports a finding of warning or worse that maps to that class (MAPS below). A hit: the
 run's label among the flagged classes. A false alarm: any warning or worse on a healthy run. First flagged step: the
 earliest checkpoint c such that the tool, run on the logs cut at c (and the checkpoints up to c), flags the label.
+A flag the facts contradict (✗ on the board): a class flagged on a pathological run whose label rule, tried alone on the
+run's facts, does not hold (`unsupported`): the issue's "warning not supported by the facts" beyond the healthy runs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,25 @@ RLDOCTOR_MAP = {
     "advantage_collapse": {"no_signal"}, "plateau": {"no_signal"}, "entropy_collapse": {"collapse"}, "reward_hacking": {"reward_hacking"},
     "length_pathology": {"length_explosion", "truncation"}, "kl_drift": {"kl_blowup"},
 }
+
+
+def unsupported(findings: list, table: dict, facts: dict) -> list[str]:
+    """Flags the run's measured facts contradict: each finding of warning or worse whose mapped classes all fail their
+    label rule tried alone (labels.RULES, unchanged). `findings`: (detector, severity) pairs as the board stores them.
+    A length finding maps to length or truncation, so either fact supports it; unmapped detectors ("other") are not judged."""
+    import labels
+
+    rule = dict(labels.RULES)
+    out = set()
+    for detector, severity in findings:
+        group = table.get(detector)
+        if severity in BAD and group and not any(rule[c](facts) for c in group):
+            out |= group
+    return sorted(out)
+
+
+def tool_table(tool: str) -> dict:
+    return PS_MAP if tool.startswith("policyshift") else AFTERBURN_MAP if tool == "afterburn" else RLDOCTOR_MAP
 
 
 def classes(findings: list[dict], table: dict) -> set[str]:
@@ -242,8 +263,11 @@ def main(argv=None) -> None:
                 if label != "healthy" and label in flagged else None,
                 "findings": [(f["detector"], f["severity"]) for f in findings],
             }
+        for tool in row:
+            if isinstance(row[tool], dict):  # every column, kept ones too: the facts decide, not the run that wrote it
+                row[tool]["unsupported"] = unsupported(row[tool]["findings"], tool_table(tool), facts)
         board[name] = row
-        print(name, json.dumps({k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("flagged", "hit", "false_alarm", "first_step")})
+        print(name, json.dumps({k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("flagged", "hit", "false_alarm", "first_step", "unsupported")})
                                 for k, v in row.items()}), flush=True)
     board_file.write_text(json.dumps(board, indent=1))
     tools = [t for t in ("policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn") if all(t in row for row in board.values())]
@@ -259,14 +283,16 @@ def markdown(board: dict, tools: list[str]) -> str:
             if row["label"] == "healthy":
                 cells.append("alarm: " + ", ".join(r["flagged"]) if r["false_alarm"] else "quiet ✓")
             else:
-                cells.append((f"hit @ {r['first_step']}" if r["hit"] else "miss") + (f" (+{', '.join(c for c in r['flagged'] if c != row['label'])})"
-                                                                                    if set(r["flagged"]) - {row["label"]} else ""))
+                extra = [c + ("✗" if c in r.get("unsupported", ()) else "") for c in r["flagged"] if c != row["label"]]
+                cells.append((f"hit @ {r['first_step']}" if r["hit"] else "miss") + (f" (+{', '.join(extra)})" if extra else ""))
         lines.append(f"| {name} | {row['label']} | " + " | ".join(cells) + " |")
     totals = []
     for tool in tools:
         path = [r for r in board.values() if r["label"] != "healthy"]
         healthy = [r for r in board.values() if r["label"] == "healthy"]
-        totals.append(f"{sum(r[tool]['hit'] for r in path)}/{len(path)} caught, {sum(r[tool]['false_alarm'] for r in healthy)}/{len(healthy)} healthy alarmed")
+        wrong = sum(bool(r[tool].get("unsupported")) for r in path)
+        totals.append(f"{sum(r[tool]['hit'] for r in path)}/{len(path)} caught, {sum(r[tool]['false_alarm'] for r in healthy)}/{len(healthy)} healthy alarmed, "
+                      f"{wrong}/{len(path)} with a flag the facts contradict")
     lines.append("| **total** | | " + " | ".join(totals) + " |")
     return "\n".join(lines)
 

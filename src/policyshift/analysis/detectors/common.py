@@ -22,6 +22,10 @@ class Thresholds:
     min_steps: int = 8  # trend detectors stay silent on shorter runs
     window_frac: float = 0.1  # start/end windows are this fraction of the run ...
     min_window: int = 3  # ... but at least this many steps
+    # The start is the policy before it moved, so its window stays this short however long the run: the first 10% of a
+    # 50-step run whose length doubled in 5 steps averaged half the drift into the "start" (benchmarks/diagnosis
+    # length_capped_s1: 3.2 → 9.0 tokens in steps 1–5, a 5-point start read 5.5 and hid a 2.2× growth as 1.27×)
+    start_window: int = 3
     significance_t: float = 3.0  # |t| a mean must exceed to count as "significantly" non-zero
 
 
@@ -35,8 +39,9 @@ def window_len(n: int, t) -> int:
 
 
 def start_end(values: np.ndarray, t) -> tuple[float, float]:
+    """The run's start (its first `start_window` points at most) and end (the last window) means."""
     w = window_len(len(values), t)
-    return float(values[:w].mean()), float(values[-w:].mean())
+    return float(values[: min(w, t.start_window)].mean()), float(values[-w:].mean())
 
 
 def first_series(history: list[dict], keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray, str]:
