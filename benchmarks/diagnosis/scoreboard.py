@@ -227,6 +227,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(HERE / "corpus" / "main"))
     ap.add_argument("--tools", nargs="*", default=["policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn"])
+    ap.add_argument("--runs", nargs="*", help="score only these runs (the board keeps the others' rows)")
     args = ap.parse_args(argv)
     corpus = Path(args.corpus)
     sft, held_out = corpus.parent / "sft", corpus.parent / "held_out.jsonl"
@@ -234,7 +235,7 @@ def main(argv=None) -> None:
     board_file = corpus / "scoreboard.json"
     board = json.loads(board_file.read_text()) if board_file.is_file() else {}  # other tools' columns, kept
     for name, entry in sorted(index.items()):
-        if entry["label"] is None:
+        if entry["label"] is None or (args.runs and name not in args.runs):
             continue
         run = corpus / name
         facts = json.loads((run / "facts.json").read_text())
