@@ -259,19 +259,19 @@ def test_length_drift_needs_an_absolute_change_on_short_responses():
 
 
 def test_the_start_is_the_first_points_however_long_the_run():
-    # benchmarks/diagnosis length_capped_s1 (TRL GRPO, a length bias that saturates): the length grew in the first steps and held.
-    # Start = the first 3 points (3.2, 4.1, 4.2 → 3.833), end = the last 5 of 50 (10% of the run): 7.0 → 1.83×, 3.17 tokens.
-    # A 5-point start (the old 10% window) averaged the growth in: (3.2+4.1+4.2+6.9+9.0)/5 = 5.48 → 1.28×, silent.
-    lengths = [3.2, 4.1, 4.2, 6.9, 9.0] + [7.0] * 45
+    # benchmarks/diagnosis length_capped_s10 (TRL GRPO, a length bias that saturates): the length grew in the first steps and held.
+    # Start = the first 2 points (3.4, 5.2 → 4.3), end = the last 5 of 50 (10% of the run): 7.7 → 1.79×, 3.4 tokens.
+    # A 3-point start read (3.4+5.2+6.9)/3 = 5.167 → 1.49×; the old 10% window (5 points) 6.36 → 1.21×: both silent.
+    lengths = [3.4, 5.2, 6.9, 9.1, 7.2] + [7.7] * 45
     history = make_history(n=50)
     for row, value in zip(history, lengths):
         row["response/length_mean"] = value
     found = [f for f in run_detectors(history, []) if f.detector == "length_drift"]
     assert [(f.detector, f.severity) for f in found] == [("length_drift", "warning")]
-    assert found[0].evidence["length_start"] == pytest.approx((3.2 + 4.1 + 4.2) / 3)
-    assert found[0].evidence["ratio"] == pytest.approx(7.0 / ((3.2 + 4.1 + 4.2) / 3))
-    longer = DetectorThresholds(start_window=5)  # the start as wide as the end window: the growth hides in it
-    assert [f for f in run_detectors(history, [], longer) if f.detector == "length_drift"] == []
+    assert found[0].evidence["length_start"] == pytest.approx(4.3)
+    assert found[0].evidence["ratio"] == pytest.approx(7.7 / 4.3)
+    for wider in (3, 5):  # the growth hides in a wider start
+        assert [f for f in run_detectors(history, [], DetectorThresholds(start_window=wider)) if f.detector == "length_drift"] == []
 
 
 def test_repetition_rise():

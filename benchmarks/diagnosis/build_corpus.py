@@ -62,10 +62,11 @@ RECIPES = {
     "no_signal": ("trl_grpo", "never", {}),
     "mismatch_stale": ("ps_grpo_stale", "honest", {"lr": 1e-2}),
 }
-# Held-out halves are spent once their board has been read: seeds 3–5 before the a6484a4 freeze, seeds 6–8 ("heldout",
-# held out for the a6484a4 thresholds, then read while tuning the second freeze); "heldout2" (9–11) was built after it.
-SEEDS = {"main": (1, 2), "heldout": (6, 7), "heldout2": (9, 10)}
-HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (8,)}, "heldout2": {"healthy_grpo": (11,)}}  # ≥ 3 healthy runs per half
+# A held-out half is spent once its board has been read: seeds 3–5 (before the a6484a4 freeze), 6–8 ("heldout": held out
+# for a6484a4, then read while tuning 263af47), 9–11 ("heldout2": held out for 263af47, then read while tuning the third
+# freeze); "heldout3" (13–15, three seeds of every recipe so each class is likelier to get two runs) was built after it.
+SEEDS = {"main": (1, 2), "heldout": (6, 7), "heldout2": (9, 10), "heldout3": (13, 14, 15)}
+HEALTHY_EXTRA = {"main": {"healthy_grpo": (3,)}, "heldout": {"healthy_grpo": (8,)}, "heldout2": {"healthy_grpo": (11,)}, "heldout3": {}}  # ≥ 3 healthy runs per half
 
 
 def make_sft(root: Path, steps: int = 150):

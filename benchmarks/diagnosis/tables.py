@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", help="a built corpus (benchmarks/diagnosis/corpus); with --save, copied into the results first")
     ap.add_argument("--save", help="results directory to write from --corpus")
     ap.add_argument("--results", default=str(HERE / "results"))
-    ap.add_argument("--halves", nargs="*", default=["main", "heldout", "heldout2"])
+    ap.add_argument("--halves", nargs="*", default=["main", "heldout", "heldout2", "heldout3"])
     args = ap.parse_args(argv)
     results = Path(args.save or args.results)
     if args.corpus and args.save:

@@ -20,12 +20,13 @@ ORDER = 0
 @dataclass
 class Thresholds:
     min_steps: int = 8  # trend detectors stay silent on shorter runs
-    window_frac: float = 0.1  # start/end windows are this fraction of the run ...
+    window_frac: float = 0.1  # the end window (and the start's, up to start_window) is this fraction of the run ...
     min_window: int = 3  # ... but at least this many steps
-    # The start is the policy before it moved, so its window stays this short however long the run: the first 10% of a
-    # 50-step run whose length doubled in 5 steps averaged half the drift into the "start" (benchmarks/diagnosis
-    # length_capped_s1: 3.2 → 9.0 tokens in steps 1–5, a 5-point start read 5.5 and hid a 2.2× growth as 1.27×)
-    start_window: int = 3
+    # The start is the policy before it moved (a run's first rollout samples the reference), so its window stays this
+    # short however long the run: a 10%-of-the-run start averaged a fast early drift into itself (benchmarks/diagnosis
+    # length_capped: 3.2 → 9.0 tokens in steps 1–5 read as 1.27× growth; with 3 points, 3.4 → 6.9 in steps 1–3 read 1.49×).
+    # One point was too noisy: a healthy TRL run's first batch (2.6 tokens, then 3.8) alone read its 1.4× as 1.8×.
+    start_window: int = 2
     significance_t: float = 3.0  # |t| a mean must exceed to count as "significantly" non-zero
 
 
