@@ -142,25 +142,25 @@ def load_prompts(source: str, field: str = "prompt", split: str = "train", token
     return [row.text for row in load_prompt_rows(source, field, split, tokenizer)]
 
 
-def check_prompt_source(source: str) -> None:
+def check_prompt_source(source: str) -> tuple[Path, str]:
     """What load_prompt_rows finds without reading anything: a source is given, and a prompt file (named by its
-    suffix, or an existing path) is a file that is there. The commands call it before any model loads."""
+    suffix, or an existing path) is a file that is there. The commands call it before any model loads. Returns the
+    source's path (~ expanded) and its lower-case suffix, which load_prompt_rows reads by."""
     if not str(source).strip():  # Path("") is ".", which would load the working directory as a dataset
         raise DataError("no prompt source given (data.prompts is empty)")
     path = Path(source).expanduser()  # `--data.prompts=~/p.jsonl` and YAML values reach us without the shell's ~ expansion
     suffix = path.suffix.lower()  # PROMPTS.JSONL is JSONL, not one JSON text per prompt
     if not path.is_dir() and (suffix in OUR_FORMATS or suffix in DATASETS_FORMATS or path.exists()) and not path.is_file():
         raise DataError(f"prompt file not found: {path if str(source).startswith('~') else source}")
+    return path, suffix
 
 
 def load_prompt_rows(source: str, field: str = "prompt", split: str = "train", tokenizer=None) -> list[PromptRow]:
     """As load_prompts, keeping each row's other fields. Chat rows (`{"messages": [...]}`) are rendered here
     with `tokenizer`'s chat template (policyshift.chat), so every later stage sees one prompt text."""
-    check_prompt_source(source)
-    path = Path(source).expanduser()
+    path, suffix = check_prompt_source(source)
     if str(source).startswith("~"):
         source = str(path)
-    suffix = path.suffix.lower()
     if path.is_dir():
         prompts = _read_with_datasets(source, field, split)
     elif suffix in OUR_FORMATS or suffix in DATASETS_FORMATS or path.exists():
