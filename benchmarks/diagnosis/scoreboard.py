@@ -234,6 +234,7 @@ def main(argv=None) -> None:
     index = json.loads((corpus / "corpus.json").read_text())
     board_file = corpus / "scoreboard.json"
     board = json.loads(board_file.read_text()) if board_file.is_file() else {}  # other tools' columns, kept
+    scored = {}  # run → the columns this call wrote
     for name, entry in sorted(index.items()):
         if entry["label"] is None or (args.runs and name not in args.runs):
             continue
@@ -264,15 +265,28 @@ def main(argv=None) -> None:
                 if label != "healthy" and label in flagged else None,
                 "findings": [(f["detector"], f["severity"]) for f in findings],
             }
-        for tool in row:
-            if isinstance(row[tool], dict):  # every column, kept ones too: the facts decide, not the run that wrote it
-                row[tool]["unsupported"] = unsupported(row[tool]["findings"], tool_table(tool), facts)
+        _judge(row, facts)
         board[name] = row
+        scored[name] = {tool: row[tool] for tool in args.tools}
         print(name, json.dumps({k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("flagged", "hit", "false_alarm", "first_step", "unsupported")})
                                 for k, v in row.items()}), flush=True)
-    board_file.write_text(json.dumps(board, indent=1))
+    # Merge into the file as it is now, not as it was read: another call (other runs, other tools) may have written it since
+    board = json.loads(board_file.read_text()) if board_file.is_file() else {}
+    for name, columns in scored.items():
+        board[name] = {**board.get(name, {}), "label": index[name]["label"], "trainer": index[name]["trainer"], **columns}
+        _judge(board[name], json.loads((corpus / name / "facts.json").read_text()))
+    tmp = board_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(board, indent=1))
+    tmp.replace(board_file)
     tools = [t for t in ("policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn") if all(t in row for row in board.values())]
     print(markdown(board, tools))
+
+
+def _judge(row: dict, facts: dict) -> None:
+    """Every column's flags the facts contradict, kept columns too: the facts decide, not the call that wrote the column."""
+    for tool, column in row.items():
+        if isinstance(column, dict):
+            column["unsupported"] = unsupported(column["findings"], tool_table(tool), facts)
 
 
 def markdown(board: dict, tools: list[str]) -> str:
