@@ -31,3 +31,15 @@ def tiny_world(tmp_path_factory):
     tiny.make_policy(root / "policy", tok)
     prompts = tiny.write_prompts(root / "prompts.jsonl")
     return {"root": root, "policy": str(root / "policy"), "prompts": str(prompts), "tokenizer": tok}
+
+
+@pytest.fixture(scope="session")
+def ddp_run_saved_every_step(tiny_world, tmp_path_factory):
+    """An uninterrupted 2-process run of tests/test_distributed.py's config with a checkpoint at every step (one
+    launch for two files, read only): tests/test_rank_kill.py's reference, and tests/test_integrity.py damages a copy."""
+    from test_distributed import launch, write_config
+
+    tmp = tmp_path_factory.mktemp("ddp_every_step")
+    done = launch("--config", str(write_config(tiny_world, tmp / "config.yaml", tmp / "run")), "--train.save_every", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "run"

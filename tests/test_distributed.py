@@ -109,7 +109,10 @@ def test_only_the_main_process_writes(run):
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".tmp*"))
 
 
-def test_resume_with_the_same_number_of_processes(run, tmp_path, capfd):
+# `extended` (2 launches, ~20 CPU s): tests/test_rank_kill.py's default tests kill a 2-process run of the same config in
+# step 3 (and in step 2's checkpoint), resume it under 2 processes and compare it with the uninterrupted run the same way
+@pytest.mark.extended
+def test_resume_with_the_same_number_of_processes(run, tmp_path):
     config, ref, _ = run
     out = tmp_path / "run"
     killed = launch("--config", str(config), "--train.output_dir", str(out), fault="kill_after_step:3")
@@ -119,10 +122,17 @@ def test_resume_with_the_same_number_of_processes(run, tmp_path, capfd):
     b = rows(out / "metrics.jsonl")
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
     assert_same_metrics(rows(ref / "metrics.jsonl"), b)
-    # a different number of processes cannot continue it: each process's sampling stream is in the checkpoint
-    capfd.readouterr()
+
+
+def test_another_number_of_processes_cannot_resume(run, tmp_path, capfd):
+    """Each process's sampling stream is in the checkpoint: one process cannot continue a 2-process run."""
+    import shutil
+
     from policyshift.cli import main
 
+    out = tmp_path / "run"
+    shutil.copytree(run[1], out)  # the fixture's run stays as it is for the other tests
+    capfd.readouterr()
     assert main(["train", "--resume", str(out), "--train.steps", "6"]) == 2  # one process: this one
     assert "same number" in capfd.readouterr().err.strip().splitlines()[-1]
 

@@ -13,12 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_world, tmp_path_factory):
-    """The uninterrupted 2-process run both kills are compared with (read only)."""
-    tmp = tmp_path_factory.mktemp("ref")
-    done = launch("--config", str(write_config(tiny_world, tmp / "ref.yaml", tmp / "ref")), "--train.save_every", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / "ref"
+def reference(ddp_run_saved_every_step):
+    """The uninterrupted 2-process run both kills are compared with (read only; conftest.py: shared with test_integrity)."""
+    return ddp_run_saved_every_step
 
 
 @pytest.mark.parametrize("fault,dead,survivor", [("kill_in_update:3@1", 1, 0), ("kill_in_checkpoint:2@0", 0, 1)])

@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -54,6 +55,23 @@ def split_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def save_pretrained(model, path: Path | str, **kwargs) -> None:
+    """`model.save_pretrained(path, **kwargs)` without importing DeepSpeed in a process that never did: transformers
+    unwraps the model through accelerate's extract_model_from_parallel, which imports DeepSpeed (1-4 CPU s, when it
+    is installed) only to add DeepSpeedEngine to the wrappers it strips, and no DeepSpeedEngine exists where
+    DeepSpeed was never imported. A DeepSpeed run imported it at `prepare`: its saves go through unchanged."""
+    other = sys.modules.get("accelerate.utils.other")
+    available = getattr(other, "is_deepspeed_available", None)
+    if "deepspeed" in sys.modules or available is None:
+        model.save_pretrained(path, **kwargs)
+        return
+    other.is_deepspeed_available = lambda: False
+    try:
+        model.save_pretrained(path, **kwargs)
+    finally:
+        other.is_deepspeed_available = available
+
+
 def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", state_dict: dict | None = None) -> None:
     """A LoRA (peft) policy or critic is saved as its adapter (adapter_config.json naming the base +
     adapter_model.safetensors): the frozen base is already on disk where it was loaded from.
@@ -68,7 +86,7 @@ def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", sta
         if is_peft(model):
             save_adapter(model, path)
         else:
-            model.save_pretrained(path, state_dict=weights(prefix))
+            save_pretrained(model, path, state_dict=weights(prefix))
 
     save(models.policy, out / policy_subdir, "policy.")
     tokenizer.save_pretrained(out / policy_subdir)

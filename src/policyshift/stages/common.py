@@ -51,7 +51,9 @@ def window_means(values: list[float]) -> tuple[float | None, float | None]:
 def save_stage_outputs(model, tok, output_dir: str, metrics: dict, metrics_name: str, t0: float) -> dict:
     """save_pretrained model + tokenizer, then the metrics (with the stage's total seconds) as JSON."""
     os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
+    from policyshift.checkpoint import save_pretrained
+
+    save_pretrained(model, output_dir)  # (without importing DeepSpeed)
     tok.save_pretrained(output_dir)
     metrics["seconds"] = time.time() - t0
     with open(os.path.join(output_dir, metrics_name), "w") as f:
