@@ -53,3 +53,18 @@ def test_bf16_autocast_covers_rollout_and_update(tiny_world, tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in history)
     # the PPO ratio at the first epoch is 1 up to bf16 rounding: rollout and update ran at the same precision
     assert abs(history[0]["ppo/ratio_mean"] - 1) < 0.05
+
+
+def test_one_process_gives_each_trainer_the_precision_it_asked_for(tiny_world, tmp_path):
+    # accelerate keeps one process-wide state: a full-precision trainer built after a bf16 one (a notebook, a test
+    # session) got the bf16 state and ran its forwards under bf16 autocast, and the other way round was refused
+    first = PPOTrainer(short(tiny_world, tmp_path / "bf16", train={"mixed_precision": "bf16"}))
+    assert first.accelerator.mixed_precision == "bf16"
+    second = PPOTrainer(short(tiny_world, tmp_path / "fp32"))
+    assert second.accelerator.mixed_precision == "no"
+    seen = []
+    second.models.policy.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    second.train()
+    assert seen and set(seen) == {torch.float32}
+    assert PPOTrainer(short(tiny_world, tmp_path / "bf16-again", train={"mixed_precision": "bf16"})).accelerator.mixed_precision == "bf16"
+

@@ -37,12 +37,13 @@ def make_accelerator(device: str, mixed_precision: str, collective_timeout_s: fl
     check_device(device, "train.device")  # one line, before accelerate or torch fail on it
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     wanted = None if mixed_precision == "no" else mixed_precision
-    state = AcceleratorState._shared_state
-    if state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # One process that builds several trainers (tests, notebooks): accelerate keeps one global
-        # state and refuses a second, different precision. Start from a clean state instead.
-        current = str(state.get("mixed_precision", "no"))
-        if wanted is not None and current != wanted:
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process that builds several trainers (tests, notebooks): accelerate keeps one global state, refuses a
+        # second, different precision, and hands a trainer that asks for none (`no` → None, so `accelerate launch
+        # --mixed_precision` can set it) the precision of the one before: an fp32 run after a bf16 one ran under bf16
+        # autocast. Start from a clean state whenever the precision this run gets would not be the one it asked for.
+        target = wanted or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if str(AcceleratorState().mixed_precision) != target:
             AcceleratorState._reset_state(reset_partial_state=True)
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s))
     return Accelerator(cpu=device == "cpu" or not has_accelerator, mixed_precision=wanted, kwargs_handlers=[timeout])
