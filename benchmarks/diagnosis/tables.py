@@ -83,7 +83,7 @@ def totals_table(results: Path) -> str:
     """Caught / pathological and alarmed / healthy per tool, for every kept measurement and half."""
     lines = ["| thresholds | half | held out? | " + " | ".join(TOOLS) + " |", "|---|---|---|" + "---|" * len(TOOLS)]
     for sub, (commit, held) in FREEZES.items():
-        for board_file in sorted((results / sub).glob("*_scoreboard.json"), key=lambda p: (p.name != "main_scoreboard.json", p.name)):
+        for board_file in sorted((results / sub).glob("*_scoreboard.json"), key=lambda p: (p.name != "main_scoreboard.json", len(p.name), p.name)):
             half, board = board_file.name.removesuffix("_scoreboard.json"), json.loads(board_file.read_text())
             sick = [r for r in board.values() if r["label"] != "healthy"]
             healthy = [r for r in board.values() if r["label"] == "healthy"]
