@@ -50,6 +50,9 @@ RECIPES = {
     # (named "healthy_psgrpo" in the first measurement; renamed, the recipe unchanged)
     "kl_blowup_psgrpo": ("ps_grpo", "honest", {"steps": 60, "beta": 0.1}),
     "healthy_psgrpo": ("ps_grpo", "honest", {"steps": 30, "lr": 3e-4, "beta": 0.3}),
+    # policyshift PPO (GAE with a critic from the policy's backbone, KL in the reward: its defaults)
+    "healthy_psppo": ("ps_ppo", "honest", {"steps": 30, "lr": 3e-4, "beta": 0.2}),
+    "hack_cue_psppo": ("ps_ppo", "cue", {"steps": 40, "lr": 3e-3, "beta": 0.0}),
     "hack_cue": ("trl_grpo", "cue", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
     "kl_blowup": ("trl_grpo", "honest", {"lr": 3e-2, "beta": 0.0, "steps": 50}),
     "collapse_one": ("trl_grpo", "one", {"lr": 1e-2, "beta": 0.0, "steps": 50}),
@@ -128,7 +131,9 @@ def run_policyshift(kind: str, proxy: str, p: dict, seed: int, sft: Path, out: P
     prompts_file.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in prompts))
     cfg = PPOConfig.from_dict({
         "model": {"policy": str(sft)}, "data": {"prompts": str(prompts_file)}, "reward": {"function": f"world:{proxy}"},
-        "algorithm": {"advantage": "grpo"}, "kl": {"placement": "loss", "estimator": "k3", "beta": p["beta"]},
+        # GRPO as its paper (k3 KL in the loss); PPO at policyshift's defaults (GAE, k1 KL in the reward)
+        "algorithm": {"advantage": "gae" if kind == "ps_ppo" else "grpo"},
+        "kl": {"beta": p["beta"]} if kind == "ps_ppo" else {"placement": "loss", "estimator": "k3", "beta": p["beta"]},
         "rollout": {"batch_size": p["batch"], "num_generations": p["gens"], "max_new_tokens": p["max_len"]},
         "ppo": {"lr": p["lr"], "num_minibatches": 1},
         "analysis": {"every": 0},

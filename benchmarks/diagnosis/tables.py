@@ -21,7 +21,7 @@ sys.path[:0] = [str(HERE)]
 import labels  # noqa: E402
 import scoreboard  # noqa: E402
 
-TRAINERS = {"trl_grpo": "TRL GRPO", "trl_rloo": "TRL RLOO", "ps_grpo": "policyshift GRPO", "ps_grpo_stale": "policyshift GRPO"}
+TRAINERS = {"trl_grpo": "TRL GRPO", "trl_rloo": "TRL RLOO", "ps_grpo": "policyshift GRPO", "ps_grpo_stale": "policyshift GRPO", "ps_ppo": "policyshift PPO"}
 
 
 def save(corpus: Path, results: Path, halves: list[str]) -> None:
