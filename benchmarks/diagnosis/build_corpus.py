@@ -256,7 +256,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(HERE / "corpus"))
     ap.add_argument("--split", choices=sorted(SEEDS), default="main")
-    ap.add_argument("--only", nargs="*", help="recipe names (default: all)")
+    ap.add_argument("--only", nargs="*", choices=sorted(RECIPES), help="recipe names (default: all)")
     ap.add_argument("--seeds", nargs="*", type=int, help="override the split's seeds")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

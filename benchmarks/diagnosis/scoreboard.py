@@ -223,67 +223,73 @@ def first_flagged(label: str, steps: list[int], flags_at) -> int | None:
     return None
 
 
+TOOLS = ("policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn")
+
+
+def score(tool: str, run: Path, facts: dict, label: str, sft: Path, held_out: Path) -> dict:
+    """One tool's column of one run: what it flagged on the whole run, hit / false alarm, the first flagged checkpoint."""
+    if tool.startswith("policyshift"):
+        logs = tool.endswith("logs")
+        out = policyshift_out(run, facts, sft, held_out, logs)
+        at = lambda step: policyshift_findings(out, run, facts, logs, step)  # noqa: E731
+    elif tool == "afterburn":  # model pairs, no logs: the final checkpoint
+        at = lambda step: afterburn_findings(run, facts, sft, held_out, step)  # noqa: E731
+    else:
+        at = lambda step: rldoctor_findings(run, facts, step)  # noqa: E731
+    table = tool_table(tool)
+    findings = at(None)
+    flagged = classes(findings, table)
+    return {
+        "flagged": sorted(flagged),
+        "hit": label in flagged if label != "healthy" else None,
+        "false_alarm": bool(flagged) if label == "healthy" else None,
+        # afterburn compares two models per call (~20 s here): scored on the final checkpoint only, no first step
+        "first_step": ("final" if tool == "afterburn" else first_flagged(label, facts["checkpoint_steps"], lambda s: classes(at(s), table)))
+        if label != "healthy" and label in flagged else None,
+        "findings": [(f["detector"], f["severity"]) for f in findings],
+    }
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(HERE / "corpus" / "main"))
-    ap.add_argument("--tools", nargs="*", default=["policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn"])
+    ap.add_argument("--tools", nargs="*", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--runs", nargs="*", help="score only these runs (the board keeps the others' rows)")
     args = ap.parse_args(argv)
     corpus = Path(args.corpus)
+    if not (corpus / "corpus.json").is_file():
+        ap.error(f"{corpus}: no corpus.json here (build one with build_corpus.py --split HALF)")
     sft, held_out = corpus.parent / "sft", corpus.parent / "held_out.jsonl"
     index = json.loads((corpus / "corpus.json").read_text())
-    board_file = corpus / "scoreboard.json"
-    board = json.loads(board_file.read_text()) if board_file.is_file() else {}  # other tools' columns, kept
-    scored = {}  # run → the columns this call wrote
+    unknown = sorted(set(args.runs or ()) - set(index))
+    if unknown:
+        ap.error(f"not runs of {corpus}: {', '.join(unknown)}")
+    scored = {}  # run → (its facts, the columns this call wrote)
     for name, entry in sorted(index.items()):
         if entry["label"] is None or (args.runs and name not in args.runs):
             continue
-        run = corpus / name
-        facts = json.loads((run / "facts.json").read_text())
-        label, steps = entry["label"], facts["checkpoint_steps"]
-        row = {**board.get(name, {}), "label": label, "trainer": entry["trainer"]}
-        for tool in args.tools:
-            if tool.startswith("policyshift"):
-                logs = tool.endswith("logs")
-                out = policyshift_out(run, facts, sft, held_out, logs)
-                at = lambda step, out=out, logs=logs: policyshift_findings(out, run, facts, logs, step)  # noqa: E731
-                table = PS_MAP
-            elif tool == "afterburn":  # model pairs, no logs: the final checkpoint; the first step from each checkpoint in turn
-                at = lambda step: afterburn_findings(run, facts, sft, held_out, step)  # noqa: E731
-                table = AFTERBURN_MAP
-            else:
-                at = lambda step: rldoctor_findings(run, facts, step)  # noqa: E731
-                table = RLDOCTOR_MAP
-            findings = at(None)
-            flagged = classes(findings, table)
-            row[tool] = {
-                "flagged": sorted(flagged),
-                "hit": label in flagged if label != "healthy" else None,
-                "false_alarm": bool(flagged) if label == "healthy" else None,
-                # afterburn compares two models per call (~20 s here): scored on the final checkpoint only, no first step
-                "first_step": ("final" if tool == "afterburn" else first_flagged(label, steps, lambda s: classes(at(s), table)))
-                if label != "healthy" and label in flagged else None,
-                "findings": [(f["detector"], f["severity"]) for f in findings],
-            }
+        facts = json.loads((corpus / name / "facts.json").read_text())
+        row = {"label": entry["label"], "trainer": entry["trainer"],
+               **{tool: score(tool, corpus / name, facts, entry["label"], sft, held_out) for tool in args.tools}}
         _judge(row, facts)
-        board[name] = row
-        scored[name] = {tool: row[tool] for tool in args.tools}
+        scored[name] = (facts, row)
         print(name, json.dumps({k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("flagged", "hit", "false_alarm", "first_step", "unsupported")})
                                 for k, v in row.items()}), flush=True)
-    # Merge into the file as it is now, not as it was read: another call (other runs, other tools) may have written it since
+    # Merge into the file as it is now, not as it was when this call began: another call (other runs, other tools) may
+    # have written it since. Kept columns are judged again: the facts decide, not the call that wrote the column.
+    board_file = corpus / "scoreboard.json"
     board = json.loads(board_file.read_text()) if board_file.is_file() else {}
-    for name, columns in scored.items():
-        board[name] = {**board.get(name, {}), "label": index[name]["label"], "trainer": index[name]["trainer"], **columns}
-        _judge(board[name], json.loads((corpus / name / "facts.json").read_text()))
+    for name, (facts, row) in scored.items():
+        board[name] = {**board.get(name, {}), **row}
+        _judge(board[name], facts)
     tmp = board_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(board, indent=1))
     tmp.replace(board_file)
-    tools = [t for t in ("policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn") if all(t in row for row in board.values())]
-    print(markdown(board, tools))
+    print(markdown(board, [t for t in TOOLS if all(t in row for row in board.values())]))
 
 
 def _judge(row: dict, facts: dict) -> None:
-    """Every column's flags the facts contradict, kept columns too: the facts decide, not the call that wrote the column."""
+    """Every column's flags the facts contradict (`unsupported`)."""
     for tool, column in row.items():
         if isinstance(column, dict):
             column["unsupported"] = unsupported(column["findings"], tool_table(tool), facts)

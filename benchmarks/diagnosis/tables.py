@@ -70,25 +70,24 @@ def facts_table(results: Path, halves: list[str]) -> str:
 
 def board_table(results: Path, half: str) -> str:
     board = json.loads((results / f"{half}_scoreboard.json").read_text())
-    tools = [t for t in TOOLS if all(t in row for row in board.values())]
+    tools = [t for t in scoreboard.TOOLS if all(t in row for row in board.values())]
     return scoreboard.markdown(dict(sorted(board.items())), tools)
 
 
-TOOLS = ("policyshift+logs", "policyshift ckpt", "rldoctor", "afterburn")
 # the measurements kept (results dir → the thresholds' commit) and, per half, whether it was held out for them
 FREEZES = {"freeze_a6484a4": ("a6484a4", {"heldout"}), "freeze_263af47": ("263af47", {"heldout2"}), ".": ("f20e5b0 (ships)", {"heldout3"})}
 
 
 def totals_table(results: Path) -> str:
     """Caught / pathological and alarmed / healthy per tool, for every kept measurement and half."""
-    lines = ["| thresholds | half | held out? | " + " | ".join(TOOLS) + " |", "|---|---|---|" + "---|" * len(TOOLS)]
+    lines = ["| thresholds | half | held out? | " + " | ".join(scoreboard.TOOLS) + " |", "|---|---|---|" + "---|" * len(scoreboard.TOOLS)]
     for sub, (commit, held) in FREEZES.items():
         for board_file in sorted((results / sub).glob("*_scoreboard.json"), key=lambda p: (p.name != "main_scoreboard.json", len(p.name), p.name)):
             half, board = board_file.name.removesuffix("_scoreboard.json"), json.loads(board_file.read_text())
             sick = [r for r in board.values() if r["label"] != "healthy"]
             healthy = [r for r in board.values() if r["label"] == "healthy"]
             cells = [f"{sum(bool(r[t]['hit']) for r in sick)}/{len(sick)}, {sum(bool(r[t]['false_alarm']) for r in healthy)}/{len(healthy)}"
-                     if all(t in r for r in board.values()) else "—" for t in TOOLS]
+                     if all(t in r for r in board.values()) else "—" for t in scoreboard.TOOLS]
             lines.append(f"| {commit} | {half} | {'**yes**' if half in held else 'no'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -101,7 +100,13 @@ def main(argv=None) -> None:
     ap.add_argument("--halves", nargs="*", default=["main", "heldout", "heldout2", "heldout3"])
     args = ap.parse_args(argv)
     results = Path(args.save or args.results)
-    if args.corpus and args.save:
+    if bool(args.corpus) != bool(args.save):
+        ap.error("--corpus and --save go together (copy a built corpus's measurement into a results directory)")
+    for half in args.halves:
+        where = Path(args.corpus) / half / "scoreboard.json" if args.corpus else results / f"{half}_scoreboard.json"
+        if not where.is_file():
+            ap.error(f"no board of half {half!r}: {where} is missing")
+    if args.corpus:
         save(Path(args.corpus), results, args.halves)
     print("### Totals per freeze\n\n" + totals_table(results) + "\n")
     print("### Classes\n\n" + class_table(results, args.halves) + "\n")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from policyshift.checkpoint import save_pretrained
+
 
 def start_stage(seed: int, device: str | None):
     """(start time, numpy Generator, device) with torch seeded: the opening of every training stage."""
@@ -51,8 +53,6 @@ def window_means(values: list[float]) -> tuple[float | None, float | None]:
 def save_stage_outputs(model, tok, output_dir: str, metrics: dict, metrics_name: str, t0: float) -> dict:
     """save_pretrained model + tokenizer, then the metrics (with the stage's total seconds) as JSON."""
     os.makedirs(output_dir, exist_ok=True)
-    from policyshift.checkpoint import save_pretrained
-
     save_pretrained(model, output_dir)  # (without importing DeepSpeed)
     tok.save_pretrained(output_dir)
     metrics["seconds"] = time.time() - t0

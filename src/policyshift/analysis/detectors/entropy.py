@@ -57,11 +57,11 @@ def detect_entropy_collapse(history, samples, t, distributions=(), reference=Non
 def _still_falling(steps, entropy, start: float, end: float, t) -> list[Finding]:
     """Warning while the collapse is under way: entropy ≤ entropy_falling_ratio × its start and a significant downward
     trend over the second half (Kendall's τ, scipy's; one-sided), so a falling run is named before it reaches 0.3×."""
-    from scipy.stats import kendalltau
-
     half = len(entropy) // 2
     if end / start > t.entropy_falling_ratio or len(entropy) - half < t.min_steps:
         return []
+    from scipy.stats import kendalltau  # here, not at the top: scipy.stats costs ~0.3 s to import and few runs get this far
+
     tau, p_two = kendalltau(steps[half:], entropy[half:])
     if not (tau < 0 and p_two / 2 < t.entropy_falling_p):
         return []
