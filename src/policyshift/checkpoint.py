@@ -12,7 +12,6 @@ import pickle
 import random
 import re
 import shutil
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from policyshift.faults import fault_point
+from policyshift.lora import save_pretrained
 from policyshift.manifest import IntegrityError, check_dir, write_manifest
 from policyshift.errors import CheckpointError  # noqa: F401 (defined in errors.py; old import path)
 
@@ -53,23 +53,6 @@ def set_rng_state(state: dict) -> None:
 def split_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of one submodule (`policy.`, `critic.`, `value_head.`) of a PolicyAndCritic state dict."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def save_pretrained(model, path: Path | str, **kwargs) -> None:
-    """`model.save_pretrained(path, **kwargs)` without importing DeepSpeed in a process that never did: transformers
-    unwraps the model through accelerate's extract_model_from_parallel, which imports DeepSpeed (1-4 CPU s, when it
-    is installed) only to add DeepSpeedEngine to the wrappers it strips, and no DeepSpeedEngine exists where
-    DeepSpeed was never imported. A DeepSpeed run imported it at `prepare`: its saves go through unchanged."""
-    other = sys.modules.get("accelerate.utils.other")
-    available = getattr(other, "is_deepspeed_available", None)
-    if "deepspeed" in sys.modules or available is None:
-        model.save_pretrained(path, **kwargs)
-        return
-    other.is_deepspeed_available = lambda: False
-    try:
-        model.save_pretrained(path, **kwargs)
-    finally:
-        other.is_deepspeed_available = available
 
 
 def save_models(out: Path, models, tokenizer, policy_subdir: str = "policy", state_dict: dict | None = None) -> None:

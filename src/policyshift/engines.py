@@ -29,7 +29,7 @@ import weakref
 import torch
 
 from policyshift.config import ConfigError
-from policyshift.lora import merged_state_dict  # the policy's weights under plain HF names, LoRA merged in
+from policyshift.lora import merged_state_dict, save_pretrained  # merged_state_dict: the policy's weights under plain HF names, LoRA merged in
 from policyshift.rollout import sample
 
 VLLM_MISSING = "rollout.engine=vllm needs vLLM: pip install 'policyshift[vllm]' (GPU only)"
@@ -100,7 +100,7 @@ class VLLMEngine:
         self._dir = tempfile.mkdtemp(prefix="policyshift-vllm-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # a peft wrapper: its base's config
-        base.save_pretrained(self._dir, state_dict=merged_state_dict(policy))
+        save_pretrained(base, self._dir, state_dict=merged_state_dict(policy))
         tokenizer.save_pretrained(self._dir)
         dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[next(policy.parameters()).dtype]
         self.processed_logprobs = _version_at_least(vllm, "0.10.2")

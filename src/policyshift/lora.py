@@ -147,6 +147,24 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_pretrained(model, path: Path | str, **kwargs) -> None:
+    """`model.save_pretrained(path, **kwargs)` without importing DeepSpeed in a process that never did: transformers
+    unwraps the model through accelerate's extract_model_from_parallel, which imports DeepSpeed (1-4 CPU s, when it
+    is installed) only to add DeepSpeedEngine to the wrappers it strips, and no DeepSpeedEngine exists where
+    DeepSpeed was never imported. A DeepSpeed run imported it at `prepare`: its saves go through unchanged. Every save
+    of a plain HF model goes through here (checkpoints, stage outputs, the merged LoRA model, an engine's weight dir)."""
+    other = sys.modules.get("accelerate.utils.other")
+    available = getattr(other, "is_deepspeed_available", None)
+    if "deepspeed" in sys.modules or available is None:
+        model.save_pretrained(path, **kwargs)
+        return
+    other.is_deepspeed_available = lambda: False
+    try:
+        model.save_pretrained(path, **kwargs)
+    finally:
+        other.is_deepspeed_available = available
+
+
 def save_adapter(model, out_dir: Path) -> None:
     """adapter_config.json (base_model_name_or_path = the base's path) + adapter_model.safetensors."""
     # save_embedding_layers=False: we never resize the vocabulary, and "auto" may ask the hub about the base.
@@ -181,5 +199,5 @@ def load_merged_adapter(directory, load_base):
 
 def save_merged(model, tokenizer, out_dir: Path) -> None:
     """A plain `from_pretrained` checkpoint: the base with the adapter merged in, and the tokenizer."""
-    model.get_base_model().save_pretrained(out_dir, state_dict=merged_state_dict(model))
+    save_pretrained(model.get_base_model(), out_dir, state_dict=merged_state_dict(model))
     tokenizer.save_pretrained(out_dir)

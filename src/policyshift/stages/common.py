@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from policyshift.checkpoint import save_pretrained
+from policyshift.lora import save_pretrained
 
 
 def start_stage(seed: int, device: str | None):
